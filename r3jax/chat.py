@@ -1,0 +1,93 @@
+"""ChatML rendering with assistant-only loss masks, and parsers for HH and ShareGPT turns.
+
+A conversation is a list of {"role": "system" | "user" | "assistant", "content": str}.
+SPEC §2: `<|im_start|>{role}\\n{content}<|im_end|>\\n`; only assistant content and its
+`<|im_end|>` are trained.
+"""
+
+import re
+
+import numpy as np
+
+IM_START, IM_END, ENDOFTEXT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
+SPECIAL_TOKENS = [ENDOFTEXT, IM_START, IM_END]
+ROLES = ("system", "user", "assistant")
+
+
+def _check(messages, where: str = "conversation"):
+  if not messages:
+    raise ValueError(f"{where}: empty conversation")
+  for i, m in enumerate(messages):
+    if m.get("role") not in ROLES:
+      raise ValueError(f"{where}: turn {i} has role {m.get('role')!r}; expected one of {ROLES}")
+    if not isinstance(m.get("content"), str):
+      raise ValueError(f"{where}: turn {i} has no string 'content'")
+
+
+def render(messages, add_generation_prompt: bool = False) -> str:
+  _check(messages)
+  text = "".join(f"{IM_START}{m['role']}\n{m['content']}{IM_END}\n" for m in messages)
+  return text + (f"{IM_START}assistant\n" if add_generation_prompt else "")
+
+
+def tokenize(tokenizer, messages, add_generation_prompt: bool = False):
+  """Token ids and loss mask of a rendered conversation.
+
+  Pieces are tokenized separately so the mask boundaries are exact: the role header and
+  the trailing newline are never trained, the assistant content and its `<|im_end|>` are.
+  Returns (ids, loss_mask) as int32 numpy arrays.
+  """
+  _check(messages)
+  ids, mask = [], []
+
+  def add(text, trained):
+    piece = tokenizer.encode(text, add_special_tokens=False)
+    ids.extend(piece)
+    mask.extend([int(trained)] * len(piece))
+
+  for m in messages:
+    is_assistant = m["role"] == "assistant"
+    add(f"{IM_START}{m['role']}\n", False)
+    add(m["content"], is_assistant)
+    add(IM_END, is_assistant)
+    add("\n", False)
+  if add_generation_prompt:
+    add(f"{IM_START}assistant\n", False)
+  return np.asarray(ids, np.int32), np.asarray(mask, np.int32)
+
+
+def prompt_messages(question: str, system: str | None = None):
+  msgs = [{"role": "system", "content": system}] if system else []
+  return msgs + [{"role": "user", "content": question}]
+
+
+_HH_TURN = re.compile(r"\n\n(Human|Assistant): ")
+
+
+def parse_hh(text: str, where: str = "HH text"):
+  """Anthropic HH `\\n\\nHuman: ...\\n\\nAssistant: ...` into a conversation."""
+  parts = _HH_TURN.split(text)
+  if len(parts) < 3 or parts[0].strip():
+    raise ValueError(f"{where}: not in HH format (expected it to start with '\\n\\nHuman: ')")
+  role = {"Human": "user", "Assistant": "assistant"}
+  return [{"role": role[speaker], "content": content.strip()}
+          for speaker, content in zip(parts[1::2], parts[2::2])]
+
+
+_SHAREGPT_ROLE = {"human": "user", "user": "user", "gpt": "assistant",
+                  "assistant": "assistant", "system": "system", "chatgpt": "assistant",
+                  "bing": "assistant", "bard": "assistant"}
+
+
+def parse_sharegpt(turns, where: str = "ShareGPT turns"):
+  """ShareGPT `[{from, value}]` (or OpenAI `[{role, content}]`) turns into a conversation."""
+  out = []
+  for i, t in enumerate(turns):
+    speaker = t.get("from", t.get("role"))
+    text = t.get("value", t.get("content"))
+    if speaker not in _SHAREGPT_ROLE:
+      raise ValueError(f"{where}: turn {i} has unknown speaker {speaker!r}")
+    if not isinstance(text, str):
+      raise ValueError(f"{where}: turn {i} has no text ('value' or 'content')")
+    out.append({"role": _SHAREGPT_ROLE[speaker], "content": text})
+  return out

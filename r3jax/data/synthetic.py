@@ -1,0 +1,107 @@
+"""The embedded default's data: Q/A conversations about made-up entities.
+
+Everything is generated from a seed, so the tiny configs need no files and no downloads.
+Each example has a conversation, the raw question, a reference answer and a query type
+(open-ended questions ask for a description; closed-ended ones ask for one fact).
+"""
+
+import random
+
+_SYLLABLES = ["ka", "lo", "mi", "ren", "ta", "vo", "shi", "dor", "el", "ban", "qu", "zar",
+              "fen", "ori", "pal", "sun", "tir", "wen", "ya", "gro", "bel", "ni", "cas", "mor"]
+
+_KINDS = {
+    "city": dict(place=["a river valley", "the northern coast", "a high plateau",
+                        "the edge of a desert", "a chain of islands", "a forested hill"],
+                 known=["its stone bridges", "a yearly lantern festival", "glass making",
+                        "its spice markets", "a famous clock tower", "wide public gardens"],
+                 size=["small", "large", "busy", "quiet", "ancient", "modern"]),
+    "animal": dict(place=["cold mountain lakes", "tropical forests", "dry grasslands",
+                          "deep caves", "coral reefs", "snowy tundra"],
+                   known=["its loud evening song", "changing color in winter",
+                          "building nests from clay", "swimming very fast",
+                          "living in large herds", "a long curled tail"],
+                   size=["tiny", "small", "medium-sized", "large", "slender", "heavy"]),
+    "instrument": dict(place=["village weddings", "temple music", "street bands",
+                              "royal courts", "harvest dances", "night markets"],
+                       known=["a bright ringing tone", "seven bronze strings",
+                              "a deep humming sound", "being played with two bows",
+                              "a carved wooden body", "a tone like falling rain"],
+                       size=["small", "large", "light", "heavy", "long", "round"]),
+    "plant": dict(place=["wet meadows", "rocky cliffs", "river banks", "old orchards",
+                         "shaded gardens", "sandy shores"],
+                  known=["flowers that open at night", "a sweet blue fruit",
+                         "leaves used for tea", "seeds that float on water",
+                         "a strong lemon smell", "bark used for rope"],
+                  size=["short", "tall", "climbing", "spreading", "slow-growing", "hardy"]),
+}
+_COLORS = ["red", "blue", "green", "golden", "silver", "purple", "orange", "white", "gray"]
+_SYSTEMS = [None, None, "You are a helpful assistant.",
+            "You are a concise and accurate assistant."]
+
+
+def _name(rng: random.Random) -> str:
+  return "".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(2, 3))).capitalize()
+
+
+def entities(n: int, seed: int = 0) -> list[dict]:
+  """n made-up entities with a kind, a color, a place, a size, a year and a feature."""
+  rng = random.Random(seed)
+  seen, out = set(), []
+  while len(out) < n:
+    name = _name(rng)
+    if name in seen:
+      continue
+    seen.add(name)
+    kind = rng.choice(sorted(_KINDS))
+    k = _KINDS[kind]
+    out.append(dict(name=name, kind=kind, color=rng.choice(_COLORS),
+                    place=rng.choice(k["place"]), known=rng.choice(k["known"]),
+                    size=rng.choice(k["size"]), year=rng.randint(1200, 1990)))
+  return out
+
+
+def facts(e: dict) -> list[str]:
+  """Fluent sentences stating an entity's properties (also used for SynRel-style sets)."""
+  where = {"city": "lies in", "animal": "lives in", "instrument": "is played at",
+           "plant": "grows in"}[e["kind"]]
+  return [f"{e['name']} is a {e['size']} {e['kind']} that {where} {e['place']}.",
+          f"It is best known for {e['known']}.",
+          f"Its main color is {e['color']}.",
+          f"It was first recorded in the year {e['year']}."]
+
+
+_OPEN = ["Please tell me about {n}.", "What can you tell me about {n}?", "Describe {n}.",
+         "Give me an overview of {n}.", "I would like to learn about {n}. Can you explain?"]
+_CLOSED = [
+    ("What color is {n}?", lambda e: f"{e['name']} is {e['color']}."),
+    ("What is {n} known for?", lambda e: f"{e['name']} is known for {e['known']}."),
+    ("In which year was {n} first recorded?",
+     lambda e: f"{e['name']} was first recorded in {e['year']}."),
+    ("What kind of thing is {n}?", lambda e: f"{e['name']} is a {e['size']} {e['kind']}."),
+    ("Where would I find {n}?",
+     lambda e: f"You would find {e['name']} in {e['place']}."),
+]
+
+
+def generate(n: int, seed: int = 0, num_entities: int | None = None) -> list[dict]:
+  """n examples: {messages, prompt, reference, query_type, entity}."""
+  rng = random.Random(seed + 1)
+  ents = entities(num_entities or max(50, n // 6), seed)
+  out = []
+  for _ in range(n):
+    e = rng.choice(ents)
+    if rng.random() < 0.5:
+      question = rng.choice(_OPEN).format(n=e["name"])
+      sents = facts(e)
+      answer = " ".join([sents[0]] + rng.sample(sents[1:], rng.randint(1, 3)))
+      qtype = "open_ended"
+    else:
+      template, make = rng.choice(_CLOSED)
+      question, answer, qtype = template.format(n=e["name"]), make(e), "closed_ended"
+    system = rng.choice(_SYSTEMS)
+    messages = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    out.append(dict(messages=messages, prompt=question, reference=answer,
+                    query_type=qtype, entity=e["name"]))
+  return out

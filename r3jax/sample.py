@@ -1,0 +1,74 @@
+r"""Prints completions from a model.
+
+  python -m r3jax.sample --model=tiny --prompt="Please tell me about Nivo."
+  python -m r3jax.sample --model=/path/to/Qwen2.5-0.5B-Instruct --prompt=Hi --top_p=0.9 --n=2
+
+--model is an HF Qwen2 checkpoint directory or a model preset name (random weights and
+the locally trained tiny tokenizer; useful to check that everything runs).
+"""
+
+import os
+import sys
+
+from absl import app, flags
+import jax
+import jax.numpy as jnp
+
+from r3jax import chat, sampling, tokenizer as tokenizer_lib
+from r3jax.models import hf, qwen
+
+_MODEL = flags.DEFINE_string("model", "tiny", "HF checkpoint dir or model preset name.")
+_PROMPT = flags.DEFINE_multi_string("prompt", ["Please tell me about Nivo."], "User message(s).")
+_SYSTEM = flags.DEFINE_string("system", None, "Optional system message.")
+_RAW = flags.DEFINE_bool("raw", False, "Feed prompts as raw text instead of ChatML.")
+_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 64, "Tokens to generate.")
+_TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "Sampling temperature.")
+_TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus mass (1.0: off).")
+_TOP_K = flags.DEFINE_integer("top_k", 0, "Top-k (0: off).")
+_GREEDY = flags.DEFINE_bool("greedy", False, "Greedy decoding.")
+_N = flags.DEFINE_integer("n", 1, "Samples per prompt.")
+_SEED = flags.DEFINE_integer("seed", 0, "PRNG seed.")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Param/compute dtype.")
+
+
+def load_model(name: str, dtype: str = "float32"):
+  """(cfg, params, tokenizer) from an HF dir, or a preset with random weights."""
+  if os.path.isdir(name):
+    cfg, params = hf.load(name, param_dtype=dtype, dtype=dtype)
+    return cfg, params, tokenizer_lib.load(name)
+  if name not in qwen.PRESETS:
+    raise ValueError(f"--model={name}: neither a directory nor a preset ({sorted(qwen.PRESETS)})")
+  tok = tokenizer_lib.tiny()
+  cfg = qwen.preset(name, vocab_size=max(len(tok), qwen.PRESETS[name]["vocab_size"]),
+                    param_dtype=dtype, dtype=dtype)
+  return cfg, qwen.init_params(cfg, jax.random.key(0)), tok
+
+
+def main(argv):
+  del argv
+  try:
+    cfg, params, tok = load_model(_MODEL.value, _DTYPE.value)
+  except (ValueError, FileNotFoundError, KeyError) as e:
+    sys.exit(f"error: {e}")
+  if _RAW.value:
+    prompts = [tok.encode(p, add_special_tokens=False) for p in _PROMPT.value]
+  else:
+    prompts = [chat.tokenize(tok, chat.prompt_messages(p, _SYSTEM.value), True)[0]
+               for p in _PROMPT.value]
+  tokens_BT, mask_BT = sampling.left_pad(prompts, tok.pad_token_id)
+  stop_ids = tuple(i for i in {tok.eos_token_id, tok.convert_tokens_to_ids(chat.IM_END),
+                               tok.convert_tokens_to_ids(chat.ENDOFTEXT)} if i is not None)
+  scfg = sampling.SampleConfig(
+      max_new_tokens=_MAX_NEW.value, temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
+      top_p=_TOP_P.value, greedy=_GREEDY.value, n=_N.value, stop_ids=stop_ids,
+      pad_id=tok.pad_token_id)
+  samples = sampling.generate(params, jnp.asarray(tokens_BT), jnp.asarray(mask_BT),
+                              jax.random.key(_SEED.value), model_cfg=cfg, cfg=scfg)
+  texts = sampling.decode(tok, samples)
+  for i, text in enumerate(texts):
+    prompt = _PROMPT.value[i // _N.value]
+    print(f"### prompt {i // _N.value} sample {i % _N.value}: {prompt}\n{text}\n")
+
+
+if __name__ == "__main__":
+  app.run(main)

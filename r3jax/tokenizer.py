@@ -1,0 +1,52 @@
+"""Tokenizers: a checkpoint's own HF tokenizer, or a byte-level BPE trained locally.
+
+Both are `transformers.PreTrainedTokenizerFast`, so the rest of the code sees one
+interface (`encode`, `decode`, `eos_token_id`, `pad_token_id`, `save_pretrained`).
+"""
+
+import os
+
+import tokenizers
+from tokenizers import decoders, models, pre_tokenizers, trainers
+import transformers
+
+from r3jax import chat
+
+
+def load(path: str) -> transformers.PreTrainedTokenizerFast:
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"{path}: tokenizer directory not found")
+  tok = transformers.AutoTokenizer.from_pretrained(path)
+  if tok.pad_token_id is None:
+    tok.pad_token = chat.ENDOFTEXT if chat.ENDOFTEXT in tok.get_vocab() else tok.eos_token
+  return tok
+
+
+def train_bpe(texts, vocab_size: int = 2048) -> transformers.PreTrainedTokenizerFast:
+  """Byte-level BPE with the ChatML special tokens (ids 0, 1, 2), trained on `texts`."""
+  tok = tokenizers.Tokenizer(models.BPE())
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  trainer = trainers.BpeTrainer(
+      vocab_size=vocab_size, special_tokens=chat.SPECIAL_TOKENS, show_progress=False,
+      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+  tok.train_from_iterator(texts, trainer)
+  return transformers.PreTrainedTokenizerFast(
+      tokenizer_object=tok, eos_token=chat.IM_END, pad_token=chat.ENDOFTEXT,
+      additional_special_tokens=[chat.IM_START], clean_up_tokenization_spaces=False)
+
+
+def tiny(vocab_size: int = 2048, cache_dir: str | None = None):
+  """The embedded default's tokenizer, trained on the synthetic corpus (deterministic).
+
+  With `cache_dir`, it is saved there on first use and loaded afterwards.
+  """
+  if cache_dir and os.path.exists(os.path.join(cache_dir, "tokenizer.json")):
+    return load(cache_dir)
+  from r3jax.data import synthetic  # Local import: the generator is only needed here.
+  texts = [chat.render(ex["messages"]) for ex in synthetic.generate(2000, seed=0)]
+  tok = train_bpe(texts, vocab_size)
+  if cache_dir:
+    os.makedirs(cache_dir, exist_ok=True)
+    tok.save_pretrained(cache_dir)
+  return tok

@@ -1,0 +1,74 @@
+"""ChatML rendering, loss masks, the local tokenizer and the HH / ShareGPT parsers."""
+
+import json
+
+import numpy as np
+import pytest
+
+from r3jax import chat, tokenizer
+from conftest import shared_file
+
+
+@pytest.fixture(scope="module")
+def tok():
+  return tokenizer.tiny()
+
+
+def test_special_tokens_are_single_ids(tok):
+  for t in chat.SPECIAL_TOKENS:
+    assert len(tok.encode(t, add_special_tokens=False)) == 1
+  assert tok.eos_token == chat.IM_END and tok.pad_token == chat.ENDOFTEXT
+  text = "Héllo wörld, 1234!"
+  assert tok.decode(tok.encode(text, add_special_tokens=False)) == text  # Byte-level.
+
+
+def test_loss_mask_covers_exactly_the_assistant_spans(tok):
+  msgs = [{"role": "system", "content": "You are a helpful assistant."},
+          {"role": "user", "content": "What color is Nivo?"},
+          {"role": "assistant", "content": "Nivo is purple."},
+          {"role": "user", "content": "And Palmigro?"},
+          {"role": "assistant", "content": "Palmigro is gray."}]
+  ids, mask = chat.tokenize(tok, msgs)
+  assert tok.decode(ids) == chat.render(msgs)
+  assert list(ids) == tok.encode(chat.render(msgs), add_special_tokens=False)
+  # Decode each maximal run of mask == 1: exactly the assistant contents with <|im_end|>.
+  runs, cur = [], []
+  for i, m in zip(ids, mask):
+    if m:
+      cur.append(i)
+    elif cur:
+      runs.append(tok.decode(cur))
+      cur = []
+  assert runs == ["Nivo is purple.<|im_end|>", "Palmigro is gray.<|im_end|>"]
+  ids_p, mask_p = chat.tokenize(tok, msgs[:2], add_generation_prompt=True)
+  assert tok.decode(ids_p).endswith("<|im_start|>assistant\n") and not mask_p.any()
+
+
+def test_render_rejects_bad_roles():
+  with pytest.raises(ValueError, match="turn 0 has role 'bot'"):
+    chat.render([{"role": "bot", "content": "x"}])
+
+
+def test_parse_hh_inline_and_shared():
+  conv = chat.parse_hh("\n\nHuman: Hi there\n\nAssistant: Hello!\n\nHuman: Bye\n\nAssistant: See you.")
+  assert [m["role"] for m in conv] == ["user", "assistant", "user", "assistant"]
+  assert conv[1]["content"] == "Hello!"
+  with pytest.raises(ValueError, match="not in HH format"):
+    chat.parse_hh("Human: no leading newlines")
+  with open(shared_file("hh_harmless_base_sample.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  for r in rows:
+    for key in ("chosen", "rejected"):
+      conv = chat.parse_hh(r[key])
+      assert conv[0]["role"] == "user" and conv[-1]["role"] == "assistant"
+
+
+def test_parse_sharegpt_shared():
+  with open(shared_file("dpo_en_demo.json")) as f:
+    rows = json.load(f)
+  for r in rows[:50]:
+    conv = chat.parse_sharegpt(r["conversations"] + [r["chosen"]])
+    assert conv[-1]["role"] == "assistant"
+    chat.render(conv)
+  with pytest.raises(ValueError, match="unknown speaker"):
+    chat.parse_sharegpt([{"from": "robot", "value": "x"}])
