@@ -2,7 +2,9 @@
 
 SPEC §1: pre-norm RMSNorm, RoPE (fp32 angles), bias on q/k/v only, SwiGLU, GQA, optional
 tied embeddings. Every parameter carries logical axis names so that the sharding rules in
-a config decide its layout; activations carry logical constraints for the same reason.
+a config decide its layout; activations carry logical constraints for the same reason,
+under their own names (`act_*`) so that a rule can shard a weight's `embed` dimension
+over fsdp while the activations' batch dimension uses that mesh axis.
 
 Shapes use suffixes: B batch, T query length, S key length, D model width, H query
 heads, K kv heads, G = H // K, E head dim, F mlp width, V vocab.
@@ -231,7 +233,7 @@ class MLP(nn.Module):
     x_BTD = x_BTD.astype(dt)
     gate_BTF = _dot("btd,df->btf", x_BTD, w_gate, dt)
     up_BTF = _dot("btd,df->btf", x_BTD, w_up, dt)
-    h_BTF = nn.with_logical_constraint(jax.nn.silu(gate_BTF) * up_BTF, ("batch", "length", "mlp"))
+    h_BTF = nn.with_logical_constraint(jax.nn.silu(gate_BTF) * up_BTF, ("act_batch", "act_length", "act_mlp"))
     return _dot("btf,fd->btd", h_BTF, w_down, dt)
 
 
@@ -246,7 +248,7 @@ class Block(nn.Module):
         RMSNorm(cfg, name="input_norm")(x_BTD), positions_BT, allowed_BTS, cache, cache_index)
     x_BTD = x_BTD + drop(attn_BTD)
     x_BTD = x_BTD + drop(MLP(cfg, name="mlp")(RMSNorm(cfg, name="post_attn_norm")(x_BTD)))
-    return nn.with_logical_constraint(x_BTD, ("batch", "length", "embed")), cache
+    return nn.with_logical_constraint(x_BTD, ("act_batch", "act_length", "act_embed")), cache
 
 
 class Qwen(nn.Module):
@@ -276,7 +278,7 @@ class Qwen(nn.Module):
     embed_VD = _param(self, "embed", nn.initializers.normal(cfg.initializer_range),
                       (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), cfg)
     x_BTD = jnp.take(embed_VD, tokens_BT, axis=0).astype(cfg.dtype)
-    x_BTD = nn.with_logical_constraint(x_BTD, ("batch", "length", "embed"))
+    x_BTD = nn.with_logical_constraint(x_BTD, ("act_batch", "act_length", "act_embed"))
     x_BTD = nn.Dropout(cfg.dropout_rate, deterministic=deterministic)(x_BTD)
 
     # Causal over cache slots, and only to valid keys; shared by all layers.
@@ -303,7 +305,7 @@ class Qwen(nn.Module):
       head_DV = _param(self, "lm_head", nn.initializers.normal(cfg.initializer_range),
                        (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), cfg)
     logits_BTV = _dot("btd,dv->btv", hidden_BTD, head_DV, cfg.dtype, out_dt)
-    logits_BTV = nn.with_logical_constraint(logits_BTV, ("batch", "length", "vocab"))
+    logits_BTV = nn.with_logical_constraint(logits_BTV, ("act_batch", "act_length", "act_vocab"))
     return logits_BTV, hidden_BTD, new_cache
 
 

@@ -1,0 +1,81 @@
+"""Orbax checkpoints of the train state plus the data iterator, and SIGTERM handling.
+
+A checkpoint holds two items: `state` (params, optimizer state, step, PRNG key data; any
+pytree of arrays) and `data` (the iterator position as JSON). Restoring both makes a
+restarted run consume the same batches in the same order as an uninterrupted one.
+"""
+
+import os
+import signal
+
+from etils import epath
+import jax
+import orbax.checkpoint as ocp
+
+
+def manager(workdir: str, save_every: int, max_to_keep: int, async_save: bool = True):
+  path = epath.Path(workdir) / "checkpoints"
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=max_to_keep, save_interval_steps=max(save_every, 1),
+      enable_async_checkpointing=async_save, create=True)
+  return ocp.CheckpointManager(path, options=options, item_names=("state", "data"))
+
+
+def save(mngr, step: int, state, data_state: dict, force: bool = False) -> bool:
+  return mngr.save(step, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)), force=force)
+
+
+def restore(mngr, abstract_state, step: int | None = None):
+  """(state, data_state, step) of the latest (or given) checkpoint, or None if none."""
+  step = mngr.latest_step() if step is None else step
+  if step is None:
+    return None
+  out = mngr.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+  return out["state"], out["data"], step
+
+
+def abstract_like(state, shardings):
+  """ShapeDtypeStructs carrying the target shardings, for a sharded restore."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      state, shardings)
+
+
+def restore_params_from(path: str, abstract_params):
+  """Params from another run's workdir (its latest checkpoint), into the given shardings."""
+  ckpt_dir = epath.Path(path)
+  if (ckpt_dir / "checkpoints").exists():
+    ckpt_dir = ckpt_dir / "checkpoints"
+  if not ckpt_dir.exists():
+    raise FileNotFoundError(f"init_from={path}: no such checkpoint directory")
+  mngr = ocp.CheckpointManager(ckpt_dir, item_names=("state", "data"),
+                               options=ocp.CheckpointManagerOptions(read_only=True))
+  step = mngr.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"init_from={path}: no checkpoint in {ckpt_dir}")
+  # Only the params subtree: optimizer state and step belong to the new run.
+  target = {"params": abstract_params}
+  restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+      item=target, partial_restore=True,
+      restore_args=jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding), target))))
+  return restored["state"]["params"]
+
+
+class Preemption:
+  """Turns SIGTERM into a flag the training loop polls, so it can save and exit cleanly."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def restore_handler(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def exists(workdir: str) -> bool:
+  return os.path.isdir(os.path.join(workdir, "checkpoints"))

@@ -1,0 +1,73 @@
+"""Deterministic, resumable batching.
+
+`Order` walks a seeded permutation of example indices epoch after epoch. Its whole state
+is (epoch, batch index), saved with each checkpoint, so a restarted run continues with
+exactly the batches an uninterrupted run would have seen. Each process takes only its
+contiguous slice of every global batch.
+"""
+
+import jax
+import numpy as np
+
+from r3jax import chat
+
+
+class Order:
+  """Global batches of example indices, reshuffled every epoch (drop-remainder)."""
+
+  def __init__(self, n_examples: int, batch_size: int, seed: int, state: dict | None = None):
+    if n_examples < batch_size:
+      raise ValueError(f"{n_examples} examples cannot fill one batch of {batch_size}")
+    self.n, self.batch_size, self.seed = n_examples, batch_size, seed
+    self.per_epoch = n_examples // batch_size
+    self.epoch, self.index = (state["epoch"], state["index"]) if state else (0, 0)
+    self._perm_epoch, self._perm = None, None
+
+  def state(self) -> dict:
+    return {"epoch": int(self.epoch), "index": int(self.index)}
+
+  def next(self) -> np.ndarray:
+    if self._perm_epoch != self.epoch:
+      self._perm = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+      self._perm_epoch = self.epoch
+    out = self._perm[self.index * self.batch_size:(self.index + 1) * self.batch_size]
+    self.index += 1
+    if self.index == self.per_epoch:
+      self.epoch, self.index = self.epoch + 1, 0
+    return out
+
+
+def process_slice(indices: np.ndarray) -> np.ndarray:
+  """This process's contiguous share of a global batch."""
+  per = len(indices) // jax.process_count()
+  return indices[jax.process_index() * per:(jax.process_index() + 1) * per]
+
+
+def sft_batch(tokenizer, conversations, seq_len: int):
+  """Right-padded next-token batch: tokens [B, seq_len + 1], loss_mask on targets.
+
+  Returns (batch, n_truncated). loss_mask[:, t] says whether tokens[:, t] is trained, so
+  the loss at input position t uses target tokens[:, t + 1] and weight loss_mask[:, t + 1].
+  """
+  tokens = np.full((len(conversations), seq_len + 1), tokenizer.pad_token_id, np.int32)
+  loss_mask = np.zeros((len(conversations), seq_len + 1), np.int32)
+  attn_mask = np.zeros((len(conversations), seq_len + 1), np.int32)
+  truncated = 0
+  for i, conv in enumerate(conversations):
+    ids, mask = chat.tokenize(tokenizer, conv)
+    if len(ids) > seq_len + 1:
+      truncated += 1
+      ids, mask = ids[:seq_len + 1], mask[:seq_len + 1]
+    tokens[i, :len(ids)] = ids
+    loss_mask[i, :len(ids)] = mask
+    attn_mask[i, :len(ids)] = 1
+  return {"tokens": tokens, "loss_mask": loss_mask, "attn_mask": attn_mask}, truncated
+
+
+def microbatches(batch: dict[str, np.ndarray], accum: int) -> dict[str, np.ndarray]:
+  """[B, ...] -> [accum, B / accum, ...]; microbatch a takes rows a, a + accum, ...
+
+  Strided so each microbatch holds rows from every process and device.
+  """
+  return {k: v.reshape(v.shape[0] // accum, accum, *v.shape[1:]).swapaxes(0, 1)
+          for k, v in batch.items()}

@@ -1,0 +1,156 @@
+"""Local JSONL / JSON / text readers that turn rows into conversations.
+
+Every problem is reported as `file:line: problem` (JSON arrays: `file: item N`). With
+`skip_bad`, bad rows are counted and returned with their messages instead of raised, so
+a caller can log how many were skipped; nothing is dropped silently.
+
+Formats (`format="auto"` picks by the fields present):
+  messages  {"messages": [{"role", "content"}, ...]}
+  sharegpt  {"conversations": [{"from", "value"}, ...]} (+ optional "chosen" turn)
+  hh        {"chosen": "\\n\\nHuman: ...\\n\\nAssistant: ..."} (the chosen side for SFT)
+  alpaca    {"instruction", "input"?, "output"}
+  text      {"text"} or a .txt file (one document per line), for LM / PPO-ptx data
+"""
+
+import dataclasses
+import json
+import os
+
+from r3jax import chat
+
+
+class DataError(ValueError):
+  """A bad input row; the message names file, line and problem."""
+
+
+@dataclasses.dataclass
+class Loaded:
+  rows: list[dict]  # Each with "where" (file:line) and the parsed content.
+  skipped: list[str]  # Messages for skipped rows (empty unless skip_bad).
+
+
+def iter_records(path: str):
+  """Yields (where, obj) for each JSONL line / JSON array item / text line."""
+  if not os.path.exists(path):
+    raise DataError(f"{path}: file not found")
+  if path.endswith(".json"):
+    try:
+      with open(path, encoding="utf-8") as f:
+        items = json.load(f)
+    except UnicodeDecodeError as e:
+      raise DataError(f"{path}: invalid UTF-8 at byte {e.start}") from None
+    except json.JSONDecodeError as e:
+      raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
+    if not isinstance(items, list):
+      raise DataError(f"{path}: expected a JSON array of rows")
+    for i, obj in enumerate(items):
+      yield f"{path}: item {i}", obj
+    return
+  with open(path, "rb") as f:
+    for lineno, raw in enumerate(f, 1):
+      where = f"{path}:{lineno}"
+      try:
+        line = raw.decode("utf-8")
+      except UnicodeDecodeError as e:
+        yield where, DataError(f"{where}: invalid UTF-8 at byte {e.start} of the line")
+        continue
+      if not line.strip():
+        continue
+      if path.endswith(".txt"):
+        yield where, {"text": line.rstrip("\n")}
+        continue
+      try:
+        yield where, json.loads(line)
+      except json.JSONDecodeError as e:
+        yield where, DataError(f"{where}: malformed JSON ({e.msg} at column {e.colno})")
+
+
+def detect_format(obj: dict) -> str:
+  for fmt, key in (("messages", "messages"), ("sharegpt", "conversations"),
+                   ("alpaca", "instruction"), ("hh", "chosen"), ("text", "text")):
+    if key in obj:
+      return fmt
+  return "unknown"
+
+
+def _field(obj, key, where, kind=str):
+  if key not in obj:
+    raise DataError(f"{where}: missing field '{key}'")
+  if not isinstance(obj[key], kind):
+    raise DataError(f"{where}: field '{key}' should be {kind.__name__}, got {type(obj[key]).__name__}")
+  return obj[key]
+
+
+def to_conversation(obj, fmt: str, where: str) -> list[dict]:
+  """A conversation that ends with a non-empty assistant turn."""
+  if not isinstance(obj, dict):
+    raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+  fmt = detect_format(obj) if fmt == "auto" else fmt
+  try:
+    if fmt == "messages":
+      conv = [dict(m) for m in _field(obj, "messages", where, list)]
+    elif fmt == "sharegpt":
+      conv = chat.parse_sharegpt(_field(obj, "conversations", where, list), where)
+      if "chosen" in obj:
+        conv += chat.parse_sharegpt([obj["chosen"]], where)
+    elif fmt == "hh":
+      conv = chat.parse_hh(_field(obj, "chosen", where), where)
+    elif fmt == "alpaca":
+      inst, inp = _field(obj, "instruction", where), obj.get("input") or ""
+      out = _field(obj, "output", where)
+      conv = [{"role": "user", "content": f"{inst}\n\n{inp}" if inp else inst},
+              {"role": "assistant", "content": out}]
+    else:
+      raise DataError(f"{where}: cannot tell the row's format from its fields "
+                      f"{sorted(obj)[:6]}; set data.format")
+    chat.render(conv)  # Validates roles and contents.
+  except ValueError as e:
+    raise DataError(str(e) if str(e).startswith(where) else f"{where}: {e}") from None
+  if not conv or conv[-1]["role"] != "assistant":
+    raise DataError(f"{where}: the conversation does not end with an assistant turn")
+  if not conv[-1]["content"].strip():
+    raise DataError(f"{where}: empty response (the last assistant turn has no text)")
+  return conv
+
+
+def load_conversations(path: str, fmt: str = "auto", skip_bad: bool = False) -> Loaded:
+  rows, skipped = [], []
+  for where, obj in iter_records(path):
+    try:
+      if isinstance(obj, DataError):
+        raise obj
+      rows.append({"where": where, "messages": to_conversation(obj, fmt, where)})
+    except DataError as e:
+      if not skip_bad:
+        raise
+      skipped.append(str(e))
+  if not rows:
+    raise DataError(f"{path}: no usable rows" + (f" ({len(skipped)} skipped)" if skipped else ""))
+  return Loaded(rows, skipped)
+
+
+def load_texts(path: str, skip_bad: bool = False) -> Loaded:
+  """Plain documents ({"text"} rows or .txt lines) for LM losses such as PPO-ptx."""
+  rows, skipped = [], []
+  for where, obj in iter_records(path):
+    try:
+      if isinstance(obj, DataError):
+        raise obj
+      text = _field(obj, "text", where) if isinstance(obj, dict) else None
+      if text is None or not text.strip():
+        raise DataError(f"{where}: empty or missing 'text'")
+      rows.append({"where": where, "text": text})
+    except DataError as e:
+      if not skip_bad:
+        raise
+      skipped.append(str(e))
+  if not rows:
+    raise DataError(f"{path}: no usable rows")
+  return Loaded(rows, skipped)
+
+
+def write_jsonl(path: str, rows) -> None:
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  with open(path, "w") as f:
+    for r in rows:
+      f.write(json.dumps(r) + "\n")

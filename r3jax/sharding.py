@@ -1,0 +1,124 @@
+"""Device mesh, logical-axis rules, sharded state creation and batch placement.
+
+The model names each array dimension logically (`embed`, `heads`, `act_batch`, ...); a
+config's `sharding.rules` maps those names onto the mesh axes `data`, `fsdp` and
+`tensor`. Nothing here knows about a particular model.
+"""
+
+import math
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+from jax.experimental import mesh_utils
+import numpy as np
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# Weights: `embed` over fsdp (ZeRO-3 style), heads/mlp/vocab over tensor (Megatron style).
+# Activations: batch over data and fsdp, features over tensor where the weight is.
+DEFAULT_RULES = (
+    ("act_batch", ("data", "fsdp")),
+    ("act_length", None),
+    ("act_embed", None),
+    ("act_mlp", "tensor"),
+    ("act_vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("vocab", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("mlp", "tensor"),
+    ("norm", None),
+)
+
+
+class ConfigError(ValueError):
+  """A configuration that cannot run; the message says what to change."""
+
+
+def mesh_shape(spec, n_devices: int) -> dict[str, int]:
+  """{'data': d, 'fsdp': f, 'tensor': t} from (('data', -1), ('fsdp', 1), ...).
+
+  At most one axis may be -1 (it takes the remaining devices).
+  """
+  spec = [tuple(x) for x in spec]
+  names = [n for n, _ in spec]
+  if sorted(names) != sorted(MESH_AXES):
+    raise ConfigError(f"mesh={spec}: needs exactly the axes {MESH_AXES}")
+  sizes = dict(spec)
+  free = [n for n, s in sizes.items() if s == -1]
+  fixed = math.prod(s for s in sizes.values() if s != -1)
+  if len(free) > 1 or any(s == 0 or s < -1 for s in sizes.values()):
+    raise ConfigError(f"mesh={spec}: sizes must be positive, with at most one -1")
+  if free:
+    if n_devices % fixed:
+      raise ConfigError(f"mesh={spec}: {n_devices} devices are not divisible by {fixed}")
+    sizes[free[0]] = n_devices // fixed
+  if math.prod(sizes.values()) != n_devices:
+    raise ConfigError(f"mesh={spec}: uses {math.prod(sizes.values())} devices, "
+                      f"but {n_devices} are available")
+  return {n: sizes[n] for n in MESH_AXES}
+
+
+def make_mesh(spec, devices=None) -> jax.sharding.Mesh:
+  devices = devices if devices is not None else jax.devices()
+  sizes = mesh_shape(spec, len(devices))
+  shape = tuple(sizes[n] for n in MESH_AXES)
+  try:  # Topology-aware on TPU; plain reshape elsewhere.
+    grid = mesh_utils.create_device_mesh(shape, devices)
+  except (ValueError, NotImplementedError, AssertionError):
+    grid = np.asarray(devices).reshape(shape)
+  return jax.sharding.Mesh(grid, MESH_AXES)
+
+
+def rules_from_config(rules) -> tuple[tuple[str, Any], ...]:
+  return tuple((name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in rules)
+
+
+def create_sharded(init_fn: Callable[[], Any], mesh, rules):
+  """Runs `init_fn` (which returns LogicallyPartitioned leaves) directly into shardings.
+
+  jit with out_shardings materialises each shard on its device, so no device ever holds
+  the whole state. Returns (unboxed state, its shardings).
+  """
+  abstract = jax.eval_shape(init_fn)
+  shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(abstract), mesh, rules)
+  with mesh, nn.logical_axis_rules(rules):
+    state = jax.jit(lambda: nn.meta.unbox(init_fn()), out_shardings=shardings)()
+  return state, shardings
+
+
+def logical_shardings(axes_tree, mesh, rules):
+  """NamedShardings for a tree of logical PartitionSpecs (e.g. qwen.logical_axes)."""
+  return nn.logical_to_mesh_sharding(axes_tree, mesh, rules)
+
+
+def batch_sharding(mesh, ndim: int, batch_axis: int = 0) -> jax.sharding.NamedSharding:
+  spec = [None] * ndim
+  spec[batch_axis] = ("data", "fsdp")
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec))
+
+
+def replicated(mesh) -> jax.sharding.NamedSharding:
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+
+def put_batch(local_batch: dict[str, np.ndarray], mesh, batch_axis: int = 0):
+  """Assembles global arrays from each process's rows (its slice of the global batch)."""
+  return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim, batch_axis), v)
+          for k, v in local_batch.items()}
+
+
+def batch_split(global_batch: int, micro_per_device: int, mesh) -> int:
+  """Gradient-accumulation steps for a global batch; a ConfigError when it does not divide."""
+  n = mesh.shape["data"] * mesh.shape["fsdp"]
+  per_step = micro_per_device * n
+  if global_batch % per_step:
+    raise ConfigError(
+        f"batch_size={global_batch} is not a multiple of micro_batch_per_device "
+        f"({micro_per_device}) x data-parallel devices ({n}) = {per_step}")
+  if global_batch % jax.process_count():
+    raise ConfigError(f"batch_size={global_batch} does not divide over "
+                      f"{jax.process_count()} processes")
+  return global_batch // per_step

@@ -1,0 +1,51 @@
+r"""Training entry point: one config file per recipe, dispatched on `config.trainer`.
+
+  python -m r3jax.train --config=configs/sft_qwen.py:tiny --workdir=/tmp/sft
+  python -m r3jax.train --config=configs/sft_qwen.py --config.optim.lr=1e-5 --workdir=...
+
+Restarting with the same --workdir resumes from its latest checkpoint.
+"""
+
+import importlib
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:preset].",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, logs, plots).")
+
+TRAINERS = {"sft": "r3jax.trainers.sft"}
+
+
+def maybe_initialize_distributed():
+  """jax.distributed on multi-host jobs: TPU pods, or an explicit coordinator address."""
+  import jax
+  if os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("TPU_WORKER_HOSTNAMES", "").count(","):
+    jax.distributed.initialize()
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  if config is None:
+    sys.exit("error: --config=configs/<recipe>.py[:preset] is required")
+  workdir = _WORKDIR.value or config.get("workdir") or os.path.join("runs", config.get("name", config.trainer))
+  if config.trainer not in TRAINERS:
+    sys.exit(f"error: config.trainer={config.trainer!r}; known trainers: {sorted(TRAINERS)}")
+  maybe_initialize_distributed()
+  logging.set_verbosity(logging.WARNING)
+  from r3jax import sharding
+  from r3jax.data import readers
+  trainer = importlib.import_module(TRAINERS[config.trainer])
+  try:
+    trainer.train(config, workdir)
+  except (sharding.ConfigError, readers.DataError, FileNotFoundError) as e:
+    sys.exit(f"error: {e}")
+  print(f"done: logs, plots and checkpoints are in {workdir}")
+
+
+if __name__ == "__main__":
+  app.run(main)

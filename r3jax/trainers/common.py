@@ -1,0 +1,177 @@
+"""What every trainer shares: model and tokenizer set-up, sharded state, the jitted
+train step with gradient accumulation, data loading with the embedded default, and
+the checkpoint / preemption plumbing. Each trainer keeps its own loop."""
+
+import collections
+import contextlib
+import dataclasses
+import os
+import time
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from r3jax import checkpoint, sharding, tokenizer as tokenizer_lib
+from r3jax.data import readers, synthetic
+from r3jax.models import hf, qwen
+
+
+@dataclasses.dataclass
+class Policy:
+  """A decoder's config and tokenizer, and where its initial weights come from."""
+  cfg: qwen.QwenConfig
+  tokenizer: Any
+  hf_dir: str | None  # Initial weights from an HF dir; None: random init.
+
+
+def build_policy(mcfg, workdir: str, tokenizer_dir: str = "") -> Policy:
+  """model.hf_dir: an HF Qwen2 checkpoint; else model.preset with the tiny tokenizer."""
+  overrides = dict(param_dtype=mcfg.param_dtype, dtype=mcfg.dtype,
+                   dropout_rate=mcfg.dropout_rate, remat=mcfg.remat)
+  if mcfg.hf_dir:
+    cfg = hf.load_config(mcfg.hf_dir, **overrides)
+    return Policy(cfg, tokenizer_lib.load(tokenizer_dir or mcfg.hf_dir), mcfg.hf_dir)
+  if mcfg.preset not in ("tiny", "bench") and not mcfg.get("allow_random_init", False):
+    raise sharding.ConfigError(
+        f"model.preset={mcfg.preset!r} is a full-size model: set --config.model.hf_dir=/path "
+        "to an HF checkpoint (or --config.model.allow_random_init=True)")
+  tok = (tokenizer_lib.load(tokenizer_dir) if tokenizer_dir else
+         tokenizer_lib.tiny(cache_dir=os.path.join(workdir, "tokenizer")))
+  cfg = qwen.preset(mcfg.preset, vocab_size=len(tok), **overrides)
+  return Policy(cfg, tok, None)
+
+
+def init_state(policy: Policy, tx, mesh, rules, seed: int, init_from: str = ""):
+  """Train state {step, params, opt_state, rng}, created directly into its shardings.
+
+  Initial params: `init_from` (an HF dir or another run's workdir), else policy.hf_dir,
+  else random.
+  """
+  key = jax.random.key(seed)
+
+  def init_fn():
+    params = qwen.Qwen(policy.cfg).init(key, jnp.zeros((1, 8), jnp.int32))["params"]
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
+            "rng": jax.random.key_data(jax.random.fold_in(key, 1))}
+
+  state, shardings = sharding.create_sharded(init_fn, mesh, rules)
+  source = init_from or policy.hf_dir
+  if source:
+    state["params"] = load_params(source, policy.cfg, state["params"], shardings["params"])
+    with mesh:
+      state["opt_state"] = jax.jit(tx.init, out_shardings=shardings["opt_state"])(state["params"])
+  return state, shardings
+
+
+def load_params(source: str, cfg, like, param_shardings):
+  if os.path.exists(os.path.join(source, "config.json")):
+    return hf.load_params(source, cfg, shardings=param_shardings)
+  return checkpoint.restore_params_from(source, checkpoint.abstract_like(like, param_shardings))
+
+
+def make_train_step(loss_fn: Callable, tx, state_shardings, mesh, donate: bool = True):
+  """Jitted (state, batch) -> (state, metrics) with gradient accumulation.
+
+  `batch` leaves are [accum, micro, ...]. `loss_fn(params, microbatch, rng)` returns
+  (loss_sum, weight_sum, aux_sums): sums over the microbatch, so that adding them up over
+  microbatches and dividing once gives the exact global mean whatever the split. aux_sums
+  are divided by the same weight and reported as metrics.
+  """
+
+  def step(state, batch):
+    accum = jax.tree.leaves(batch)[0].shape[0]
+    step_key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def micro(carry, xs):
+      mb, i = xs
+      (loss, (weight, aux)), grads = grad_fn(state["params"], mb, jax.random.fold_in(step_key, i))
+      return jax.tree.map(jnp.add, carry, (grads, loss, weight, aux)), None
+
+    first = jax.tree.map(lambda x: x[0], batch)
+    (_, (_, aux_shapes)), _ = jax.eval_shape(grad_fn, state["params"], first, step_key)
+    init = (jax.tree.map(jnp.zeros_like, state["params"]), jnp.float32(0), jnp.float32(0),
+            jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), aux_shapes))
+    (grads, loss, weight, aux), _ = jax.lax.scan(micro, init, (batch, jnp.arange(accum)))
+    weight = jnp.maximum(weight, 1e-9)
+    grads = jax.tree.map(lambda g: g / weight, grads)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    metrics = {"loss": loss / weight, "grad_norm": global_norm(grads),
+               "param_norm": global_norm(params), "weight": weight,
+               **{k: v / weight for k, v in aux.items()}}
+    return {**state, "step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
+
+  batch_sh = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, ("data", "fsdp")))
+  return jax.jit(step, in_shardings=(state_shardings, batch_sh),
+                 out_shardings=(state_shardings, sharding.replicated(mesh)),
+                 donate_argnums=(0,) if donate else ())
+
+
+def global_norm(tree):
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
+
+
+def conversations(dcfg, workdir: str, seed: int):
+  """(train_rows, eval_rows, skipped) from data.train / data.eval, or the embedded default.
+
+  The embedded default generates the synthetic Q/A set (also written to workdir/data for
+  inspection). Without data.eval, a data.eval_fraction of the train rows is held out.
+  """
+  skipped = []
+  if dcfg.train:
+    loaded = readers.load_conversations(dcfg.train, dcfg.format, dcfg.skip_bad)
+    rows, skipped = loaded.rows, loaded.skipped
+  else:
+    rows = [dict(where=f"synthetic:{i}", **ex)
+            for i, ex in enumerate(synthetic.generate(dcfg.synthetic_examples, seed=0))]
+    if jax.process_index() == 0:
+      readers.write_jsonl(os.path.join(workdir, "data", "synthetic.jsonl"),
+                          [{k: v for k, v in r.items() if k != "where"} for r in rows])
+  if dcfg.eval:
+    loaded = readers.load_conversations(dcfg.eval, dcfg.format, dcfg.skip_bad)
+    return rows, loaded.rows, skipped + loaded.skipped
+  order = np.random.default_rng(seed).permutation(len(rows))
+  n_eval = max(1, int(len(rows) * dcfg.eval_fraction))
+  return [rows[i] for i in order[n_eval:]], [rows[i] for i in order[:n_eval]], skipped
+
+
+class Timer:
+  """Wall time per named phase; `read` returns the totals and resets them."""
+
+  def __init__(self):
+    self.totals = collections.defaultdict(float)
+
+  @contextlib.contextmanager
+  def __call__(self, name: str):
+    t0 = time.perf_counter()
+    yield
+    self.totals[name] += time.perf_counter() - t0
+
+  def read(self) -> dict[str, float]:
+    out, self.totals = dict(self.totals), collections.defaultdict(float)
+    return out
+
+
+def unigram_loss(tokenizer, rows, limit: int = 2000) -> float:
+  """Cross-entropy (nats) of the best context-free model of the trained tokens."""
+  from r3jax import chat
+  counts: dict[int, int] = {}
+  for r in rows[:limit]:
+    ids, mask = chat.tokenize(tokenizer, r["messages"])
+    for i in ids[mask.astype(bool)]:
+      counts[int(i)] = counts.get(int(i), 0) + 1
+  p = np.array(list(counts.values()), np.float64)
+  p /= p.sum()
+  return float(-(p * np.log(p)).sum())
+
+
+@contextlib.contextmanager
+def mesh_rules(mesh, rules):
+  """Context for tracing model code: the mesh plus the logical-axis rules."""
+  with mesh, nn.logical_axis_rules(rules):
+    yield
