@@ -36,6 +36,7 @@ def base():
   c.init_from = ""  # An HF dir or another run's workdir (its latest checkpoint).
   c.data = ml_collections.ConfigDict(dict(
       train="", eval="", format="auto", eval_fraction=0.05, skip_bad=False,
+      use_tfds=False,  # Read files through a TFDS array_record data source.
       synthetic_examples=4000))
   c.optim = ml_collections.ConfigDict(dict(
       lr=2e-6, schedule="constant", warmup_steps=1430, warmup_ratio=0.0, min_lr_ratio=0.0,

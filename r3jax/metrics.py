@@ -6,6 +6,7 @@ loops call it unconditionally.
 
 import json
 import os
+import sys
 import time
 
 import jax
@@ -54,8 +55,9 @@ class Writer:
       self._bar.update(n)
 
   def print(self, msg: str):
+    """A message above the progress bar, on stderr with it."""
     if self.enabled:
-      (self._bar.write if self._bar is not None else print)(msg)
+      tqdm.tqdm.write(msg, file=sys.stderr)
 
   def close(self):
     if not self.enabled:

@@ -27,6 +27,19 @@ def maybe_initialize_distributed():
     jax.distributed.initialize()
 
 
+def parse_flags(argv):
+  """absl parsing, with config errors as one line instead of a traceback."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    sys.exit(f"error: {e}\nPass --helpfull to see the flags.")
+  except AttributeError as e:  # An override names a field the config does not have.
+    bad = [a for a in argv if a.startswith("--config.")]
+    sys.exit(f"error: unknown config field {e} in {' '.join(bad)}")
+  except (ValueError, TypeError, KeyError, FileNotFoundError) as e:
+    sys.exit(f"error: bad --config: {e}")
+
+
 def main(argv):
   del argv
   config = _CONFIG.value
@@ -48,4 +61,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -9,6 +9,7 @@ import os
 import time
 from typing import Any, Callable
 
+from etils import epath
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -43,6 +44,15 @@ def build_policy(mcfg, workdir: str, tokenizer_dir: str = "") -> Policy:
          tokenizer_lib.tiny(cache_dir=os.path.join(workdir, "tokenizer")))
   cfg = qwen.preset(mcfg.preset, vocab_size=len(tok), **overrides)
   return Policy(cfg, tok, None)
+
+
+def check_paths(config) -> None:
+  """Fails fast, before any work, on a user-given path that does not exist."""
+  for field, path in (("init_from", config.get("init_from", "")),
+                      ("model.hf_dir", config.model.hf_dir), ("tokenizer", config.get("tokenizer", "")),
+                      ("data.train", config.data.get("train", "")), ("data.eval", config.data.get("eval", ""))):
+    if path and not epath.Path(path).exists():
+      raise FileNotFoundError(f"{field}={path}: no such file or directory")
 
 
 def init_state(policy: Policy, tx, mesh, rules, seed: int, init_from: str = ""):
@@ -123,8 +133,17 @@ def conversations(dcfg, workdir: str, seed: int):
   inspection). Without data.eval, a data.eval_fraction of the train rows is held out.
   """
   skipped = []
+
+  def load(path):
+    if dcfg.get("use_tfds", False):
+      from r3jax.data import tfds_local  # Local: TFDS is slow to import.
+      name = os.path.splitext(os.path.basename(path))[0]
+      return tfds_local.load_conversations(path, os.path.join(workdir, "tfds", name),
+                                           dcfg.format, dcfg.skip_bad)
+    return readers.load_conversations(path, dcfg.format, dcfg.skip_bad)
+
   if dcfg.train:
-    loaded = readers.load_conversations(dcfg.train, dcfg.format, dcfg.skip_bad)
+    loaded = load(dcfg.train)
     rows, skipped = loaded.rows, loaded.skipped
   else:
     rows = [dict(where=f"synthetic:{i}", **ex)
@@ -133,7 +152,7 @@ def conversations(dcfg, workdir: str, seed: int):
       readers.write_jsonl(os.path.join(workdir, "data", "synthetic.jsonl"),
                           [{k: v for k, v in r.items() if k != "where"} for r in rows])
   if dcfg.eval:
-    loaded = readers.load_conversations(dcfg.eval, dcfg.format, dcfg.skip_bad)
+    loaded = load(dcfg.eval)
     return rows, loaded.rows, skipped + loaded.skipped
   order = np.random.default_rng(seed).permutation(len(rows))
   n_eval = max(1, int(len(rows) * dcfg.eval_fraction))

@@ -40,6 +40,7 @@ def generate_samples(policy, params, prompts, max_new_tokens: int):
 
 
 def train(config, workdir: str) -> dict:
+  common.check_paths(config)
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.rules_from_config(config.sharding.rules)
   accum = sharding.batch_split(config.batch_size, config.micro_batch_per_device
@@ -104,6 +105,8 @@ def train(config, workdir: str) -> dict:
         batch, n_trunc = pipeline.sft_batch(
             policy.tokenizer, [train_rows[i]["messages"] for i in idx], config.seq_len)
         truncated += n_trunc
+        # Order-sensitive fingerprint of the batch, so resumed runs can prove same data.
+        checksum = float(np.sum((idx + 1) * np.arange(1, len(idx) + 1)) % (1 << 24))
         tokens_since += int(batch["attn_mask"].sum()) * jax.process_count()
         state, m = step_fn(state, sharding.put_batch(pipeline.microbatches(batch, accum), mesh, 1))
         writer.advance()
@@ -115,7 +118,8 @@ def train(config, workdir: str) -> dict:
           writer.scalars(done, {**{f"train/{k}": v for k, v in m.items()}, "train/lr": lr,
                                 "perf/tokens_per_s": tokens_since / dt,
                                 "perf/steps_per_s": config.log_every / dt,
-                                "data/truncated": truncated, "data/epoch": order.epoch},
+                                "data/truncated": truncated, "data/epoch": order.epoch,
+                                "data/batch_checksum": checksum},
                          bar={"loss": m["loss"], "tok/s": tokens_since / dt})
           t_last, tokens_since = time.perf_counter(), 0
         if done % config.eval_every == 0 or done == steps:
