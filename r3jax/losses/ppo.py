@@ -1,0 +1,146 @@
+"""PPO for RLHF as pure functions (SPEC §4): KL estimators, token rewards, masked GAE,
+whitening, clipped policy and value losses, running reward moments, adaptive KL.
+
+Shapes: B sequences, T response tokens. `mask_BT` is 1 on response tokens (a
+contiguous prefix of each row, the stop token included) and 0 on padding.
+"""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+def masked_mean(x, mask, axis=None):
+  mask = mask.astype(x.dtype)
+  return jnp.sum(x * mask, axis) / jnp.maximum(jnp.sum(mask, axis), 1.0)
+
+
+def masked_whiten(x, mask, shift_mean: bool = True, eps: float = 1e-8):
+  """(x - mean) / std over the masked entries; padding comes out 0."""
+  mean = masked_mean(x, mask)
+  var = masked_mean(jnp.square(x - mean), mask)
+  out = (x - mean) * jax.lax.rsqrt(var + eps)
+  if not shift_mean:
+    out = out + mean
+  return out * mask
+
+
+def kl_estimate(logp_BT, ref_logp_BT, kind: str = "k1"):
+  """Per-token estimate of KL(π || π_ref) from samples of π.
+
+  k1 = log π - log π_ref (unbiased, can be negative); k2 = ½(log ratio)²; k3 = (ρ - 1) -
+  log ρ with ρ = π_ref / π (unbiased and never negative).
+  """
+  log_ratio = logp_BT - ref_logp_BT
+  if kind == "k1":
+    return log_ratio
+  if kind == "k2":
+    return 0.5 * jnp.square(log_ratio)
+  if kind == "k3":
+    return jnp.expm1(-log_ratio) + log_ratio
+  raise ValueError(f"unknown KL estimator {kind!r}; expected k1, k2 or k3")
+
+
+def last_index(mask_BT):
+  """Index of each row's last response token (0 for an empty row)."""
+  return jnp.maximum(jnp.sum(mask_BT.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def token_rewards(score_B, kl_BT, mask_BT, beta):
+  """r_t = -β·kl_t on response tokens, plus the sequence score on the last one."""
+  r_BT = -beta * kl_BT * mask_BT
+  onehot_BT = jax.nn.one_hot(last_index(mask_BT), mask_BT.shape[-1], dtype=r_BT.dtype)
+  return r_BT + onehot_BT * score_B[:, None] * (jnp.sum(mask_BT, -1, keepdims=True) > 0)
+
+
+def gae(rewards_BT, values_BT, mask_BT, gamma: float, lam: float):
+  """Masked generalised advantage estimation. Returns (advantages_BT, returns_BT).
+
+  δ_t = r_t + γ V_{t+1} - V_t and A_t = δ_t + γλ A_{t+1}, with V and A zero after the last
+  response token; padding gets zero advantage and return.
+  """
+  mask_BT = mask_BT.astype(rewards_BT.dtype)
+  values_BT = values_BT * mask_BT
+  next_values_BT = jnp.concatenate([values_BT[:, 1:], jnp.zeros_like(values_BT[:, :1])], 1)
+  deltas_BT = rewards_BT + gamma * next_values_BT - values_BT
+  next_mask_BT = jnp.concatenate([mask_BT[:, 1:], jnp.zeros_like(mask_BT[:, :1])], 1)
+
+  def step(adv_next_B, xs):
+    delta_B, m_B, m_next_B = xs
+    adv_B = (delta_B + gamma * lam * adv_next_B * m_next_B) * m_B
+    return adv_B, adv_B
+
+  _, adv_TB = jax.lax.scan(step, jnp.zeros_like(rewards_BT[:, 0]),
+                           (deltas_BT.T, mask_BT.T, next_mask_BT.T), reverse=True)
+  adv_BT = adv_TB.T
+  return adv_BT, (adv_BT + values_BT) * mask_BT
+
+
+def policy_loss(logp_BT, old_logp_BT, adv_BT, mask_BT, clip_eps: float):
+  """PPO-clip, a masked token mean. Returns (loss, metrics)."""
+  log_ratio_BT = logp_BT - old_logp_BT
+  ratio_BT = jnp.exp(log_ratio_BT)
+  unclipped_BT = -adv_BT * ratio_BT
+  clipped_BT = -adv_BT * jnp.clip(ratio_BT, 1.0 - clip_eps, 1.0 + clip_eps)
+  loss = masked_mean(jnp.maximum(unclipped_BT, clipped_BT), mask_BT)
+  metrics = {
+      "policy/clipfrac": masked_mean((clipped_BT > unclipped_BT).astype(jnp.float32), mask_BT),
+      # k3 of the new policy against the rollout policy: the usual "approx_kl".
+      "policy/approx_kl": masked_mean(jnp.expm1(-log_ratio_BT) + log_ratio_BT, mask_BT),
+      "policy/ratio": masked_mean(ratio_BT, mask_BT),
+  }
+  return loss, metrics
+
+
+def value_loss(values_BT, old_values_BT, returns_BT, mask_BT, clip: float):
+  """½·mean max((V - R)², (V_clip - R)²) with V_clip = V_old + clip(V - V_old, ±clip)."""
+  v_clipped_BT = old_values_BT + jnp.clip(values_BT - old_values_BT, -clip, clip)
+  unclipped_BT = jnp.square(values_BT - returns_BT)
+  clipped_BT = jnp.square(v_clipped_BT - returns_BT)
+  loss = 0.5 * masked_mean(jnp.maximum(unclipped_BT, clipped_BT), mask_BT)
+  return loss, {"value/clipfrac": masked_mean((clipped_BT > unclipped_BT).astype(jnp.float32), mask_BT)}
+
+
+def explained_variance(values_BT, returns_BT, mask_BT):
+  var_r = masked_mean(jnp.square(returns_BT - masked_mean(returns_BT, mask_BT)), mask_BT)
+  resid = returns_BT - values_BT
+  var_resid = masked_mean(jnp.square(resid - masked_mean(resid, mask_BT)), mask_BT)
+  return 1.0 - var_resid / jnp.maximum(var_r, 1e-8)
+
+
+class Moments(NamedTuple):
+  """Running mean and variance of sequence scores (Chan et al.'s parallel update)."""
+  mean: jax.Array
+  var: jax.Array
+  count: jax.Array
+
+  @classmethod
+  def init(cls):
+    return cls(jnp.float32(0.0), jnp.float32(1.0), jnp.float32(0.0))
+
+
+def update_moments(m: Moments, x_B) -> Moments:
+  """Merges a batch into the running moments (so one-by-one equals concatenated)."""
+  n = jnp.float32(x_B.shape[0])
+  batch_mean = jnp.mean(x_B)
+  batch_var = jnp.mean(jnp.square(x_B - batch_mean))
+  total = m.count + n
+  delta = batch_mean - m.mean
+  mean = m.mean + delta * n / total
+  m2 = m.var * m.count + batch_var * n + jnp.square(delta) * m.count * n / total
+  return Moments(mean, m2 / total, total)
+
+
+def normalize_score(score_B, m: Moments, use_std: bool = True, clip: float = 0.0):
+  """Normalises with moments that already include this batch (SPEC §8); optional clip."""
+  out = score_B - m.mean
+  if use_std:
+    out = out * jax.lax.rsqrt(m.var + 1e-8)
+  return jnp.clip(out, -clip, clip) if clip else out
+
+
+def adaptive_kl(beta, kl_observed, target: float, horizon: float, n_steps: float):
+  """Ziegler et al.'s controller: β ← β·(1 + clip(KL/target - 1, ±0.2)·n/horizon)."""
+  error = jnp.clip(kl_observed / target - 1.0, -0.2, 0.2)
+  return beta * (1.0 + error * n_steps / horizon)

