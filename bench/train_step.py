@@ -33,7 +33,6 @@ def _median_time(fn, n):
 
 def matmul_peak(dtype, n=2048, repeats=5):
   import jax
-  import jax.numpy as jnp
   a = jax.random.normal(jax.random.key(0), (n, n), dtype)
   f = jax.jit(lambda x: x @ x)
   f(a).block_until_ready()

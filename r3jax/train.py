@@ -17,7 +17,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:preset].
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, logs, plots).")
 
-TRAINERS = {"sft": "r3jax.trainers.sft"}
+TRAINERS = {"sft": "r3jax.trainers.sft", "ppo": "r3jax.trainers.ppo"}
 
 
 def maybe_initialize_distributed():

@@ -6,6 +6,7 @@ import collections
 import contextlib
 import dataclasses
 import os
+import sys
 import time
 from typing import Any, Callable
 
@@ -157,6 +158,17 @@ def conversations(dcfg, workdir: str, seed: int):
   order = np.random.default_rng(seed).permutation(len(rows))
   n_eval = max(1, int(len(rows) * dcfg.eval_fraction))
   return [rows[i] for i in order[n_eval:]], [rows[i] for i in order[:n_eval]], skipped
+
+
+def save_step(mngr, step: int, state, data_state: dict, preempt, writer, last: bool) -> None:
+  """Checkpoints on the manager's interval, on the last step, and on SIGTERM; after a
+  SIGTERM it waits for the save and exits with status 143."""
+  checkpoint.save(mngr, step, state, data_state, force=preempt.requested or last)
+  if preempt.requested:
+    mngr.wait_until_finished()
+    writer.print(f"SIGTERM: saved a checkpoint at step {step}; exiting")
+    writer.close()
+    sys.exit(143)
 
 
 class Timer:

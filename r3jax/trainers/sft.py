@@ -1,8 +1,6 @@
 """Supervised fine-tuning: masked next-token loss on assistant tokens (SPEC §2)."""
 
 import functools
-import os
-import sys
 import time
 
 import jax
@@ -126,13 +124,8 @@ def train(config, workdir: str) -> dict:
           last_eval = evaluate(done)
           writer.print(f"step {done}: eval loss {last_eval['eval/loss']:.3f} "
                        f"(unigram {unigram:.3f}), perplexity {last_eval['eval/perplexity']:.2f}")
-        checkpoint.save(mngr, done, state, {"order": order.state()},
-                        force=preempt.requested or done == steps)
-        if preempt.requested:
-          mngr.wait_until_finished()
-          writer.print(f"SIGTERM: saved a checkpoint at step {done}; exiting")
-          writer.close()
-          sys.exit(143)
+        common.save_step(mngr, done, state, {"order": order.state()}, preempt, writer,
+                         last=done == steps)
     mngr.wait_until_finished()
   finally:
     preempt.restore_handler()

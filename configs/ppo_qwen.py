@@ -1,0 +1,80 @@
+"""PPO for RLHF (SPEC §4) with the R³ reward (SPEC §5) — the project's main job.
+
+Presets (`--config=configs/ppo_qwen.py:<preset>`):
+  tiny            (default) the embedded default: a tiny SFT policy trained first (or reused
+                  from <workdir>/sft), then PPO against R³ with the packaged MiniLM encoder.
+  tiny-relevance  the same with the relevance-only reward (the reward-hacking ablation).
+  qwen            the Qwen recipe: fixed β 0.04, value clip 0.15, policy LR 1e-6, value LR
+                  5e-6, 50 value warm-up steps, 2 samples per prompt, top-p 0.9.
+  r3              the R³ recipe: adaptive KL from 0.2, ε 0.2, γ 1, λ 0.95, 4 PPO epochs,
+                  constant LR 1e-5, 512 new tokens, score normalisation with clip 10.
+Full-size presets need --config.model.hf_dir (or --config.init_from=<SFT run or HF dir>)
+and --config.data.prompts=FILE.jsonl with {prompt, reference?, query_type?} rows.
+"""
+
+import ml_collections
+
+from r3jax import sharding
+
+_SFT = "configs/sft_qwen.py"
+
+
+def get_config(arg=None):
+  import runpy  # The SFT warm start reuses the SFT recipe's tiny preset.
+  import os
+  preset = arg or "tiny"
+  c = ml_collections.ConfigDict()
+  c.trainer = "ppo"
+  c.name = f"ppo_{preset}"
+  c.seed = 0
+  c.steps = 400  # PPO iterations.
+  c.prompts_per_step = 64
+  c.mesh = (("data", -1), ("fsdp", 1), ("tensor", 1))
+  c.sharding = ml_collections.ConfigDict({"rules": sharding.DEFAULT_RULES})
+  c.model = ml_collections.ConfigDict(dict(
+      preset="tiny", hf_dir="", param_dtype="float32", dtype="float32", dropout_rate=0.0,
+      remat=False, allow_random_init=False))
+  c.tokenizer = ""
+  c.init_from = ""  # SFT run workdir or HF dir; "": train the tiny SFT in <workdir>/sft.
+  sft_path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sft_qwen.py")
+  c.sft = runpy.run_path(sft_path)["get_config"]("tiny")
+  c.data = ml_collections.ConfigDict(dict(prompts="", synthetic_examples=2000, prompt_seed=1))
+  c.rollout = ml_collections.ConfigDict(dict(
+      n=2, top_p=0.9, top_k=0, temperature=1.0, max_new_tokens=512, prompt_len=256))
+  c.reward = ml_collections.ConfigDict(dict(
+      mode="r3", encoder="", normalize=True, query_types="field", scale=1.0,
+      normalize_score=True, clip=10.0))
+  c.kl = ml_collections.ConfigDict(dict(
+      estimator="k1", beta=0.04, adaptive=False, target=6.0, horizon=10000))
+  c.ppo = ml_collections.ConfigDict(dict(
+      epochs=1, minibatch=16, clip_eps=0.2, value_clip=0.15, gamma=1.0, lam=0.95,
+      vf_coef=1.0, entropy_coef=0.0, whiten=True, value_warmup_steps=50))
+  c.optim = ml_collections.ConfigDict(dict(
+      lr=1e-6, schedule="constant", warmup_steps=0, warmup_ratio=0.0, min_lr_ratio=0.0,
+      b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.0, grad_clip=1.0))
+  c.value_lr = 5e-6
+  c.checkpoint = ml_collections.ConfigDict(dict(every=50, max_to_keep=2, async_save=True))
+  c.eval_prompts = 8
+  c.log_samples_every = 10
+
+  if preset in ("tiny", "tiny-relevance"):
+    c.steps, c.prompts_per_step = 60, 16
+    c.rollout.update(max_new_tokens=48, prompt_len=48)
+    c.kl.update(adaptive=True, beta=0.05, target=4.0, horizon=1000)
+    c.ppo.update(epochs=2, minibatch=16, value_warmup_steps=5, value_clip=0.2)
+    c.optim.lr, c.value_lr = 3e-4, 1e-3
+    c.checkpoint.every = 20
+    if preset == "tiny-relevance":
+      c.reward.mode = "relevance"
+  elif preset == "qwen":
+    c.kl.update(beta=0.04, adaptive=False)
+    c.rollout.update(n=2, top_p=0.9)
+  elif preset == "r3":
+    c.kl.update(beta=0.2, adaptive=True)
+    c.ppo.update(epochs=4, clip_eps=0.2, gamma=1.0, lam=0.95, value_clip=0.2, value_warmup_steps=0)
+    c.optim.lr = c.value_lr = 1e-5
+    c.rollout.update(top_p=1.0, max_new_tokens=512)
+    c.prompts_per_step, c.ppo.minibatch = 16, 2
+  else:
+    raise ValueError(f"unknown preset {preset!r}; see the docstring of configs/ppo_qwen.py")
+  return c
