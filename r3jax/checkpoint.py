@@ -13,8 +13,13 @@ import jax
 import orbax.checkpoint as ocp
 
 
+def _absolute(path: str) -> epath.Path:
+  """Orbax needs absolute paths; remote ones (gs://...) are left as they are."""
+  return epath.Path(path if "://" in str(path) else os.path.abspath(path))
+
+
 def manager(workdir: str, save_every: int, max_to_keep: int, async_save: bool = True):
-  path = epath.Path(workdir) / "checkpoints"
+  path = _absolute(workdir) / "checkpoints"
   options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep, save_interval_steps=max(save_every, 1),
       enable_async_checkpointing=async_save, create=True)
@@ -44,7 +49,7 @@ def abstract_like(state, shardings):
 
 def restore_params_from(path: str, abstract_params):
   """Params from another run's workdir (its latest checkpoint), into the given shardings."""
-  ckpt_dir = epath.Path(path)
+  ckpt_dir = _absolute(path)
   if (ckpt_dir / "checkpoints").exists():
     ckpt_dir = ckpt_dir / "checkpoints"
   if not ckpt_dir.exists():

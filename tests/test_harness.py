@@ -227,3 +227,13 @@ def test_tfds_source_matches_direct_reader(tmp_path):
   bad.write_bytes(b'{"instruction": "a", "output": "b"}\n{"instruction": "c"}\n')
   with pytest.raises(readers.DataError, match=f"{bad}:2: missing field 'output'"):
     tfds_local.load_conversations(str(bad), str(tmp_path / "t2"))
+
+
+def test_relative_workdir(tmp_path):
+  # Orbax wants absolute paths; users type relative ones.
+  cmd = [sys.executable, "-m", "r3jax.train", f"--config={ROOT}/configs/sft_qwen.py:tiny",
+         "--workdir=runs/rel", *SMALL, "--config.steps=2"]
+  out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": ROOT})
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert (tmp_path / "runs" / "rel" / "checkpoints" / "2").exists()
