@@ -89,11 +89,6 @@ def create_sharded(init_fn: Callable[[], Any], mesh, rules):
   return state, shardings
 
 
-def logical_shardings(axes_tree, mesh, rules):
-  """NamedShardings for a tree of logical PartitionSpecs (e.g. qwen.logical_axes)."""
-  return nn.logical_to_mesh_sharding(axes_tree, mesh, rules)
-
-
 def batch_sharding(mesh, ndim: int, batch_axis: int = 0) -> jax.sharding.NamedSharding:
   spec = [None] * ndim
   spec[batch_axis] = ("data", "fsdp")

@@ -18,7 +18,7 @@ import numpy as np
 import optax
 
 from r3jax import checkpoint, sharding, tokenizer as tokenizer_lib
-from r3jax.data import readers, synthetic
+from r3jax.data import pipeline, readers, synthetic
 from r3jax.models import hf, qwen
 
 
@@ -158,6 +158,22 @@ def conversations(dcfg, workdir: str, seed: int):
   order = np.random.default_rng(seed).permutation(len(rows))
   n_eval = max(1, int(len(rows) * dcfg.eval_fraction))
   return [rows[i] for i in order[n_eval:]], [rows[i] for i in order[:n_eval]], skipped
+
+
+def resume(mngr, state, n_rows: int, batch_size: int, seed: int, writer):
+  """(state, data order): from the latest checkpoint if there is one, else as given.
+
+  The restore target takes each leaf's current sharding, so state comes back laid out
+  as the fresh one was.
+  """
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+  restored = checkpoint.restore(mngr, abstract)
+  if restored is None:
+    return state, pipeline.Order(n_rows, batch_size, seed)
+  state, data_state, _ = restored
+  order = pipeline.Order(n_rows, batch_size, seed, data_state["order"])
+  writer.print(f"resumed from step {int(state['step'])} (data epoch {order.epoch}, batch {order.index})")
+  return state, order
 
 
 def save_step(mngr, step: int, state, data_state: dict, preempt, writer, last: bool) -> None:

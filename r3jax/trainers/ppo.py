@@ -16,7 +16,7 @@ import numpy as np
 import optax
 
 from r3jax import chat, checkpoint, metrics, optim, plot, sampling, sharding
-from r3jax.data import pipeline, readers, synthetic
+from r3jax.data import readers, synthetic
 from r3jax.losses import lm, ppo
 from r3jax.models import bert, qwen
 from r3jax.rewards import r3
@@ -110,12 +110,7 @@ def train(config, workdir: str) -> dict:
 
   mngr = checkpoint.manager(workdir, config.checkpoint.every, config.checkpoint.max_to_keep,
                             config.checkpoint.async_save)
-  order = pipeline.Order(len(rows), config.prompts_per_step, config.seed)
-  restored = checkpoint.restore(mngr, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state))
-  if restored is not None:
-    state, data_state, _ = restored
-    order = pipeline.Order(len(rows), config.prompts_per_step, config.seed, data_state["order"])
-    writer.print(f"resumed PPO from iteration {int(state['step'])}")
+  state, order = common.resume(mngr, state, len(rows), config.prompts_per_step, config.seed, writer)
   start = int(state["step"])
 
   scfg = sampling.SampleConfig(
@@ -193,15 +188,16 @@ def train(config, workdir: str) -> dict:
         adv = ppo.masked_whiten(adv, rm) if config.ppo.whiten else adv
       with timer("time/update"):
         train_policy = jnp.float32(it >= config.ppo.value_warmup_steps)
-        data = {"seq": seq, "mask": mask, "resp_mask": rm, "old_logp": logp, "adv": adv,
-                "returns": returns, "old_values": values}
+        data = {k: jnp.asarray(v) for k, v in dict(
+            seq=seq, mask=mask, resp_mask=rm, old_logp=logp, adv=adv, returns=returns,
+            old_values=values).items()}
         n_rows = seq.shape[0]
         ms = []
         pol, pol_opt, val, val_opt = state["policy"], state["policy_opt"], state["value"], state["value_opt"]
         for epoch in range(config.ppo.epochs):
           perm = np.random.default_rng([config.seed, it, epoch]).permutation(n_rows)
           for j in range(0, n_rows, config.ppo.minibatch):
-            mb = {k: jnp.asarray(v)[perm[j:j + config.ppo.minibatch]] for k, v in data.items()}
+            mb = {k: v[perm[j:j + config.ppo.minibatch]] for k, v in data.items()}
             pol, pol_opt, val, val_opt, m = update(pol, pol_opt, val, val_opt, mb, train_policy)
             ms.append(m)
         kl_seq = float(jnp.mean(jnp.sum(kl, -1)))

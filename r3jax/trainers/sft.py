@@ -57,12 +57,7 @@ def train(config, workdir: str) -> dict:
                             config.checkpoint.async_save)
   state, shardings = common.init_state(policy, tx, mesh, rules, config.seed,
                                        "" if mngr.latest_step() is not None else config.init_from)
-  order = pipeline.Order(len(train_rows), config.batch_size, config.seed)
-  restored = checkpoint.restore(mngr, checkpoint.abstract_like(state, shardings))
-  if restored is not None:
-    state, data_state, _ = restored
-    order = pipeline.Order(len(train_rows), config.batch_size, config.seed, data_state["order"])
-    writer.print(f"resumed from step {int(state['step'])} (data epoch {order.epoch}, batch {order.index})")
+  state, order = common.resume(mngr, state, len(train_rows), config.batch_size, config.seed, writer)
   start = int(state["step"])
 
   step_fn = common.make_train_step(
