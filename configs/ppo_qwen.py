@@ -42,7 +42,7 @@ def get_config(arg=None):
   c.rollout = ml_collections.ConfigDict(dict(
       n=2, top_p=0.9, top_k=0, temperature=1.0, max_new_tokens=512, prompt_len=256))
   c.reward = ml_collections.ConfigDict(dict(
-      mode="r3", encoder="", normalize=True, query_types="field", scale=1.0,
+      mode="r3", encoder="", normalize=True, query_types="field", classifier="", scale=1.0,
       normalize_score=True, clip=10.0))
   c.kl = ml_collections.ConfigDict(dict(
       estimator="k1", beta=0.04, adaptive=False, target=6.0, horizon=10000))
@@ -53,14 +53,19 @@ def get_config(arg=None):
       lr=1e-6, schedule="constant", warmup_steps=0, warmup_ratio=0.0, min_lr_ratio=0.0,
       b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.0, grad_clip=1.0))
   c.value_lr = 5e-6
+  # LoRA (rank 0: off): the policy and the value train adapters on the frozen SFT weights,
+  # which double as the KL reference.
+  c.lora = ml_collections.ConfigDict(dict(rank=0, alpha=16.0, targets=("q_kernel", "v_kernel")))
+  # PPO-ptx: coef · LM loss on pretraining text (ptx.data, or synthetic documents).
+  c.ptx = ml_collections.ConfigDict(dict(coef=0.0, data="", batch=4, seq_len=64, synthetic_docs=500))
   c.checkpoint = ml_collections.ConfigDict(dict(every=50, max_to_keep=2, async_save=True))
   c.eval_prompts = 8
   c.log_samples_every = 10
 
   if preset in ("tiny", "tiny-relevance"):
-    c.steps, c.prompts_per_step = 60, 16
+    c.steps, c.prompts_per_step = 120, 32
     c.rollout.update(max_new_tokens=48, prompt_len=48)
-    c.kl.update(adaptive=True, beta=0.05, target=4.0, horizon=1000)
+    c.kl.update(adaptive=True, beta=0.05, target=8.0, horizon=1000)
     c.ppo.update(epochs=2, minibatch=16, value_warmup_steps=5, value_clip=0.2)
     c.optim.lr, c.value_lr = 3e-4, 1e-3
     c.checkpoint.every = 20
@@ -74,6 +79,7 @@ def get_config(arg=None):
     c.ppo.update(epochs=4, clip_eps=0.2, gamma=1.0, lam=0.95, value_clip=0.2, value_warmup_steps=0)
     c.optim.lr = c.value_lr = 1e-5
     c.rollout.update(top_p=1.0, max_new_tokens=512)
+    c.lora.update(rank=16, alpha=32.0)
     c.prompts_per_step, c.ppo.minibatch = 16, 2
   else:
     raise ValueError(f"unknown preset {preset!r}; see the docstring of configs/ppo_qwen.py")

@@ -56,6 +56,16 @@ def tokenize(tokenizer, messages, add_generation_prompt: bool = False):
   return np.asarray(ids, np.int32), np.asarray(mask, np.int32)
 
 
+def tokenize_response(tokenizer, prompt, response: str):
+  """(ids, loss_mask) of prompt + one assistant response, the mask on that response only
+  (its content and `<|im_end|>`): earlier assistant turns are context, not the answer
+  that preference losses score."""
+  ids, mask = tokenize(tokenizer, list(prompt) + [{"role": "assistant", "content": response}])
+  n_prompt = len(tokenize(tokenizer, prompt, add_generation_prompt=True)[0])
+  mask[:n_prompt] = 0
+  return ids, mask
+
+
 def prompt_messages(question: str, system: str | None = None):
   msgs = [{"role": "system", "content": system}] if system else []
   return msgs + [{"role": "user", "content": question}]

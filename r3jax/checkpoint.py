@@ -67,6 +67,36 @@ def restore_params_from(path: str, abstract_params):
   return restored["state"]["params"]
 
 
+def _reader(ckpt_dir):
+  return ocp.CheckpointManager(ckpt_dir, item_handlers={"state": ocp.StandardCheckpointHandler(),
+                                                        "data": ocp.JsonCheckpointHandler()},
+                               options=ocp.CheckpointManagerOptions(read_only=True))
+
+
+def param_keys(path: str) -> set[str]:
+  """Top-level names in the params of a run's latest checkpoint (empty for an HF dir)."""
+  ckpt_dir = _absolute(path) / "checkpoints"
+  if not ckpt_dir.exists():
+    return set()
+  mngr = _reader(ckpt_dir)
+  step = mngr.latest_step()
+  return set() if step is None else set(mngr.item_metadata(step)["state"]["params"])
+
+
+def load_host(workdir: str, step: int | None = None):
+  """A run's checkpointed state as host numpy arrays, whatever topology wrote it: for
+  tools and tests on one machine reading a checkpoint saved by a mesh."""
+  mngr = _reader(_absolute(workdir) / "checkpoints")
+  step = mngr.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f"{workdir}: no checkpoint")
+  meta = mngr.item_metadata(step)["state"]
+  dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=dev), meta)
+  out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+  return jax.device_get(out["state"])
+
+
 class Preemption:
   """Turns SIGTERM into a flag the training loop polls, so it can save and exit cleanly."""
 

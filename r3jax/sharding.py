@@ -99,6 +99,21 @@ def replicated(mesh) -> jax.sharding.NamedSharding:
   return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
 
+def on_mesh(tree, mesh):
+  """Leaves already laid out on `mesh` keep their sharding; the others (small state made
+  outside `create_sharded`, e.g. LoRA adapters) are replicated on it, so that jit sees
+  one device set and a restore puts them back the same way."""
+  rep = replicated(mesh)
+
+  def place(x):
+    s = getattr(x, "sharding", None)
+    if isinstance(s, jax.sharding.NamedSharding) and s.mesh == mesh:
+      return x
+    return jax.device_put(x, rep)
+
+  return jax.tree.map(place, tree)
+
+
 def put_batch(local_batch: dict[str, np.ndarray], mesh, batch_axis: int = 0):
   """Assembles global arrays from each process's rows (its slice of the global batch)."""
   return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim, batch_axis), v)

@@ -17,7 +17,9 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:preset].
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, logs, plots).")
 
-TRAINERS = {"sft": "r3jax.trainers.sft", "ppo": "r3jax.trainers.ppo"}
+TRAINERS = {"sft": "r3jax.trainers.sft", "ppo": "r3jax.trainers.ppo",
+            "rm": "r3jax.trainers.preference", "dpo": "r3jax.trainers.preference",
+            "rso": "r3jax.trainers.rso", "best_of_n": "r3jax.trainers.rso:train_best_of_n"}
 
 
 def maybe_initialize_distributed():
@@ -52,9 +54,9 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   from r3jax import sharding
   from r3jax.data import readers
-  trainer = importlib.import_module(TRAINERS[config.trainer])
+  module, _, fn = TRAINERS[config.trainer].partition(":")
   try:
-    trainer.train(config, workdir)
+    getattr(importlib.import_module(module), fn or "train")(config, workdir)
   except (sharding.ConfigError, readers.DataError, FileNotFoundError) as e:
     sys.exit(f"error: {e}")
   print(f"done: logs, plots and checkpoints are in {workdir}")

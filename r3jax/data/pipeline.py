@@ -64,6 +64,32 @@ def sft_batch(tokenizer, conversations, seq_len: int):
   return {"tokens": tokens, "loss_mask": loss_mask, "attn_mask": attn_mask}, truncated
 
 
+def ranked_batch(tokenizer, comparisons, seq_len: int):
+  """Comparisons of K responses (best first) as [B, K, seq_len] arrays, right-padded:
+  tokens, attn_mask, and loss_mask on each response (its content and `<|im_end|>`).
+
+  Returns (batch, n_truncated). A truncated row keeps its start; its response is then
+  scored on what remains, and the count is reported.
+  """
+  k = len(comparisons[0]["responses"])
+  if any(len(c["responses"]) != k for c in comparisons):
+    raise ValueError("every comparison in a batch needs the same number of responses")
+  shape = (len(comparisons), k, seq_len)
+  out = {"tokens": np.full(shape, tokenizer.pad_token_id, np.int32),
+         "attn_mask": np.zeros(shape, np.int32), "loss_mask": np.zeros(shape, np.int32)}
+  truncated = 0
+  for i, c in enumerate(comparisons):
+    for j, response in enumerate(c["responses"]):
+      ids, mask = chat.tokenize_response(tokenizer, c["prompt"], response)
+      if len(ids) > seq_len:
+        truncated += 1
+        ids, mask = ids[:seq_len], mask[:seq_len]
+      out["tokens"][i, j, :len(ids)] = ids
+      out["loss_mask"][i, j, :len(ids)] = mask
+      out["attn_mask"][i, j, :len(ids)] = 1
+  return out, truncated
+
+
 def microbatches(batch: dict[str, np.ndarray], accum: int) -> dict[str, np.ndarray]:
   """[B, ...] -> [accum, B / accum, ...]; microbatch a takes rows a, a + accum, ...
 

@@ -10,6 +10,9 @@ Formats (`format="auto"` picks by the fields present):
   hh        {"chosen": "\\n\\nHuman: ...\\n\\nAssistant: ..."} (the chosen side for SFT)
   alpaca    {"instruction", "input"?, "output"}
   text      {"text"} or a .txt file (one document per line), for LM / PPO-ptx data
+Comparisons for reward models and DPO (`load_comparisons`): {prompt, chosen, rejected},
+{prompt, responses} (ranked, best first), HH {chosen, rejected} transcripts, and
+ShareGPT-style {conversations, chosen, rejected}.
 """
 
 import dataclasses
@@ -113,40 +116,87 @@ def to_conversation(obj, fmt: str, where: str) -> list[dict]:
   return conv
 
 
-def load_conversations(path: str, fmt: str = "auto", skip_bad: bool = False) -> Loaded:
+def _load(path: str, parse, skip_bad: bool, what: str) -> Loaded:
+  """Rows `parse(obj, where)` of a file; bad rows raise, or are counted with skip_bad."""
   rows, skipped = [], []
   for where, obj in iter_records(path):
     try:
       if isinstance(obj, DataError):
         raise obj
-      rows.append({"where": where, "messages": to_conversation(obj, fmt, where)})
+      rows.append({"where": where, **parse(obj, where)})
     except DataError as e:
       if not skip_bad:
         raise
       skipped.append(str(e))
   if not rows:
-    raise DataError(f"{path}: no usable rows" + (f" ({len(skipped)} skipped)" if skipped else ""))
+    raise DataError(f"{path}: no usable {what}" + (f" ({len(skipped)} skipped)" if skipped else ""))
   return Loaded(rows, skipped)
+
+
+def load_conversations(path: str, fmt: str = "auto", skip_bad: bool = False) -> Loaded:
+  return _load(path, lambda obj, where: {"messages": to_conversation(obj, fmt, where)}, skip_bad, "rows")
+
+
+def to_comparison(obj, where: str) -> dict:
+  """{"prompt": messages ending with a user turn, "responses": [best, ..., worst]} from
+    {prompt, chosen, rejected}    prompt: a string or a list of messages;
+    {prompt, responses}           a K-wise ranking, best first;
+    HH                            {chosen, rejected}: two transcripts sharing all but the last turn;
+    ShareGPT-style                {conversations, chosen, rejected}, the last two as {from, value}.
+  """
+  if not isinstance(obj, dict):
+    raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+  try:
+    if "conversations" in obj:
+      prompt = chat.parse_sharegpt(_field(obj, "conversations", where, list), where)
+      responses = [chat.parse_sharegpt([_field(obj, k, where, dict)], where)[0]["content"]
+                   for k in ("chosen", "rejected")]
+    elif "prompt" in obj:
+      p = obj["prompt"]
+      prompt = chat.prompt_messages(p) if isinstance(p, str) else [dict(m) for m in _field(obj, "prompt", where, list)]
+      responses = (_field(obj, "responses", where, list) if "responses" in obj else
+                   [_field(obj, "chosen", where), _field(obj, "rejected", where)])
+    elif "chosen" in obj:
+      chosen = chat.parse_hh(_field(obj, "chosen", where), where + " (chosen)")
+      rejected = chat.parse_hh(_field(obj, "rejected", where), where + " (rejected)")
+      if chosen[:-1] != rejected[:-1]:
+        raise DataError(f"{where}: 'chosen' and 'rejected' differ before their last turn")
+      prompt, responses = chosen[:-1], [chosen[-1]["content"], rejected[-1]["content"]]
+      if chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant":
+        raise DataError(f"{where}: 'chosen' and 'rejected' must end with an Assistant turn")
+    else:
+      raise DataError(f"{where}: not a comparison; expected fields prompt+chosen+rejected, "
+                      f"prompt+responses, HH chosen+rejected, or conversations+chosen+rejected")
+    chat.render(prompt)
+  except ValueError as e:
+    raise DataError(str(e) if str(e).startswith(where) else f"{where}: {e}") from None
+  if not prompt or prompt[-1]["role"] != "user":
+    raise DataError(f"{where}: the prompt does not end with a user turn")
+  if len(responses) < 2:
+    raise DataError(f"{where}: a comparison needs at least 2 responses, got {len(responses)}")
+  for i, r in enumerate(responses):
+    if not isinstance(r, str) or not r.strip():
+      name = ("chosen", "rejected")[i] if len(responses) == 2 and "responses" not in obj else f"responses[{i}]"
+      raise DataError(f"{where}: empty or non-string response in '{name}'")
+  extra = {k: obj[k] for k in ("reference", "query_type") if obj.get(k)}  # For R³.
+  return {"prompt": prompt, "responses": responses, **extra}
+
+
+def load_comparisons(path: str, skip_bad: bool = False) -> Loaded:
+  """Comparison rows (see `to_comparison`); each keeps its "where" (file:line)."""
+  return _load(path, to_comparison, skip_bad, "comparisons")
+
+
+def _text(obj, where) -> dict:
+  text = _field(obj, "text", where) if isinstance(obj, dict) else None
+  if text is None or not text.strip():
+    raise DataError(f"{where}: empty or missing 'text'")
+  return {"text": text}
 
 
 def load_texts(path: str, skip_bad: bool = False) -> Loaded:
   """Plain documents ({"text"} rows or .txt lines) for LM losses such as PPO-ptx."""
-  rows, skipped = [], []
-  for where, obj in iter_records(path):
-    try:
-      if isinstance(obj, DataError):
-        raise obj
-      text = _field(obj, "text", where) if isinstance(obj, dict) else None
-      if text is None or not text.strip():
-        raise DataError(f"{where}: empty or missing 'text'")
-      rows.append({"where": where, "text": text})
-    except DataError as e:
-      if not skip_bad:
-        raise
-      skipped.append(str(e))
-  if not rows:
-    raise DataError(f"{path}: no usable rows")
-  return Loaded(rows, skipped)
+  return _load(path, _text, skip_bad, "rows")
 
 
 def write_jsonl(path: str, rows) -> None:

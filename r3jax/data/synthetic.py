@@ -105,3 +105,32 @@ def generate(n: int, seed: int = 0, num_entities: int | None = None) -> list[dic
     out.append(dict(messages=messages, prompt=question, reference=answer,
                     query_type=qtype, entity=e["name"]))
   return out
+
+
+def comparisons(n: int, seed: int = 0, num_entities: int | None = None) -> list[dict]:
+  """n comparisons {prompt, responses: [chosen, rejected], reference, query_type}.
+
+  The chosen response is the reference answer. The rejected one is the same kind of
+  answer about another entity; half the time it keeps the asked entity's name, so it is
+  fluent and on-topic but states the wrong facts (a reward must know, not just match).
+  """
+  rng = random.Random(seed + 2)
+  ents = entities(num_entities or max(50, n // 6), seed)
+  out = []
+  while len(out) < n:
+    e, other = rng.sample(ents, 2)
+    if rng.random() < 0.5:
+      question = rng.choice(_OPEN).format(n=e["name"])
+      k = rng.randint(1, 3)
+      pick = lambda x: " ".join([facts(x)[0]] + [facts(x)[i] for i in sorted(rng.sample(range(1, 4), k))])
+      chosen, rejected, qtype = pick(e), pick(other), "open_ended"
+    else:
+      template, make = rng.choice(_CLOSED)
+      question, chosen, rejected, qtype = template.format(n=e["name"]), make(e), make(other), "closed_ended"
+    if rng.random() < 0.5:
+      rejected = rejected.replace(other["name"], e["name"])
+    if rejected == chosen:  # Two entities can share a property; that is not a comparison.
+      continue
+    out.append({"prompt": [{"role": "user", "content": question}], "responses": [chosen, rejected],
+                "reference": chosen, "query_type": qtype})
+  return out

@@ -147,13 +147,16 @@ class Encoder:
     out = []
     for i in range(0, len(texts), self.batch_size):
       chunk = list(texts[i:i + self.batch_size])
-      # Pad to a power of two (>= 16) so a run compiles a handful of shapes, not one per batch.
+      # Pad to powers of two so a run compiles a handful of shapes, not one per batch.
       enc = self.tokenizer(chunk, truncation=True, max_length=self.max_len, padding=True,
                            return_tensors="np")
       t = enc["input_ids"].shape[1]
       width = min(max(16, 1 << (t - 1).bit_length()), self.max_len)
-      ids = np.zeros((len(chunk), width), np.int32)
-      mask = np.zeros((len(chunk), width), np.int32)
-      ids[:, :t], mask[:, :t] = enc["input_ids"], enc["attention_mask"]
-      out.append(np.asarray(embed(self.params, ids, mask, cfg=self.cfg, normalize=self.normalize)))
+      # Rows too: R³ encodes a varying number of references per batch.
+      rows = min(max(8, 1 << (len(chunk) - 1).bit_length()), self.batch_size)
+      ids = np.zeros((rows, width), np.int32)
+      mask = np.zeros((rows, width), np.int32)
+      ids[:len(chunk), :t], mask[:len(chunk), :t] = enc["input_ids"], enc["attention_mask"]
+      emb = embed(self.params, ids, mask, cfg=self.cfg, normalize=self.normalize)
+      out.append(np.asarray(emb)[:len(chunk)])
     return np.concatenate(out) if out else np.zeros((0, self.cfg.hidden_size), np.float32)

@@ -324,3 +324,30 @@ def logical_axes(cfg: QwenConfig):
 
 def param_count(params) -> int:
   return sum(x.size for x in jax.tree.leaves(params))
+
+
+# ----------------------------------------------------------------------------- scalar head
+# Reward and value models: the decoder's final hidden state times a vector, plus a bias.
+# Params are {"backbone": <decoder params>, "head": {"w": [D], "b": []}}.
+
+
+def init_scalar_head(cfg: QwenConfig) -> dict[str, Array]:
+  return {"w": jnp.zeros((cfg.hidden_size,), jnp.float32), "b": jnp.zeros((), jnp.float32)}
+
+
+def scalar_outputs(params, cfg: QwenConfig, tokens_BT: Array, mask_BT: Array) -> Array:
+  """A scalar per position, [B, T], in fp32."""
+  _, hidden_BTD, _ = Qwen(cfg).apply({"params": params["backbone"]}, tokens_BT, kv_mask_BS=mask_BT)
+  return hidden_BTD.astype(jnp.float32) @ params["head"]["w"] + params["head"]["b"]
+
+
+def end_index(mask_BT: Array) -> Array:
+  """Position of each row's last real token, whichever side the padding is on."""
+  pos_BT = jnp.where(mask_BT.astype(bool), jnp.arange(mask_BT.shape[-1]), -1)
+  return jnp.maximum(jnp.max(pos_BT, axis=-1), 0)
+
+
+def sequence_scores(params, cfg: QwenConfig, tokens_BT: Array, mask_BT: Array) -> Array:
+  """A reward model's score: the scalar at the last real token (`<|im_end|>`), [B]."""
+  s_BT = scalar_outputs(params, cfg, tokens_BT, mask_BT)
+  return jnp.take_along_axis(s_BT, end_index(mask_BT)[:, None], axis=-1)[:, 0]

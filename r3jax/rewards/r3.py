@@ -105,16 +105,18 @@ class R3:
     ys = [truncate_response(r) for r in responses]
     li = np.array([length_incentive(y) for y in ys])
     rp = np.array([repetition_penalty(y) for y in ys])
-    emb = self.encoder.encode(queries + ys)
-    q_emb, y_emb = emb[:n], emb[n:]
-    rel = np.sum(q_emb * y_emb, -1).astype(np.float64)
     has_ref = np.array([bool(r) for r in references])
     is_ce = np.array([t == _CE for t in types]) & has_ref
+    # PPO scores n samples per prompt: queries and references are encoded once each.
+    unique = list(dict.fromkeys(queries + [references[i] for i in np.where(is_ce)[0]]))
+    emb = self.encoder.encode(unique + ys)
+    row = {t: i for i, t in enumerate(unique)}
+    y_emb = emb[len(unique):]
+    rel = np.sum(emb[[row[q] for q in queries]] * y_emb, -1).astype(np.float64)
     ref_rel = np.zeros(n)
     if is_ce.any():
       idx = np.where(is_ce)[0]
-      r_emb = self.encoder.encode([references[i] for i in idx])
-      ref_rel[idx] = np.sum(r_emb * y_emb[idx], -1)
+      ref_rel[idx] = np.sum(emb[[row[references[i]] for i in idx]] * y_emb[idx], -1)
     oe = rp * li * rel
     if self.mode == "r3":
       reward = np.where(is_ce, rp * ce_map(ref_rel, self.max_len), oe)

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from r3jax import checkpoint, sharding, tokenizer as tokenizer_lib
+from r3jax import checkpoint, plot, sharding, tokenizer as tokenizer_lib
 from r3jax.data import pipeline, readers, synthetic
 from r3jax.models import hf, qwen
 
@@ -47,31 +47,65 @@ def build_policy(mcfg, workdir: str, tokenizer_dir: str = "") -> Policy:
   return Policy(cfg, tok, None)
 
 
+def accumulation(config, mesh) -> int:
+  """Gradient-accumulation steps for config.batch_size and micro_batch_per_device."""
+  per_device = config.micro_batch_per_device or config.batch_size // (mesh.shape["data"] * mesh.shape["fsdp"])
+  return sharding.batch_split(config.batch_size, per_device, mesh)
+
+
+def log_skipped(writer, skipped) -> None:
+  for msg in skipped[:20]:
+    writer.print(f"skipped: {msg}")
+  if skipped:
+    writer.print(f"skipped {len(skipped)} bad rows (data.skip_bad=True)")
+
+
+def finish(writer, workdir: str, plots=None, skipped=(), truncated: int = 0, what: str = "rows",
+           seq_len: int = 0) -> None:
+  """End of a run: the data summary, closed logs and the PNG curves (written once)."""
+  if skipped or truncated:
+    writer.print(f"data: {len(skipped)} bad rows skipped, {truncated} {what} truncated "
+                 f"to seq_len={seq_len}")
+  writer.close()
+  if jax.process_index() == 0:
+    plot.plot_workdir(workdir, plots)
+
+
 def check_paths(config) -> None:
   """Fails fast, before any work, on a user-given path that does not exist."""
-  for field, path in (("init_from", config.get("init_from", "")),
+  init_from = config.get("init_from", "")
+  for field, path in (("init_from", "" if init_from == "random" else init_from),
                       ("model.hf_dir", config.model.hf_dir), ("tokenizer", config.get("tokenizer", "")),
                       ("data.train", config.data.get("train", "")), ("data.eval", config.data.get("eval", ""))):
     if path and not epath.Path(path).exists():
       raise FileNotFoundError(f"{field}={path}: no such file or directory")
 
 
-def init_state(policy: Policy, tx, mesh, rules, seed: int, init_from: str = ""):
+def init_state(policy: Policy, tx, mesh, rules, seed: int, init_from: str = "",
+               scalar_head: bool = False):
   """Train state {step, params, opt_state, rng}, created directly into its shardings.
 
   Initial params: `init_from` (an HF dir or another run's workdir), else policy.hf_dir,
-  else random.
+  else random. With `scalar_head` the params are a reward model's {backbone, head}: a
+  source with a head (a reward-model run) fills both, a plain decoder only the backbone.
   """
   key = jax.random.key(seed)
 
   def init_fn():
     params = qwen.Qwen(policy.cfg).init(key, jnp.zeros((1, 8), jnp.int32))["params"]
+    if scalar_head:
+      params = {"backbone": params, "head": qwen.init_scalar_head(policy.cfg)}
     return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
             "rng": jax.random.key_data(jax.random.fold_in(key, 1))}
 
   state, shardings = sharding.create_sharded(init_fn, mesh, rules)
   source = init_from or policy.hf_dir
-  if source:
+  if source and scalar_head and checkpoint.param_keys(source) == {"backbone", "head"}:
+    state["params"] = load_params(source, policy.cfg, state["params"], shardings["params"])
+  elif source and scalar_head:
+    state["params"]["backbone"] = load_params(source, policy.cfg, state["params"]["backbone"],
+                                              shardings["params"]["backbone"])
+  elif source:
     state["params"] = load_params(source, policy.cfg, state["params"], shardings["params"])
     with mesh:
       state["opt_state"] = jax.jit(tx.init, out_shardings=shardings["opt_state"])(state["params"])

@@ -15,26 +15,16 @@ import ml_collections
 import numpy as np
 import optax
 
-from r3jax import chat, checkpoint, metrics, optim, plot, sampling, sharding
+from r3jax import chat, checkpoint, lora, metrics, optim, sampling, sharding
 from r3jax.data import readers, synthetic
 from r3jax.losses import lm, ppo
-from r3jax.models import bert, qwen
-from r3jax.rewards import r3
+from r3jax import tokenizer as tokenizer_lib
+from r3jax.models import bert, hf, qwen
+from r3jax.rewards import query_types, r3
 from r3jax.trainers import common, sft
 
 
 # ----------------------------------------------------------------------------- models
-
-
-def value_init(cfg: qwen.QwenConfig, backbone):
-  """Value params: a copy of a backbone and a zero-initialised scalar head."""
-  return {"backbone": backbone,
-          "head": {"w": jnp.zeros((cfg.hidden_size,), jnp.float32), "b": jnp.zeros((), jnp.float32)}}
-
-
-def values_fn(vparams, cfg, tokens_BT, mask_BT):
-  _, hidden_BTD, _ = qwen.Qwen(cfg).apply({"params": vparams["backbone"]}, tokens_BT, kv_mask_BS=mask_BT)
-  return hidden_BTD.astype(jnp.float32) @ vparams["head"]["w"] + vparams["head"]["b"]
 
 
 def response_logprobs(params, cfg, seq_BS, mask_BS, prompt_len: int):
@@ -64,22 +54,44 @@ def prompt_rows(config, workdir: str):
           for ex in synthetic.generate(config.data.synthetic_examples, seed=config.data.prompt_seed)]
 
 
+def label_query_types(config, rows, policy_params, cfg, tok, writer) -> None:
+  """reward.query_types: "field" (the data's own labels), "classifier" (zero-shot, with
+  reward.classifier = an HF chat model dir, or the SFT policy when empty), or "random"
+  (the ablation; drawn per rollout)."""
+  how = config.reward.query_types
+  if how not in ("field", "classifier", "random"):
+    raise sharding.ConfigError(f"reward.query_types={how!r}; expected field, classifier or random")
+  if how != "classifier":
+    return
+  if config.reward.classifier:
+    qcfg, qparams = hf.load(config.reward.classifier)
+    qtok = tokenizer_lib.load(config.reward.classifier)
+  else:
+    qcfg, qparams, qtok = cfg, policy_params, tok
+  labels, _ = query_types.classify(qparams, qcfg, qtok, [r["prompt"] for r in rows])
+  for r, label in zip(rows, labels):
+    r["query_type"] = label
+  writer.print(f"query types from the classifier: {labels.count('open_ended')} open-ended, "
+               f"{labels.count('closed_ended')} closed-ended")
+
+
 # ----------------------------------------------------------------------------- trainer
 
 
-def warm_start(config, workdir: str, writer) -> str:
-  """A directory with SFT params: config.init_from, or an SFT run in workdir/sft."""
-  if config.init_from:
-    return config.init_from
-  sft_dir = os.path.join(workdir, "sft")
-  sft_cfg = config.sft
-  if not (checkpoint.exists(sft_dir) and
-          checkpoint.manager(sft_dir, 1, 1, False).latest_step() == sft_cfg.steps):
-    writer.print(f"SFT warm start: training the tiny SFT policy in {sft_dir}")
-    sft.train(sft_cfg, sft_dir)
+def ptx_rows(config, tok) -> np.ndarray | None:
+  """PPO-ptx text packed into [rows, ptx.seq_len] token ids: ptx.data ({"text"} JSONL or
+  .txt), else documents about the embedded synthetic entities."""
+  if config.ptx.coef <= 0:
+    return None
+  if config.ptx.data:
+    texts = [r["text"] for r in readers.load_texts(config.ptx.data).rows]
   else:
-    writer.print(f"SFT warm start: reusing {sft_dir}")
-  return sft_dir
+    texts = [" ".join(synthetic.facts(e)) for e in synthetic.entities(config.ptx.synthetic_docs, seed=7)]
+  ids = np.concatenate([np.asarray(tok(t)["input_ids"] + [tok.eos_token_id], np.int32) for t in texts])
+  n = len(ids) // config.ptx.seq_len
+  if n < 1:
+    raise readers.DataError(f"ptx.data={config.ptx.data}: fewer than ptx.seq_len={config.ptx.seq_len} tokens")
+  return ids[:n * config.ptx.seq_len].reshape(n, config.ptx.seq_len)
 
 
 def train(config, workdir: str) -> dict:
@@ -87,7 +99,7 @@ def train(config, workdir: str) -> dict:
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.rules_from_config(config.sharding.rules)
   writer = metrics.Writer(workdir, config.steps)
-  init_dir = warm_start(config, workdir, writer)
+  init_dir = sft.warm_start(config, workdir, writer.print)
   policy = common.build_policy(config.model, workdir, config.tokenizer)
   cfg = policy.cfg.replace(dropout_rate=0.0)
   tok = policy.tokenizer
@@ -95,18 +107,47 @@ def train(config, workdir: str) -> dict:
   encoder = bert.Encoder.from_dir(config.reward.encoder or bert.minilm_dir(),
                                   normalize=config.reward.normalize)
   reward_fn = r3.R3(encoder, max_len=config.rollout.max_new_tokens, mode=config.reward.mode)
+  ptx = ptx_rows(config, tok)
+  n_rollouts = config.prompts_per_step * config.rollout.n
+  if n_rollouts % config.ppo.minibatch:
+    raise sharding.ConfigError(f"prompts_per_step x rollout.n = {n_rollouts} is not a multiple "
+                               f"of ppo.minibatch={config.ppo.minibatch}")
 
-  # Params: policy and reference from the SFT run, value backbone from it too.
+  # `frozen` is the SFT policy: the KL reference, and with LoRA also the base that both
+  # the policy's and the value's adapters are added to. It is rebuilt from init_dir on
+  # resume, so it is never checkpointed.
   pol_tx = optim.make(config.optim, config.steps)
   val_tx = optim.make(ml_collections.ConfigDict({**config.optim.to_dict(), "lr": config.value_lr}),
                       config.steps)
-  state, shardings = common.init_state(common.Policy(cfg, tok, None), pol_tx, mesh, rules, config.seed,
-                                       init_from=init_dir)
-  ref_params = jax.tree.map(jnp.copy, state["params"])
-  vparams = value_init(cfg, jax.tree.map(jnp.copy, state["params"]))
-  state = {"step": state["step"], "policy": state["params"], "policy_opt": state["opt_state"],
-           "value": vparams, "value_opt": val_tx.init(vparams), "rng": state["rng"],
+  state, _ = common.init_state(common.Policy(cfg, tok, None), pol_tx, mesh, rules, config.seed,
+                               init_from=init_dir)
+  frozen = state["params"]
+  label_query_types(config, rows, frozen, cfg, tok, writer)
+  use_lora = config.lora.rank > 0
+  head = qwen.init_scalar_head(cfg)
+  if use_lora:
+    lkey = jax.random.key(config.seed + 1)
+    targets = tuple(config.lora.targets)
+    pol = lora.init(jax.random.fold_in(lkey, 0), frozen, targets, config.lora.rank)
+    val = {"lora": lora.init(jax.random.fold_in(lkey, 1), frozen, targets, config.lora.rank),
+           "head": head}
+    pol_opt = pol_tx.init(pol)
+    writer.print(f"LoRA rank {config.lora.rank} on {targets}: {lora.count(pol):,} trainable "
+                 f"policy params of {qwen.param_count(frozen):,}")
+  else:
+    pol, pol_opt = jax.tree.map(jnp.copy, frozen), state["opt_state"]
+    val = {"backbone": jax.tree.map(jnp.copy, frozen), "head": head}
+  state = {"step": state["step"], "policy": pol, "policy_opt": pol_opt,
+           "value": val, "value_opt": val_tx.init(val), "rng": state["rng"],
            "moments": ppo.Moments.init()._asdict(), "beta": jnp.float32(config.kl.beta)}
+  state = sharding.on_mesh(state, mesh)
+
+  def policy_params(pol, frozen):
+    return lora.merge(frozen, pol, config.lora.alpha) if use_lora else pol
+
+  def value_params(val, frozen):
+    backbone = lora.merge(frozen, val["lora"], config.lora.alpha) if use_lora else val["backbone"]
+    return {"backbone": backbone, "head": val["head"]}
 
   mngr = checkpoint.manager(workdir, config.checkpoint.every, config.checkpoint.max_to_keep,
                             config.checkpoint.async_save)
@@ -118,51 +159,67 @@ def train(config, workdir: str) -> dict:
       top_p=config.rollout.top_p, top_k=config.rollout.top_k, n=config.rollout.n,
       stop_ids=(tok.convert_tokens_to_ids(chat.IM_END),), pad_id=tok.pad_token_id)
   prompt_len = config.rollout.prompt_len
+  merged_policy = jax.jit(policy_params)
 
   @jax.jit
-  def score_rollout(policy_params, value_params, ref, seq, mask):
-    logp, ent = response_logprobs(policy_params, cfg, seq, mask, prompt_len)
-    ref_logp, _ = response_logprobs(ref, cfg, seq, mask, prompt_len)
-    values = values_fn(value_params, cfg, seq, mask)[:, prompt_len - 1:-1]
-    return logp, ref_logp, values, ent
+  def score_rollout(val, frozen, seq, mask):
+    """Reference log-probs and values; the behaviour log-probs come from the sampler."""
+    ref_logp, _ = response_logprobs(frozen, cfg, seq, mask, prompt_len)
+    values = qwen.scalar_outputs(value_params(val, frozen), cfg, seq, mask)[:, prompt_len - 1:-1]
+    return ref_logp, values
 
-  def loss_fn(both, mb, train_policy):
+  def loss_fn(both, frozen, mb, train_policy):
     pol, val = both
-    logp, ent = response_logprobs(pol, cfg, mb["seq"], mb["mask"], prompt_len)
+    logp, ent = response_logprobs(policy_params(pol, frozen), cfg, mb["seq"], mb["mask"], prompt_len)
     resp_mask = mb["resp_mask"]
     pl, pm = ppo.policy_loss(logp, mb["old_logp"], mb["adv"], resp_mask, config.ppo.clip_eps)
-    v = values_fn(val, cfg, mb["seq"], mb["mask"])[:, prompt_len - 1:-1]
+    v = qwen.scalar_outputs(value_params(val, frozen), cfg, mb["seq"], mb["mask"])[:, prompt_len - 1:-1]
     vl, vm = ppo.value_loss(v, mb["old_values"], mb["returns"], resp_mask, config.ppo.value_clip)
     entropy = ppo.masked_mean(ent, resp_mask)
-    total = (train_policy * (pl - config.ppo.entropy_coef * entropy) + config.ppo.vf_coef * vl)
-    return total, {"policy/loss": pl, "value/loss": vl, "policy/entropy": entropy, **pm, **vm}
+    aux = {"policy/loss": pl, "value/loss": vl, "policy/entropy": entropy, **pm, **vm}
+    pol_loss = pl - config.ppo.entropy_coef * entropy
+    if ptx is not None:
+      logits, _, _ = qwen.Qwen(cfg).apply({"params": policy_params(pol, frozen)}, mb["ptx"])
+      nll, n = lm.masked_nll_sum(logits[:, :-1], mb["ptx"][:, 1:], jnp.ones_like(mb["ptx"][:, 1:]))
+      aux["ptx/loss"] = nll / n
+      pol_loss = pol_loss + config.ptx.coef * aux["ptx/loss"]
+    return train_policy * pol_loss + config.ppo.vf_coef * vl, aux
 
-  @functools.partial(jax.jit, donate_argnums=(0, 1, 2, 3))
-  def update(pol, pol_opt, val, val_opt, mb, train_policy):
-    (_, m), (g_pol, g_val) = jax.value_and_grad(loss_fn, has_aux=True)((pol, val), mb, train_policy)
+  # Fixed output layouts: the state a step returns is laid out like the state a resume
+  # restores, so both compile the same program and a resumed run stays bitwise equal.
+  lay = jax.tree.map(lambda x: x.sharding, state)
+
+  @functools.partial(jax.jit, donate_argnums=(0, 1, 2, 3), out_shardings=(
+      lay["policy"], lay["policy_opt"], lay["value"], lay["value_opt"], None))
+  def update(pol, pol_opt, val, val_opt, frozen, mb, train_policy):
+    (_, m), (g_pol, g_val) = jax.value_and_grad(loss_fn, has_aux=True)(
+        (pol, val), frozen, mb, train_policy)
     u, pol_opt2 = pol_tx.update(g_pol, pol_opt, pol)
     pol2 = optax.apply_updates(pol, u)
     # During value warm-up the policy and its optimizer state stay untouched.
     pol = jax.tree.map(lambda a, b: jnp.where(train_policy > 0, a, b), pol2, pol)
     pol_opt = jax.tree.map(lambda a, b: jnp.where(train_policy > 0, a, b), pol_opt2, pol_opt)
     u, val_opt = val_tx.update(g_val, val_opt, val)
+    m["policy/grad_norm"] = common.global_norm(g_pol)
     return pol, pol_opt, optax.apply_updates(val, u), val_opt, m
 
   fixed = [{"role": "user", "content": r["prompt"]} for r in rows[:config.eval_prompts]]
-  before = sft.generate_samples(policy, state["policy"], [[m] for m in fixed], config.rollout.max_new_tokens)
+  with common.mesh_rules(mesh, rules):
+    before = sft.generate_samples(policy, frozen, [[m] for m in fixed], config.rollout.max_new_tokens)
   timer = common.Timer()
   preempt = checkpoint.Preemption()
   rng = np.random.default_rng(config.seed)
   try:
     for it in range(start, config.steps):
-      with timer("time/rollout"):
+      with timer("time/rollout"), common.mesh_rules(mesh, rules):
         idx = order.next()
         batch_rows = [rows[i] for i in idx]
         prompt_ids = [chat.tokenize(tok, chat.prompt_messages(r["prompt"]), True)[0] for r in batch_rows]
         p_tok, p_mask = sampling.left_pad(prompt_ids, tok.pad_token_id, prompt_len)
+        prompts = sharding.put_batch({"tok": p_tok, "mask": p_mask}, mesh)
         key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), it)
-        out = sampling.generate(state["policy"], jnp.asarray(p_tok), jnp.asarray(p_mask), key,
-                                model_cfg=cfg, cfg=scfg)
+        out = sampling.generate(merged_policy(state["policy"], frozen), prompts["tok"], prompts["mask"],
+                                key, model_cfg=cfg, cfg=scfg)
         resp, resp_mask = np.asarray(out.tokens_BN), np.asarray(out.mask_BN)
       with timer("time/reward"):
         texts = sampling.decode(tok, out)
@@ -172,12 +229,15 @@ def train(config, workdir: str) -> dict:
           qtypes = list(rng.choice(["open_ended", "closed_ended"], len(qtypes)))
         comps = reward_fn(rep([r["prompt"] for r in batch_rows]), texts,
                           rep([r["reference"] for r in batch_rows]), qtypes)
-      with timer("time/reference_value"):
-        seq = np.concatenate([np.repeat(p_tok, config.rollout.n, 0), resp], 1)
-        mask = np.concatenate([np.repeat(p_mask, config.rollout.n, 0), resp_mask], 1)
-        logp, ref_logp, values, ent = score_rollout(state["policy"], state["value"], ref_params, seq, mask)
-        rm = jnp.asarray(resp_mask, jnp.float32)
-        kl = ppo.kl_estimate(logp, ref_logp, config.kl.estimator) * rm
+      with timer("time/reference_value"), common.mesh_rules(mesh, rules):
+        data = sharding.put_batch(dict(
+            seq=np.concatenate([np.repeat(p_tok, config.rollout.n, 0), resp], 1),
+            mask=np.concatenate([np.repeat(p_mask, config.rollout.n, 0), resp_mask], 1),
+            resp_mask=resp_mask.astype(np.float32),
+            old_logp=np.asarray(out.model_logprobs_BN) * resp_mask), mesh)
+        ref_logp, values = score_rollout(state["value"], frozen, data["seq"], data["mask"])
+        rm = data["resp_mask"]
+        kl = ppo.kl_estimate(data["old_logp"], ref_logp, config.kl.estimator) * rm
         score = jnp.asarray(comps["reward"], jnp.float32) * config.reward.scale
         moments = ppo.Moments(**state["moments"])
         if config.reward.normalize_score:
@@ -185,28 +245,29 @@ def train(config, workdir: str) -> dict:
           score = ppo.normalize_score(score, moments, clip=config.reward.clip)
         rewards = ppo.token_rewards(score, kl, rm, state["beta"])
         adv, returns = ppo.gae(rewards, values * rm, rm, config.ppo.gamma, config.ppo.lam)
-        adv = ppo.masked_whiten(adv, rm) if config.ppo.whiten else adv
-      with timer("time/update"):
+        data.update(adv=ppo.masked_whiten(adv, rm) if config.ppo.whiten else adv,
+                    returns=returns, old_values=values)
+      with timer("time/update"), common.mesh_rules(mesh, rules):
         train_policy = jnp.float32(it >= config.ppo.value_warmup_steps)
-        data = {k: jnp.asarray(v) for k, v in dict(
-            seq=seq, mask=mask, resp_mask=rm, old_logp=logp, adv=adv, returns=returns,
-            old_values=values).items()}
-        n_rows = seq.shape[0]
         ms = []
         pol, pol_opt, val, val_opt = state["policy"], state["policy_opt"], state["value"], state["value_opt"]
+        mbs = config.ppo.minibatch
         for epoch in range(config.ppo.epochs):
-          perm = np.random.default_rng([config.seed, it, epoch]).permutation(n_rows)
-          for j in range(0, n_rows, config.ppo.minibatch):
-            mb = {k: v[perm[j:j + config.ppo.minibatch]] for k, v in data.items()}
-            pol, pol_opt, val, val_opt, m = update(pol, pol_opt, val, val_opt, mb, train_policy)
+          perm_rng = np.random.default_rng([config.seed, it, epoch])
+          perm = perm_rng.permutation(n_rollouts)
+          for j in range(0, n_rollouts, mbs):
+            mb = {k: v[perm[j:j + mbs]] for k, v in data.items()}
+            if ptx is not None:
+              mb["ptx"] = jnp.asarray(ptx[perm_rng.integers(0, len(ptx), config.ptx.batch)])
+            pol, pol_opt, val, val_opt, m = update(pol, pol_opt, val, val_opt, frozen, mb, train_policy)
             ms.append(m)
         kl_seq = float(jnp.mean(jnp.sum(kl, -1)))
         beta = state["beta"]
         if config.kl.adaptive:
-          beta = ppo.adaptive_kl(beta, kl_seq, config.kl.target, config.kl.horizon,
-                                 config.prompts_per_step * config.rollout.n)
+          beta = ppo.adaptive_kl(beta, kl_seq, config.kl.target, config.kl.horizon, n_rollouts)
         state = {**state, "step": state["step"] + 1, "policy": pol, "policy_opt": pol_opt,
-                 "value": val, "value_opt": val_opt, "moments": moments._asdict(), "beta": beta}
+                 "value": val, "value_opt": val_opt,
+                 **sharding.on_mesh({"moments": moments._asdict(), "beta": beta}, mesh)}
       done = it + 1
       upd = {k: float(np.mean([float(m[k]) for m in ms])) for k in ms[0]}
       lengths = resp_mask.sum(1)
@@ -214,7 +275,6 @@ def train(config, workdir: str) -> dict:
               "reward/score_normalized": float(jnp.mean(score)), "kl/seq_kl": kl_seq,
               "kl/beta": float(state["beta"]), "rollout/length": float(lengths.mean()),
               "rollout/truncated": float(1.0 - np.asarray(out.stopped_B).mean()),
-              "rollout/entropy": float(ppo.masked_mean(ent, rm)),
               "value/explained_variance": float(ppo.explained_variance(values, returns, rm)),
               **upd, **timer.read()}
       writer.scalars(done, vals, bar={"reward": vals["reward/reward"], "kl": kl_seq,
@@ -228,18 +288,18 @@ def train(config, workdir: str) -> dict:
     mngr.wait_until_finished()
   finally:
     preempt.restore_handler()
-  after = sft.generate_samples(policy, state["policy"], [[m] for m in fixed], config.rollout.max_new_tokens)
+  with common.mesh_rules(mesh, rules):
+    after = sft.generate_samples(policy, merged_policy(state["policy"], frozen), [[m] for m in fixed],
+                                 config.rollout.max_new_tokens)
   write_before_after(workdir, fixed, before, after, reward_fn, rows[:config.eval_prompts])
-  writer.close()
-  if jax.process_index() == 0:
-    plot.plot_workdir(workdir, PLOTS)
-  return {"state": state}
+  common.finish(writer, workdir, PLOTS)
+  return {"state": state, "frozen": frozen}
 
 
 PLOTS = {
     "reward": ["reward/reward", "reward/relevance", "reward/length_incentive",
                "reward/repetition_penalty", "reward/copies_query"],
-    "kl_length": ["kl/seq_kl", "kl/beta", "rollout/length", "rollout/entropy"],
+    "kl_length": ["kl/seq_kl", "kl/beta", "rollout/length", "policy/entropy"],
     "losses": ["policy/loss", "value/loss", "policy/clipfrac", "value/explained_variance"],
     "time": ["time/rollout", "time/reward", "time/reference_value", "time/update"],
 }

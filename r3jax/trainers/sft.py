@@ -1,13 +1,14 @@
 """Supervised fine-tuning: masked next-token loss on assistant tokens (SPEC §2)."""
 
 import functools
+import os
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from r3jax import chat, checkpoint, metrics, optim, plot, sampling, sharding
+from r3jax import chat, checkpoint, metrics, optim, sampling, sharding
 from r3jax.data import pipeline
 from r3jax.losses import lm
 from r3jax.models import qwen
@@ -41,17 +42,13 @@ def train(config, workdir: str) -> dict:
   common.check_paths(config)
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.rules_from_config(config.sharding.rules)
-  accum = sharding.batch_split(config.batch_size, config.micro_batch_per_device
-                               or config.batch_size // (mesh.shape["data"] * mesh.shape["fsdp"]), mesh)
+  accum = common.accumulation(config, mesh)
   policy = common.build_policy(config.model, workdir, config.tokenizer)
   train_rows, eval_rows, skipped = common.conversations(config.data, workdir, config.seed)
   steps = config.steps or config.epochs * (len(train_rows) // config.batch_size)
   tx = optim.make(config.optim, steps)
   writer = metrics.Writer(workdir, steps)
-  for msg in skipped[:20]:
-    writer.print(f"skipped: {msg}")
-  if skipped:
-    writer.print(f"skipped {len(skipped)} bad rows (data.skip_bad=True)")
+  common.log_skipped(writer, skipped)
 
   mngr = checkpoint.manager(workdir, config.checkpoint.every, config.checkpoint.max_to_keep,
                             config.checkpoint.async_save)
@@ -124,10 +121,25 @@ def train(config, workdir: str) -> dict:
     mngr.wait_until_finished()
   finally:
     preempt.restore_handler()
-  if skipped or truncated:
-    writer.print(f"data: {len(skipped)} bad rows skipped, {truncated} conversations truncated "
-                 f"to seq_len={config.seq_len}")
-  writer.close()
-  if jax.process_index() == 0:
-    plot.plot_workdir(workdir)
+  common.finish(writer, workdir, None, skipped, truncated, "conversations", config.seq_len)
   return {"params": state["params"], "eval": last_eval, "unigram": unigram, "policy": policy}
+
+
+def warm_start(config, workdir: str, log) -> str:
+  """A directory with SFT params: config.init_from, or an SFT run in workdir/sft.
+  init_from="random" starts from random weights (benchmarks; needs allow_random_init)."""
+  if config.init_from == "random":
+    if not config.model.allow_random_init:
+      raise sharding.ConfigError("init_from=random needs --config.model.allow_random_init=True")
+    return ""
+  if config.init_from:
+    return config.init_from
+  sft_dir = os.path.join(workdir, "sft")
+  sft_cfg = config.sft
+  if not (checkpoint.exists(sft_dir) and
+          checkpoint.manager(sft_dir, 1, 1, False).latest_step() == sft_cfg.steps):
+    log(f"SFT warm start: training the tiny SFT policy in {sft_dir}")
+    train(sft_cfg, sft_dir)
+  else:
+    log(f"SFT warm start: reusing {sft_dir}")
+  return sft_dir

@@ -1,0 +1,94 @@
+"""Where one PPO iteration's time goes, against what this machine's physics allows.
+
+Runs the real PPO trainer (R³ reward with MiniLM) for a few iterations on the bench model
+shape (hidden 512, 8 layers, 8 heads, 2 KV heads, intermediate 1408; the vocabulary is the
+tiny tokenizer's 2048 so that responses decode) with random weights, so every rollout
+runs to max_new_tokens. The first iteration (compilation) is dropped.
+
+Lower bounds, from the matmul peak and memory bandwidth measured in this same run:
+  rollout: each decode step reads every weight once, and does 2·N FLOPs per row;
+  reference + value forward: 2 models x 2·N·tokens FLOPs;
+  update: per epoch, policy and value forward + backward, 6·N·tokens FLOPs each.
+
+  python bench/ppo_step.py [--iters=4] [--prompts=16] [--new_tokens=128]
+"""
+
+import json
+import os
+import tempfile
+import time
+
+from absl import app, flags
+
+_ITERS = flags.DEFINE_integer("iters", 4, "PPO iterations (the first is compilation).")
+_PROMPTS = flags.DEFINE_integer("prompts", 16, "Prompts per iteration (2 samples each).")
+_NEW = flags.DEFINE_integer("new_tokens", 128, "Response length.")
+
+
+def bandwidth(n_bytes=1 << 28, repeats=10):
+  """Read bandwidth in bytes/s: a jitted sum over a 256 MiB array (decoding, too, only
+  reads the weights)."""
+  import jax
+  import jax.numpy as jnp
+  x = jnp.ones((n_bytes // 4,), jnp.float32)
+  f = jax.jit(jnp.sum)
+  f(x).block_until_ready()
+  t0 = time.perf_counter()
+  for _ in range(repeats):
+    f(x).block_until_ready()
+  return n_bytes * repeats / (time.perf_counter() - t0)
+
+
+def main(argv):
+  del argv
+  import runpy
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from r3jax import tokenizer
+  from r3jax.models import qwen
+  from r3jax.trainers import ppo
+  from bench.train_step import matmul_peak
+
+  config = runpy.run_path(os.path.join(os.path.dirname(__file__), "..", "configs", "ppo_qwen.py"))["get_config"]("qwen")
+  n_prompts, new = _PROMPTS.value, _NEW.value
+  config.model.update(preset="bench", allow_random_init=True)
+  config.update(init_from="random", steps=_ITERS.value, prompts_per_step=n_prompts, eval_prompts=2,
+                log_samples_every=1000)
+  config.rollout.update(max_new_tokens=new, prompt_len=64)
+  config.ppo.update(minibatch=8, epochs=1, value_warmup_steps=0)
+  config.checkpoint.update(every=10_000, async_save=False)
+  with tempfile.TemporaryDirectory() as workdir:
+    ppo.train(config, workdir)
+    rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+    rows = [r for r in rows if "time/rollout" in r][1:]
+    vocab = len(tokenizer.tiny(cache_dir=os.path.join(workdir, "tokenizer")))
+
+  phases = ["time/rollout", "time/reward", "time/reference_value", "time/update"]
+  t = {k: float(np.mean([r[k] for r in rows])) for k in phases}
+  total = sum(t.values())
+  cfg = qwen.preset("bench", vocab_size=vocab)
+  shapes = jax.eval_shape(lambda k: qwen.init_params(cfg, k), jax.random.key(0))
+  n = qwen.param_count(shapes) - cfg.vocab_size * cfg.hidden_size  # Matmul params.
+  rows_b = n_prompts * 2
+  tokens = rows_b * (64 + new)
+  peak, bw = matmul_peak(jnp.float32), bandwidth()
+  bound = {
+      "time/rollout": new * max(4 * (n + cfg.vocab_size * cfg.hidden_size) / bw, 2 * n * rows_b / peak),
+      "time/reference_value": 2 * 2 * n * tokens / peak,
+      "time/update": 2 * 6 * n * tokens / peak,
+  }
+  print(f"bench model: {n / 1e6:.1f}M matmul params, vocab {cfg.vocab_size}; {rows_b} rollouts of "
+        f"{new} tokens after 64-token prompts; mean of {len(rows)} iterations")
+  print(f"machine: matmul peak {peak / 1e9:.1f} GFLOP/s, memory bandwidth {bw / 1e9:.1f} GB/s")
+  print(f"{'phase':24s} {'time':>8s} {'share':>7s} {'bound':>8s} {'time/bound':>10s}")
+  for k in phases:
+    b = bound.get(k)
+    print(f"{k[5:]:24s} {t[k]:7.2f}s {t[k] / total:6.1%} " +
+          (f"{b:7.2f}s {t[k] / b:9.1f}x" if b else f"{'-':>8s} {'(MiniLM on host)':>10s}"))
+  print(f"iteration {total:.2f}s: {rows_b * new / t['time/rollout']:,.0f} generated tokens/s in the "
+        f"rollout, {rows_b * new / total:,.0f} per iteration second")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,57 @@
+"""RSO (seed 004): statistical rejection sampling from the SFT policy, pairs labelled by a
+reward, then sigmoid-norm / hinge-norm training. Also best-of-N fine-tuning.
+
+Presets (`--config=configs/rso_qwen.py:<preset>`):
+  tiny            (default) the tiny SFT policy (trained first, or reused from <workdir>/sft),
+                  16 candidates per prompt scored by R³ (MiniLM), k = 4 kept, first-round pairs,
+                  sigmoid-norm. β is 0.02 here, not the paper's 0.5: the tilt exp(r/β) must be
+                  on the scale of the reward, and tiny R³ rewards differ by ~0.05.
+  tiny-sft-rank   the same candidates, k drawn uniformly (seed 004's sft-sample-rank).
+  tiny-direct     the embedded comparisons as they are (seed 004's direct).
+  tiny-best-of-n  best-of-16 by R³, then SFT on the kept answers; 2 rounds.
+  paper           seed 004's settings: N 64 (temperature 0.7, top-k 40), k 8, β 0.5, γ 0.05;
+                  needs --config.init_from=<SFT> and --config.data.prompts=FILE.jsonl.
+rso.reward: r3 (or another R³ mode), length, or a reward-model run directory.
+"""
+
+import os
+import runpy
+
+import ml_collections
+
+
+def get_config(arg=None):
+  preset = arg or "tiny"
+  here = os.path.dirname(os.path.abspath(__file__))
+  c = runpy.run_path(os.path.join(here, "dpo_qwen.py"))["get_config"]("tiny")
+  c.trainer, c.name = "rso", f"rso_{preset}"
+  c.data.prompts = ""  # {prompt, reference?, query_type?} rows, as for PPO.
+  c.data.synthetic_examples = 2000  # For `direct`.
+  c.rso = ml_collections.ConfigDict(dict(
+      construction="rso", reward="r3", encoder="", n=64, k=8, beta=0.5, pairing="first_round",
+      num_prompts=1000, prompts_per_batch=8))
+  c.rollout = ml_collections.ConfigDict(dict(
+      temperature=0.7, top_k=40, top_p=1.0, max_new_tokens=512, prompt_len=256))
+  c.loss.update(type="sigmoid_norm", beta=0.05)  # β here is the paper's γ.
+  c.best_of_n = ml_collections.ConfigDict(dict(rounds=1, sft_steps=200, lr=1e-5))
+  if preset.startswith("tiny"):
+    c.rso.update(n=16, k=4, beta=0.02, num_prompts=400, prompts_per_batch=16)
+    c.rollout.update(max_new_tokens=48, prompt_len=48)
+    c.steps, c.batch_size, c.seq_len = 100, 32, 96
+    c.loss.beta = 0.1
+    c.optim.update(lr=2e-4, warmup_steps=10, schedule="constant")
+    c.checkpoint.every, c.eval_every = 50, 25
+    if preset == "tiny-sft-rank":
+      c.rso.construction = "sft"
+    elif preset == "tiny-direct":
+      c.rso.construction = "direct"
+    elif preset == "tiny-best-of-n":
+      c.trainer = "best_of_n"
+      c.best_of_n.update(rounds=2, sft_steps=60, lr=1e-3)
+    elif preset != "tiny":
+      raise ValueError(f"unknown preset {preset!r}; see the docstring of configs/rso_qwen.py")
+  elif preset == "paper":
+    c.model.preset = "qwen-7b"
+  else:
+    raise ValueError(f"unknown preset {preset!r}; see the docstring of configs/rso_qwen.py")
+  return c

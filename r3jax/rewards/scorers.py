@@ -1,0 +1,92 @@
+"""One reward interface for PPO, RSO, best-of-N and eval_pairs:
+
+  score(prompts, responses, references=None, query_types=None) -> np.ndarray [N]
+
+prompts are raw user texts or message lists. `make(spec)` builds one from a name:
+  r3, relevance, li_s, no_branch, li_only   R³ and its ablations (SPEC §5), MiniLM by default;
+  length                                    the word-punctuation token count (a baseline);
+  random                                    uniform noise (chance level, seeded);
+  <path>                                    a reward-model run's workdir (trainer "rm").
+"""
+
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from r3jax import chat, checkpoint, sampling, tokenizer as tokenizer_lib
+from r3jax.models import bert, qwen
+from r3jax.rewards import r3
+
+
+def as_messages(prompt):
+  return chat.prompt_messages(prompt) if isinstance(prompt, str) else list(prompt)
+
+
+def as_text(prompt) -> str:
+  """The raw query: user turns joined with spaces (SPEC §5)."""
+  if isinstance(prompt, str):
+    return prompt
+  return " ".join(m["content"] for m in prompt if m["role"] == "user")
+
+
+@functools.partial(jax.jit, static_argnames="cfg")
+def _scores(params, tokens_BT, mask_BT, cfg):
+  return qwen.sequence_scores(params, cfg, tokens_BT, mask_BT)
+
+
+class RewardModel:
+  """A trained reward model, read from its run directory."""
+
+  def __init__(self, workdir: str, batch_size: int = 32, max_len: int = 2048):
+    model_dir = os.path.join(workdir, "model")
+    if not os.path.exists(os.path.join(model_dir, "config.json")):
+      raise FileNotFoundError(f"{workdir}: not a reward-model run (no model/config.json)")
+    with open(os.path.join(model_dir, "config.json")) as f:
+      self.cfg = qwen.config_from_hf(json.load(f), dropout_rate=0.0)
+    self.tokenizer = tokenizer_lib.load(model_dir)
+    params = checkpoint.load_host(workdir)["params"]
+    if set(params) != {"backbone", "head"}:
+      raise FileNotFoundError(f"{workdir}: its checkpoint has no reward head")
+    self.params = jax.tree.map(jnp.asarray, params)
+    self.batch_size, self.max_len = batch_size, max_len
+
+  def __call__(self, prompts, responses, references=None, query_types=None) -> np.ndarray:
+    del references, query_types
+    out = []
+    for i in range(0, len(responses), self.batch_size):
+      ids = [chat.tokenize_response(self.tokenizer, as_messages(p), r)[0][-self.max_len:]
+             for p, r in zip(prompts[i:i + self.batch_size], responses[i:i + self.batch_size])]
+      # Power-of-two widths and a fixed batch keep the number of compiled shapes small;
+      # left padding is fine because the score is read at the last real token.
+      width = 1 << max(4, (max(len(x) for x in ids) - 1).bit_length())
+      pad = [[self.tokenizer.pad_token_id]] * (self.batch_size - len(ids))
+      tok_BT, mask_BT = sampling.left_pad(ids + pad, self.tokenizer.pad_token_id, width)
+      out.append(np.asarray(_scores(self.params, jnp.asarray(tok_BT), jnp.asarray(mask_BT),
+                                    cfg=self.cfg))[:len(ids)])
+    return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
+
+
+def make(spec: str, *, max_len: int = 512, encoder: str = "", normalize: bool | None = None,
+         seed: int = 0):
+  """A scorer from a name or a reward-model run path (see the module docstring).
+
+  R³'s encoder: `encoder` (an HF BERT dir, e.g. Contriever: dot product unless `normalize`)
+  or the packaged MiniLM (cosine)."""
+  if spec in r3.MODES:
+    enc = bert.Encoder.from_dir(encoder or bert.minilm_dir(),
+                                normalize=(not encoder) if normalize is None else normalize)
+    reward = r3.R3(enc, max_len=max_len, mode=spec)
+    return lambda p, y, ref=None, qt=None: reward([as_text(x) for x in p], y, ref, qt)["reward"]
+  if spec == "length":
+    return lambda p, y, ref=None, qt=None: np.array([len(r3.wordpunct(r3.truncate_response(x))) for x in y], float)
+  if spec == "random":
+    rng = np.random.default_rng(seed)
+    return lambda p, y, ref=None, qt=None: rng.random(len(y))
+  if os.path.isdir(spec):
+    return RewardModel(spec)
+  raise FileNotFoundError(f"reward {spec!r}: not one of {r3.MODES + ('length', 'random')} "
+                          "and not a reward-model run directory")

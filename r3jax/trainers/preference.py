@@ -1,0 +1,209 @@
+"""Training on comparisons: reward models (Bradley–Terry, SPEC §3) and offline preference
+optimisation (the DPO family, SPEC §6). One loop; `config.trainer` picks the model and loss.
+
+  rm   {backbone, head} scores each response at its last real token; the loss is
+       Bradley–Terry over every pair of a K-wise ranking.
+  dpo  the policy's summed response log-probs against a frozen reference's; the loss is
+       `config.loss.type` in losses/preference.LOSS_TYPES.
+
+Batches are [B, K, T] (K responses per comparison, best first). Reference log-probs are
+computed per batch without gradient, or once for the whole dataset up front
+(`loss.precompute_ref`), after which the reference weights are dropped.
+"""
+
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from r3jax import checkpoint, metrics, optim, sharding
+from r3jax.data import pipeline, readers, synthetic
+from r3jax.losses import lm, preference
+from r3jax.models import qwen
+from r3jax.trainers import common, sft
+
+
+def load_comparisons(dcfg, workdir: str, seed: int):
+  """(train, eval, skipped) comparison rows: files, or the synthetic comparisons."""
+  skipped = []
+  if dcfg.train:
+    loaded = readers.load_comparisons(dcfg.train, dcfg.skip_bad)
+    rows, skipped = loaded.rows, loaded.skipped
+  else:
+    rows = [dict(where=f"synthetic:{i}", **c) for i, c in
+            enumerate(synthetic.comparisons(dcfg.synthetic_examples, seed=dcfg.synthetic_seed))]
+  if dcfg.eval:
+    loaded = readers.load_comparisons(dcfg.eval, dcfg.skip_bad)
+    return rows, loaded.rows, skipped + loaded.skipped
+  order = np.random.default_rng(seed).permutation(len(rows))
+  n_eval = max(1, int(len(rows) * dcfg.eval_fraction))
+  return [rows[i] for i in order[n_eval:]], [rows[i] for i in order[:n_eval]], skipped
+
+
+def sequence_logprobs(params, cfg, batch):
+  """Summed log-probs of each response, [B, K], and their token counts."""
+  b, k, t = batch["tokens"].shape
+  flat = {n: v.reshape(b * k, t) for n, v in batch.items() if v.ndim == 3}
+  logits, _, _ = qwen.Qwen(cfg).apply({"params": params}, flat["tokens"][:, :-1],
+                                      kv_mask_BS=flat["attn_mask"][:, :-1])
+  w = flat["loss_mask"][:, 1:].astype(jnp.float32)
+  lp = jnp.sum(lm.token_logprobs(logits, flat["tokens"][:, 1:]) * w, -1)
+  return lp.reshape(b, k), jnp.sum(w, -1).reshape(b, k)
+
+
+def rm_loss(params, batch, rng, *, model_cfg, margin):
+  del rng
+  b, k, t = batch["tokens"].shape
+  r = qwen.sequence_scores(params, model_cfg, batch["tokens"].reshape(b * k, t),
+                           batch["attn_mask"].reshape(b * k, t)).reshape(b, k)
+  loss, m = preference.bradley_terry_ranked(r, margin)
+  # Sums over the microbatch; the train step divides by the total weight.
+  return loss * b, (jnp.float32(b), {n: v * b for n, v in m.items()})
+
+
+def dpo_loss(params, batch, rng, *, model_cfg, lcfg):
+  del rng
+  lp, n_tok = sequence_logprobs(params, model_cfg, batch)
+  ref = batch["ref_logp"]
+  losses, m = preference.dpo_loss(
+      lp[:, 0], lp[:, 1], ref[:, 0], ref[:, 1], loss_type=lcfg.type, beta=lcfg.beta,
+      label_smoothing=lcfg.label_smoothing, chosen_len_B=n_tok[:, 0], rejected_len_B=n_tok[:, 1])
+  b = lp.shape[0]
+  return jnp.sum(losses), (jnp.float32(b), {n: v * b for n, v in m.items()})
+
+
+def save_model_dir(workdir: str, cfg, tok) -> None:
+  """workdir/model: config.json and the tokenizer, so tools can load the run's model."""
+  if jax.process_index() != 0:
+    return
+  path = os.path.join(workdir, "model")
+  os.makedirs(path, exist_ok=True)
+  with open(os.path.join(path, "config.json"), "w") as f:
+    json.dump(qwen.to_hf_config(cfg), f, indent=1)
+  tok.save_pretrained(path)
+
+
+def train(config, workdir: str) -> dict:
+  is_rm = config.trainer == "rm"
+  common.check_paths(config)
+  mesh = sharding.make_mesh(config.mesh)
+  rules = sharding.rules_from_config(config.sharding.rules)
+  accum = common.accumulation(config, mesh)
+  policy = common.build_policy(config.model, workdir, config.tokenizer)
+  cfg, tok = policy.cfg, policy.tokenizer
+  train_rows, eval_rows, skipped = load_comparisons(config.data, workdir, config.seed)
+  if not is_rm and any(len(r["responses"]) != 2 for r in train_rows + eval_rows):
+    raise readers.DataError("DPO needs pairs: some comparison has more than 2 responses")
+  steps = config.steps or config.epochs * (len(train_rows) // config.batch_size)
+  tx = optim.make(config.optim, steps)
+  writer = metrics.Writer(workdir, steps)
+  common.log_skipped(writer, skipped)
+
+  mngr = checkpoint.manager(workdir, config.checkpoint.every, config.checkpoint.max_to_keep,
+                            config.checkpoint.async_save)
+  # DPO starts from (and is regularised towards) an SFT policy, and a reward model starts
+  # from one too: without init_from or an HF model the tiny SFT is trained first, as for PPO.
+  init_from = config.init_from
+  if not init_from and not policy.hf_dir and "sft" in config:
+    init_from = sft.warm_start(config, workdir, writer.print)
+  fresh = mngr.latest_step() is None
+  state, shardings = common.init_state(policy, tx, mesh, rules, config.seed,
+                                       init_from if fresh else "", scalar_head=is_rm)
+  save_model_dir(workdir, cfg, tok)
+
+  n_eval = min(len(eval_rows), config.eval_batches * config.batch_size)
+  shards = mesh.shape["data"] * mesh.shape["fsdp"] * jax.process_count()
+  n_eval -= n_eval % shards  # Even shards; the few rows left over are not evaluated.
+  if n_eval == 0:
+    writer.print(f"no evaluation: {len(eval_rows)} held-out comparisons, fewer than the {shards} "
+                 "data shards (raise data.eval_fraction or the dataset size)")
+  ref_params, ref_cache = None, {}  # ref_cache: (split, row) -> [K] reference log-probs.
+  if is_rm:
+    loss_fn = functools.partial(rm_loss, model_cfg=cfg, margin=config.loss.margin)
+  else:
+    loss_fn = functools.partial(dpo_loss, model_cfg=cfg, lcfg=config.loss)
+    # The reference is the starting policy, loaded again so that a resumed run has it too.
+    ref_params = common.load_params(init_from or policy.hf_dir, cfg, state["params"],
+                                    shardings["params"])
+    ref_fn = jax.jit(lambda p, b: sequence_logprobs(p, cfg, b)[0])
+    if config.loss.precompute_ref:
+      writer.print(f"precomputing reference log-probs for {len(train_rows) + n_eval} comparisons")
+      with common.mesh_rules(mesh, rules):
+        for split, rows in (("train", train_rows), ("eval", eval_rows[:n_eval])):
+          for i in range(0, len(rows), config.batch_size):
+            idx = range(i, min(i + config.batch_size, len(rows)))
+            batch, _ = pipeline.ranked_batch(tok, [rows[j] for j in idx], config.seq_len)
+            ref_cache.update({(split, j): v for j, v in zip(idx, np.asarray(ref_fn(ref_params, batch)))})
+      ref_params = None  # From here on only the numbers are needed.
+
+  def with_ref(batch, split, idx):
+    if not is_rm:
+      batch["ref_logp"] = (np.stack([ref_cache[(split, int(i))] for i in idx]) if ref_cache
+                           else np.asarray(ref_fn(ref_params, batch)))
+    return batch
+
+  state, order = common.resume(mngr, state, len(train_rows), config.batch_size, config.seed, writer)
+  start = int(state["step"])
+  step_fn = common.make_train_step(loss_fn, tx, shardings, mesh)
+  eval_loss = jax.jit(functools.partial(loss_fn, rng=None))
+  writer.print(f"{config.trainer}: {qwen.param_count(state['params']):,} params; mesh {dict(mesh.shape)}; "
+               f"{len(train_rows)} train / {len(eval_rows)} eval comparisons; {steps} steps of "
+               f"{config.batch_size}")
+
+  def evaluate(step):
+    if n_eval == 0:
+      return {}
+    sums, total = {}, 0.0
+    for i in range(0, n_eval, config.batch_size):
+      idx = pipeline.process_slice(np.arange(i, min(i + config.batch_size, n_eval)))
+      batch, _ = pipeline.ranked_batch(tok, [eval_rows[j] for j in idx], config.seq_len)
+      loss, (w, aux) = eval_loss(state["params"], sharding.put_batch(with_ref(batch, "eval", idx), mesh))
+      total += float(w)
+      for k, v in {"loss": loss, **aux}.items():
+        sums[k] = sums.get(k, 0.0) + float(v)
+    out = {f"eval/{k}": v / max(total, 1.0) for k, v in sums.items()}
+    writer.scalars(step, out)
+    return out
+
+  preempt = checkpoint.Preemption()
+  truncated, last_eval = 0, {}
+  try:
+    with common.mesh_rules(mesh, rules):
+      if start == 0:
+        last_eval = evaluate(0)
+      for step in range(start, steps):
+        idx = pipeline.process_slice(order.next())
+        batch, n_trunc = pipeline.ranked_batch(tok, [train_rows[i] for i in idx], config.seq_len)
+        truncated += n_trunc
+        batch = with_ref(batch, "train", idx)
+        state, m = step_fn(state, sharding.put_batch(pipeline.microbatches(batch, accum), mesh, 1))
+        writer.advance()
+        done = step + 1
+        if done % config.log_every == 0 or done == steps:
+          m = jax.device_get(m)
+          acc = m.get("rm/accuracy", m.get("rewards/accuracy"))
+          writer.scalars(done, {**{f"train/{k}": v for k, v in m.items()},
+                                "train/lr": optim.schedule(config.optim, steps)(step),
+                                "data/truncated": truncated, "data/epoch": order.epoch},
+                         bar={"loss": m["loss"], "acc": acc})
+        if n_eval and (done % config.eval_every == 0 or done == steps):
+          last_eval = evaluate(done)
+          acc = last_eval.get("eval/rm/accuracy", last_eval.get("eval/rewards/accuracy"))
+          writer.print(f"step {done}: eval loss {last_eval['eval/loss']:.4f}, pairwise accuracy {acc:.3f}")
+        common.save_step(mngr, done, state, {"order": order.state()}, preempt, writer,
+                         last=done == steps)
+    mngr.wait_until_finished()
+  finally:
+    preempt.restore_handler()
+  common.finish(writer, workdir, PLOTS_RM if is_rm else PLOTS_DPO, skipped, truncated, "responses",
+                config.seq_len)
+  return {"params": state["params"], "eval": last_eval, "cfg": cfg, "tokenizer": tok}
+
+
+PLOTS_RM = {"rm": ["train/loss", "eval/loss", "train/rm/accuracy", "eval/rm/accuracy",
+                   "train/rm/margin", "train/rm/reward_std"]}
+PLOTS_DPO = {"dpo": ["train/loss", "eval/loss", "train/rewards/accuracy", "eval/rewards/accuracy",
+                     "train/rewards/margin", "train/rewards/chosen", "train/rewards/rejected"]}

@@ -1,0 +1,205 @@
+"""Comparison data, reward-model scoring, and the RM / DPO / RSO trainers end to end."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from r3jax import checkpoint, chat, tokenizer as tokenizer_lib
+from r3jax.data import pipeline, readers, synthetic
+from r3jax.models import qwen
+from conftest import shared_file
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _write(path, rows):
+  with open(path, "w") as f:
+    for r in rows:
+      f.write((r if isinstance(r, str) else json.dumps(r)) + "\n")
+  return str(path)
+
+
+def test_comparison_formats_and_errors(tmp_path):
+  hh = {"chosen": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: name a fruit\n\nAssistant: apple",
+        "rejected": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: name a fruit\n\nAssistant: rock"}
+  path = _write(tmp_path / "c.jsonl", [
+      {"prompt": "Q?", "chosen": "good", "rejected": "bad"},
+      {"prompt": [{"role": "user", "content": "Q2?"}], "responses": ["a", "b", "c"]},
+      hh,
+      {"conversations": [{"from": "human", "value": "Q3"}], "chosen": {"from": "gpt", "value": "x"},
+       "rejected": {"from": "gpt", "value": "y"}}])
+  rows = readers.load_comparisons(path).rows
+  assert [r["responses"] for r in rows] == [["good", "bad"], ["a", "b", "c"], ["apple", "rock"], ["x", "y"]]
+  assert rows[2]["prompt"][-1] == {"role": "user", "content": "name a fruit"} and len(rows[2]["prompt"]) == 3
+  assert rows[1]["where"].endswith("c.jsonl:2")
+
+  bad = _write(tmp_path / "bad.jsonl", [{"prompt": "Q", "chosen": "ok", "rejected": "  "}])
+  with pytest.raises(readers.DataError, match=r"bad.jsonl:1: empty or non-string response in 'rejected'"):
+    readers.load_comparisons(bad)
+  bad = _write(tmp_path / "bad2.jsonl", [{"prompt": "Q", "chosen": "ok"}])
+  with pytest.raises(readers.DataError, match=r"bad2.jsonl:1: missing field 'rejected'"):
+    readers.load_comparisons(bad)
+  bad = _write(tmp_path / "bad3.jsonl", [dict(hh, rejected=hh["rejected"].replace("hello", "hey"))])
+  with pytest.raises(readers.DataError, match=r"bad3.jsonl:1: 'chosen' and 'rejected' differ before"):
+    readers.load_comparisons(bad)
+
+
+def test_shared_comparison_files_parse():
+  with pytest.raises(readers.DataError, match=r"hh_harmless_base_sample.jsonl:87: empty"):
+    readers.load_comparisons(shared_file("hh_harmless_base_sample.jsonl"))
+  loaded = readers.load_comparisons(shared_file("hh_harmless_base_sample.jsonl"), skip_bad=True)
+  assert len(loaded.skipped) == 1 and len(loaded.rows) > 50
+  dpo = readers.load_comparisons(shared_file("dpo_en_demo.json")).rows
+  assert len(dpo) == 300 and all(len(r["responses"]) == 2 for r in dpo)
+
+
+def test_ranked_batch_masks_only_the_final_response():
+  tok = tokenizer_lib.tiny()
+  prompt = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "earlier answer"},
+            {"role": "user", "content": "Please tell me about Kalo."}]
+  batch, truncated = pipeline.ranked_batch(tok, [{"prompt": prompt, "responses": ["Kalo is a city.", "No."]}], 64)
+  assert batch["tokens"].shape == (1, 2, 64) and truncated == 0
+  for j, want in enumerate(["Kalo is a city.", "No."]):
+    trained = batch["tokens"][0, j][batch["loss_mask"][0, j] == 1]
+    assert tok.decode(trained) == want + chat.IM_END
+  n_short = len(chat.tokenize_response(tok, prompt, "y")[0])
+  _, truncated = pipeline.ranked_batch(tok, [{"prompt": prompt, "responses": ["x " * 80, "y"]}], n_short)
+  assert truncated == 1  # Counted per response: the short one fits exactly.
+
+
+def test_reward_read_at_last_real_token_whatever_the_padding_side():
+  cfg = qwen.preset("tiny", vocab_size=64, num_layers=2)
+  params = {"backbone": qwen.init_params(cfg, jax.random.key(0)),
+            "head": {"w": jax.random.normal(jax.random.key(1), (cfg.hidden_size,)), "b": jnp.float32(0.3)}}
+  ids = np.array([5, 9, 11, 3, 7], np.int32)
+  right = np.zeros((1, 8), np.int32)
+  right[0, :5] = ids
+  left = np.zeros((1, 8), np.int32)
+  left[0, 3:] = ids
+  r_right = qwen.sequence_scores(params, cfg, jnp.asarray(right), jnp.asarray(right > 0))
+  r_left = qwen.sequence_scores(params, cfg, jnp.asarray(left), jnp.asarray(left > 0))
+  r_none = qwen.sequence_scores(params, cfg, jnp.asarray(ids[None]), jnp.ones((1, 5), jnp.int32))
+  np.testing.assert_allclose(r_right, r_none, atol=1e-5)
+  np.testing.assert_allclose(r_left, r_none, atol=1e-5)
+
+
+def test_synthetic_comparisons_are_real_comparisons():
+  rows = synthetic.comparisons(300, seed=3)
+  assert len(rows) == 300 and all(r["responses"][0] != r["responses"][1] for r in rows)
+  assert all(r["responses"][0] == r["reference"] for r in rows)
+  assert {r["query_type"] for r in rows} == {"open_ended", "closed_ended"}
+
+
+def _run(args, env=None, timeout=900):
+  out = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True,
+                       timeout=timeout, env={**os.environ, **(env or {})})
+  assert out.returncode == 0, out.stderr[-3000:]
+  return out
+
+
+def _rows(workdir, key):
+  rows = {}
+  for line in open(os.path.join(workdir, "metrics.jsonl")):
+    r = json.loads(line)
+    if key in r:
+      rows[r["step"]] = r
+  return rows
+
+
+@pytest.fixture(scope="module")
+def sft_dir(tmp_path_factory):
+  """A short tiny SFT run: the starting point of the RM and DPO tests."""
+  path = tmp_path_factory.mktemp("sft")
+  _run(["r3jax.train", "--config=configs/sft_qwen.py:tiny", f"--workdir={path}", "--config.steps=150",
+        "--config.seq_len=64", "--config.eval_every=1000", "--config.eval_prompts=1",
+        "--config.sample_tokens=4", "--config.data.synthetic_examples=2000"])
+  return path
+
+
+def test_rm_trains_above_chance_and_scores_through_eval_pairs(tmp_path, sft_dir):
+  rm_dir = tmp_path / "rm"
+  _run(["r3jax.train", "--config=configs/rm_qwen.py", f"--workdir={rm_dir}", f"--config.init_from={sft_dir}",
+        f"--config.tokenizer={sft_dir / 'tokenizer'}", "--config.steps=150", "--config.eval_every=150",
+        "--config.data.synthetic_examples=6000"])
+  ev = _rows(rm_dir, "eval/rm/accuracy")
+  # A smoke test of the loop: a zero head ties every pair (loss log 2, strict accuracy 0).
+  # Accuracy well above chance needs a longer SFT and RM run than CI affords; see the notes.
+  assert ev[0]["eval/loss"] == pytest.approx(np.log(2), abs=1e-6) and ev[0]["eval/rm/accuracy"] == 0.0
+  assert ev[150]["eval/rm/accuracy"] > 0.0 and ev[150]["eval/loss"] < np.log(2)
+  assert set(checkpoint.param_keys(rm_dir)) == {"backbone", "head"}
+  out = _run(["r3jax.eval_pairs", f"--reward={rm_dir},length,random", "--data=synthetic", "--limit=200",
+              f"--out={tmp_path}"])
+  table = {r.split("|")[1].strip(): r for r in out.stdout.splitlines() if r.startswith("| ")}
+  assert {"rm", "length", "random"} <= set(table), out.stdout
+  assert (tmp_path / "pairs_accuracy.csv").exists()
+
+
+def test_eval_pairs_on_hh_sample_reports_skips_and_accuracy(tmp_path):
+  path = shared_file("hh_harmless_base_sample.jsonl")
+  bad = subprocess.run([sys.executable, "-m", "r3jax.eval_pairs", "--reward=length", f"--data={path}"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert bad.returncode != 0 and "hh_harmless_base_sample.jsonl:87: empty" in bad.stderr
+  out = _run(["r3jax.eval_pairs", "--reward=length,relevance", f"--data={path}", "--skip_bad"])
+  assert "skipped 1 bad rows" in out.stderr and "| length |" in out.stdout and "| relevance |" in out.stdout
+
+
+def test_dpo_on_8_devices_fits_and_resumes_exactly_after_sigkill(tmp_path, sft_dir):
+  env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+
+  def cmd(workdir):  # 32 training pairs, two batches: a fit test, cheap enough for CI.
+    return ["r3jax.train", "--config=configs/dpo_qwen.py", f"--workdir={workdir}",
+            f"--config.init_from={sft_dir}", f"--config.tokenizer={sft_dir / 'tokenizer'}",
+            "--config.mesh=(('data', 2), ('fsdp', 4), ('tensor', 1))", "--config.steps=12",
+            "--config.batch_size=16", "--config.seq_len=64", "--config.checkpoint.every=3",
+            "--config.checkpoint.async_save=False", "--config.log_every=1", "--config.eval_every=12",
+            "--config.data.synthetic_examples=40", "--config.data.eval_fraction=0.2",
+            "--config.optim.lr=1e-3", "--config.optim.warmup_steps=0"]
+
+  ref = _run(cmd(tmp_path / "ref"), env=env)
+  assert "mesh {'data': 2, 'fsdp': 4" in ref.stderr and "32 train / 8 eval" in ref.stderr
+  # Training rows, since 12 steps are too few to generalise; the held-out rise is measured
+  # on the tiny preset (README).
+  rows = _rows(tmp_path / "ref", "train/rewards/margin")
+  first, last = [rows[s] for s in (1, 2, 3)], [rows[s] for s in (10, 11, 12)]
+  assert np.mean([r["train/rewards/margin"] for r in last]) > 0.5
+  assert np.mean([r["train/rewards/accuracy"] for r in last]) > 0.8
+  assert (np.mean([r["train/loss"] for r in last]) <
+          np.mean([r["train/loss"] for r in first]) - 0.15)
+  ev = _rows(tmp_path / "ref", "eval/rewards/accuracy")
+  assert ev[0]["eval/rewards/margin"] == pytest.approx(0.0, abs=1e-4)  # Policy == reference at start.
+  assert set(ev) == {0, 12}
+
+  kill_dir = tmp_path / "killed"
+  proc = subprocess.Popen([sys.executable, "-m", *cmd(kill_dir)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL, env={**os.environ, **env})
+  deadline = time.time() + 400
+  while time.time() < deadline and proc.poll() is None:
+    if os.path.exists(kill_dir / "metrics.jsonl") and max(_rows(kill_dir, "train/loss"), default=0) >= 5:
+      break
+    time.sleep(0.05)
+  assert proc.poll() is None, "the run ended before it could be killed"
+  proc.kill()
+  proc.wait(timeout=30)
+  resumed = _run(cmd(kill_dir), env=env)
+  assert "resumed from step" in resumed.stderr
+  a, b = checkpoint.load_host(tmp_path / "ref", 12), checkpoint.load_host(kill_dir, 12)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_rso_pipeline_end_to_end(tmp_path):
+  _run(["r3jax.train", "--config=configs/rso_qwen.py", f"--workdir={tmp_path}", "--config.rso.num_prompts=16",
+        "--config.rso.n=8", "--config.rso.prompts_per_batch=8", "--config.rollout.max_new_tokens=16",
+        "--config.steps=4", "--config.batch_size=8", "--config.eval_every=4", "--config.log_every=1", "--config.sft.steps=20",
+        "--config.sft.eval_every=1000", "--config.sft.data.synthetic_examples=200"])
+  pairs = [json.loads(l) for l in open(tmp_path / "pairs.jsonl")]
+  assert pairs and all(p["chosen_reward"] > p["rejected_reward"] for p in pairs)
+  assert len(pairs) <= 16 * 2  # k = 4 accepted per prompt: at most 2 first-round pairs.
+  assert sorted(_rows(tmp_path, "train/loss")) == [1, 2, 3, 4]
