@@ -5,9 +5,11 @@ r"""Pairwise accuracy of rewards on comparison files, with 95% Wilson intervals.
 
 --reward: names from rewards/scorers.make (r3, relevance, li_s, no_branch, li_only, length,
 random) or reward-model run directories. --data: comparison files in any supported format
-({prompt, chosen, rejected}, {prompt, responses}, HH, ShareGPT-style), or "synthetic" for
-the embedded comparisons. A K-wise ranking counts its C(K,2) pairs; a tie counts one half.
-Prints a table (rows: rewards, columns: sets); with --out also writes CSV and markdown.
+({prompt, chosen, rejected}, {prompt, responses}, HH, ShareGPT-style), "synthetic" for the
+embedded comparisons, "synrel" for the SynRel-style relevance set on the embedded knowledge
+base, or "synrel:ENTITIES.jsonl" for one on a file of {entity, facts} rows (data/synrel.py).
+A K-wise ranking counts its C(K,2) pairs; a tie counts one half. Prints seed 002's Table 1
+layout (rows: rewards, columns: sets); with --out also writes CSV, markdown and a PNG chart.
 """
 
 import csv
@@ -20,7 +22,7 @@ import numpy as np
 
 _REWARD = flags.DEFINE_list("reward", ["r3"], "Rewards to evaluate.")
 _DATA = flags.DEFINE_list("data", ["synthetic"], "Comparison files (or 'synthetic').")
-_OUT = flags.DEFINE_string("out", "", "Directory for pairs_accuracy.csv / .md.")
+_OUT = flags.DEFINE_string("out", "", "Directory for pairs_accuracy.csv / .md / .png.")
 _MAX_LEN = flags.DEFINE_integer("max_len", 512, "R³'s rollout length (the CE map's scale).")
 _SKIP_BAD = flags.DEFINE_bool("skip_bad", False, "Skip (and count) malformed comparisons.")
 _LIMIT = flags.DEFINE_integer("limit", 0, "Use the first N comparisons of each set (0: all).")
@@ -58,9 +60,13 @@ def pair_accuracy(scorer, rows) -> tuple[float, int]:
 
 
 def load_set(name: str, limit: int, skip_bad: bool):
-  from r3jax.data import readers, synthetic
+  from r3jax.data import readers, synrel, synthetic
   if name == "synthetic":
     rows = synthetic.comparisons(500, seed=123)
+  elif name == "synrel":
+    rows = synrel.triplets()
+  elif name.startswith("synrel:"):
+    rows = synrel.triplets(synrel.load_entities(name[len("synrel:"):]))
   else:
     loaded = readers.load_comparisons(name, skip_bad)
     rows = loaded.rows
@@ -74,7 +80,8 @@ def main(argv):
   from r3jax.data import readers
   from r3jax.rewards import scorers
   try:
-    sets = {os.path.basename(d): load_set(d, _LIMIT.value, _SKIP_BAD.value) for d in _DATA.value}
+    sets = {os.path.basename(d.split(":")[-1]) if d.startswith("synrel:") else os.path.basename(d):
+            load_set(d, _LIMIT.value, _SKIP_BAD.value) for d in _DATA.value}
     table = {}
     for spec in _REWARD.value:
       scorer = scorers.make(spec, max_len=_MAX_LEN.value)
@@ -96,6 +103,11 @@ def main(argv):
       for r in table:
         for s, (k, n) in table[r].items():
           w.writerow([r, s, f"{k / n:.4f}", *(f"{x:.4f}" for x in wilson(k, n)), n])
+    from r3jax import plot
+    png = plot.grouped_bars(os.path.join(_OUT.value, "pairs_accuracy.png"),
+                            {r: {s: (k / n, *wilson(k, n)) for s, (k, n) in table[r].items()}
+                             for r in table}, "pairwise accuracy", "95% Wilson intervals", (0, 1))
+    print(f"wrote {png}", file=sys.stderr)
 
 
 if __name__ == "__main__":

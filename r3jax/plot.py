@@ -55,6 +55,31 @@ def plot_workdir(workdir: str, groups=None) -> list[str]:
   return written
 
 
+def grouped_bars(out: str, table: dict, ylabel: str, title: str = "", ylim=None) -> str:
+  """One bar group per column of table {row: {column: (value, low, high)}}, one colour
+  per row, with the [low, high] interval as an error bar."""
+  rows = list(table)
+  cols = list(dict.fromkeys(c for r in rows for c in table[r]))
+  width = 0.8 / max(len(rows), 1)
+  fig, ax = plt.subplots(figsize=(max(4.5, 1.2 + 0.5 * len(rows) * len(cols)), 3.4))
+  for i, r in enumerate(rows):
+    xs = [j + (i - (len(rows) - 1) / 2) * width for j, c in enumerate(cols) if c in table[r]]
+    v, lo, hi = zip(*[table[r][c] for c in cols if c in table[r]])
+    ax.bar(xs, v, width, label=r, yerr=[[a - b for a, b in zip(v, lo)], [b - a for a, b in zip(v, hi)]],
+           capsize=2)
+  ax.set_xticks(range(len(cols)), cols)
+  ax.set_ylabel(ylabel)
+  if ylim:
+    ax.set_ylim(*ylim)
+  ax.set_title(title)
+  ax.grid(axis="y", alpha=0.3)
+  ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+  fig.tight_layout()
+  fig.savefig(out, dpi=100)
+  plt.close(fig)
+  return out
+
+
 def main(argv):
   del argv
   for p in plot_workdir(flags.FLAGS.workdir):

@@ -76,7 +76,7 @@ def detect_format(obj: dict) -> str:
   return "unknown"
 
 
-def _field(obj, key, where, kind=str):
+def field(obj, key, where, kind=str):
   if key not in obj:
     raise DataError(f"{where}: missing field '{key}'")
   if not isinstance(obj[key], kind):
@@ -91,16 +91,16 @@ def to_conversation(obj, fmt: str, where: str) -> list[dict]:
   fmt = detect_format(obj) if fmt == "auto" else fmt
   try:
     if fmt == "messages":
-      conv = [dict(m) for m in _field(obj, "messages", where, list)]
+      conv = [dict(m) for m in field(obj, "messages", where, list)]
     elif fmt == "sharegpt":
-      conv = chat.parse_sharegpt(_field(obj, "conversations", where, list), where)
+      conv = chat.parse_sharegpt(field(obj, "conversations", where, list), where)
       if "chosen" in obj:
         conv += chat.parse_sharegpt([obj["chosen"]], where)
     elif fmt == "hh":
-      conv = chat.parse_hh(_field(obj, "chosen", where), where)
+      conv = chat.parse_hh(field(obj, "chosen", where), where)
     elif fmt == "alpaca":
-      inst, inp = _field(obj, "instruction", where), obj.get("input") or ""
-      out = _field(obj, "output", where)
+      inst, inp = field(obj, "instruction", where), obj.get("input") or ""
+      out = field(obj, "output", where)
       conv = [{"role": "user", "content": f"{inst}\n\n{inp}" if inp else inst},
               {"role": "assistant", "content": out}]
     else:
@@ -116,7 +116,7 @@ def to_conversation(obj, fmt: str, where: str) -> list[dict]:
   return conv
 
 
-def _load(path: str, parse, skip_bad: bool, what: str) -> Loaded:
+def load_rows(path: str, parse, skip_bad: bool, what: str) -> Loaded:
   """Rows `parse(obj, where)` of a file; bad rows raise, or are counted with skip_bad."""
   rows, skipped = [], []
   for where, obj in iter_records(path):
@@ -134,7 +134,7 @@ def _load(path: str, parse, skip_bad: bool, what: str) -> Loaded:
 
 
 def load_conversations(path: str, fmt: str = "auto", skip_bad: bool = False) -> Loaded:
-  return _load(path, lambda obj, where: {"messages": to_conversation(obj, fmt, where)}, skip_bad, "rows")
+  return load_rows(path, lambda obj, where: {"messages": to_conversation(obj, fmt, where)}, skip_bad, "rows")
 
 
 def to_comparison(obj, where: str) -> dict:
@@ -148,17 +148,17 @@ def to_comparison(obj, where: str) -> dict:
     raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
   try:
     if "conversations" in obj:
-      prompt = chat.parse_sharegpt(_field(obj, "conversations", where, list), where)
-      responses = [chat.parse_sharegpt([_field(obj, k, where, dict)], where)[0]["content"]
+      prompt = chat.parse_sharegpt(field(obj, "conversations", where, list), where)
+      responses = [chat.parse_sharegpt([field(obj, k, where, dict)], where)[0]["content"]
                    for k in ("chosen", "rejected")]
     elif "prompt" in obj:
       p = obj["prompt"]
-      prompt = chat.prompt_messages(p) if isinstance(p, str) else [dict(m) for m in _field(obj, "prompt", where, list)]
-      responses = (_field(obj, "responses", where, list) if "responses" in obj else
-                   [_field(obj, "chosen", where), _field(obj, "rejected", where)])
+      prompt = chat.prompt_messages(p) if isinstance(p, str) else [dict(m) for m in field(obj, "prompt", where, list)]
+      responses = (field(obj, "responses", where, list) if "responses" in obj else
+                   [field(obj, "chosen", where), field(obj, "rejected", where)])
     elif "chosen" in obj:
-      chosen = chat.parse_hh(_field(obj, "chosen", where), where + " (chosen)")
-      rejected = chat.parse_hh(_field(obj, "rejected", where), where + " (rejected)")
+      chosen = chat.parse_hh(field(obj, "chosen", where), where + " (chosen)")
+      rejected = chat.parse_hh(field(obj, "rejected", where), where + " (rejected)")
       if chosen[:-1] != rejected[:-1]:
         raise DataError(f"{where}: 'chosen' and 'rejected' differ before their last turn")
       prompt, responses = chosen[:-1], [chosen[-1]["content"], rejected[-1]["content"]]
@@ -184,11 +184,56 @@ def to_comparison(obj, where: str) -> dict:
 
 def load_comparisons(path: str, skip_bad: bool = False) -> Loaded:
   """Comparison rows (see `to_comparison`); each keeps its "where" (file:line)."""
-  return _load(path, to_comparison, skip_bad, "comparisons")
+  return load_rows(path, to_comparison, skip_bad, "comparisons")
+
+
+def to_prompt(obj, where: str) -> dict:
+  """{"prompt": user text, "reference"?, "query_type"?, "category"?} from
+    {prompt, reference?}                       a plain prompt file (as PPO reads);
+    {turns: [...]}                             Vicuna-Bench / MT-Bench questions (first turn);
+    {instruction, input?, output?}             Alpaca; output is the reference;
+    {instruction, instances: [{input, output}]} SuperNI / self-instruct seed tasks (first instance).
+  """
+  if not isinstance(obj, dict):
+    raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+  reference = obj.get("reference")
+  if "prompt" in obj:
+    prompt = field(obj, "prompt", where)
+  elif "turns" in obj:
+    turns = field(obj, "turns", where, list)
+    if not turns or not isinstance(turns[0], str):
+      raise DataError(f"{where}: field 'turns' should be a non-empty list of strings")
+    prompt = turns[0]
+  elif "instruction" in obj:
+    inst = field(obj, "instruction", where)
+    inp, reference = obj.get("input") or "", obj.get("output", reference)
+    if "instances" in obj:
+      inst_list = field(obj, "instances", where, list)
+      if not inst_list or not isinstance(inst_list[0], dict):
+        raise DataError(f"{where}: field 'instances' should be a non-empty list of objects")
+      inp, reference = inst_list[0].get("input") or "", inst_list[0].get("output")
+    prompt = f"{inst}\n\n{inp}" if inp else inst
+  else:
+    raise DataError(f"{where}: not a prompt; expected a field 'prompt', 'turns' or 'instruction' "
+                    f"(got {sorted(obj)[:6]})")
+  if not prompt.strip():
+    raise DataError(f"{where}: empty prompt")
+  if isinstance(reference, list) and reference and isinstance(reference[0], str):
+    reference = reference[0]  # MT-Bench: one reference per turn.
+  if reference is not None and not isinstance(reference, str):
+    raise DataError(f"{where}: the reference answer should be a string, got {type(reference).__name__}")
+  out = {"prompt": prompt, "reference": reference or None, "query_type": obj.get("query_type"),
+         "category": obj.get("category")}
+  return {k: v for k, v in out.items() if v is not None}
+
+
+def load_prompts(path: str, skip_bad: bool = False) -> Loaded:
+  """Prompt rows (see `to_prompt`) for evaluation; each keeps its "where" (file:line)."""
+  return load_rows(path, to_prompt, skip_bad, "prompts")
 
 
 def _text(obj, where) -> dict:
-  text = _field(obj, "text", where) if isinstance(obj, dict) else None
+  text = field(obj, "text", where) if isinstance(obj, dict) else None
   if text is None or not text.strip():
     raise DataError(f"{where}: empty or missing 'text'")
   return {"text": text}
@@ -196,7 +241,7 @@ def _text(obj, where) -> dict:
 
 def load_texts(path: str, skip_bad: bool = False) -> Loaded:
   """Plain documents ({"text"} rows or .txt lines) for LM losses such as PPO-ptx."""
-  return _load(path, _text, skip_bad, "rows")
+  return load_rows(path, _text, skip_bad, "rows")
 
 
 def write_jsonl(path: str, rows) -> None:

@@ -130,10 +130,10 @@ class R3:
       reward = li
     return {"reward": reward, "length_incentive": li, "repetition_penalty": rp,
             "relevance": rel, "reference_relevance": ref_rel, "closed_ended": is_ce.astype(np.float64),
-            "copies_query": np.array([_copies(q, y) for q, y in zip(queries, ys)], np.float64)}
+            "copies_query": np.array([copies_query(q, y) for q, y in zip(queries, ys)], np.float64)}
 
 
-def _copies(query: str, response: str) -> bool:
+def copies_query(query: str, response: str) -> bool:
   """The response repeats the query (the reward-hacking failure of relevance alone)."""
   q, y = " ".join(wordpunct(query.lower())), " ".join(wordpunct(response.lower()))
   return bool(q) and q in y

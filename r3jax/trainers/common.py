@@ -71,6 +71,15 @@ def finish(writer, workdir: str, plots=None, skipped=(), truncated: int = 0, wha
     plot.plot_workdir(workdir, plots)
 
 
+def export_hf(workdir: str, params, cfg, tok) -> str:
+  """The final policy as an HF Qwen2 directory, workdir/hf: what eval_gen, sample and
+  transformers load. Parameters are gathered to host, so this is for the end of a run."""
+  path = os.path.join(workdir, "hf")
+  if jax.process_index() == 0:
+    hf.export(jax.device_get(params), cfg, path, tokenizer=tok)
+  return path
+
+
 def check_paths(config) -> None:
   """Fails fast, before any work, on a user-given path that does not exist."""
   init_from = config.get("init_from", "")

@@ -292,6 +292,7 @@ def train(config, workdir: str) -> dict:
     after = sft.generate_samples(policy, merged_policy(state["policy"], frozen), [[m] for m in fixed],
                                  config.rollout.max_new_tokens)
   write_before_after(workdir, fixed, before, after, reward_fn, rows[:config.eval_prompts])
+  common.export_hf(workdir, merged_policy(state["policy"], frozen), cfg, tok)
   common.finish(writer, workdir, PLOTS)
   return {"state": state, "frozen": frozen}
 

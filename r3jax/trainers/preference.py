@@ -198,6 +198,8 @@ def train(config, workdir: str) -> dict:
     mngr.wait_until_finished()
   finally:
     preempt.restore_handler()
+  if not is_rm:
+    common.export_hf(workdir, state["params"], cfg, tok)
   common.finish(writer, workdir, PLOTS_RM if is_rm else PLOTS_DPO, skipped, truncated, "responses",
                 config.seq_len)
   return {"params": state["params"], "eval": last_eval, "cfg": cfg, "tokenizer": tok}

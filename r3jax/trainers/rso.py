@@ -133,6 +133,9 @@ def train_best_of_n(config, workdir: str) -> dict:
     if not os.path.exists(data):
       texts, rewards, valid = sample_candidates(config, current, workdir, rows, log)
       best = np.asarray(rso.best_of_n(jnp.asarray(rewards), jnp.asarray(valid)))
+      if jax.process_index() == 0:  # Every candidate's reward: the frontier command reads them.
+        os.makedirs(rdir, exist_ok=True)
+        np.savez(os.path.join(rdir, "candidates.npz"), rewards=rewards, valid=valid)
       kept = [{"messages": r["prompt"] + [{"role": "assistant", "content": ys[b]}], "reward": float(rw[b])}
               for r, ys, rw, b in zip(rows, texts, rewards, best) if b >= 0]
       log(f"round {rnd}: best-of-{config.rso.n} mean reward {np.mean([k['reward'] for k in kept]):.4f} "

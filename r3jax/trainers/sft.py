@@ -121,6 +121,7 @@ def train(config, workdir: str) -> dict:
     mngr.wait_until_finished()
   finally:
     preempt.restore_handler()
+  common.export_hf(workdir, state["params"], policy.cfg, policy.tokenizer)
   common.finish(writer, workdir, None, skipped, truncated, "conversations", config.seq_len)
   return {"params": state["params"], "eval": last_eval, "unigram": unigram, "policy": policy}
 

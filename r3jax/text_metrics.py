@@ -1,0 +1,110 @@
+"""Text statistics of generated answers (SPEC §7): repetition, Self-BLEU, ROUGE-L, win rate.
+
+Pure Python on strings: these run once per evaluation, on host, over a few thousand texts.
+Tokens are R³'s word-punctuation tokens (rewards/r3.wordpunct), lower-cased, so "Paris." and
+"paris ." count alike everywhere.
+"""
+
+import collections
+import math
+import re
+
+import numpy as np
+
+from r3jax.rewards import r3
+
+
+def tokens(text: str) -> list[str]:
+  return [t.lower() for t in r3.wordpunct(text)]
+
+
+def ngrams(toks, n: int) -> list[tuple]:
+  return list(zip(*(toks[i:] for i in range(n))))
+
+
+def ngram_repetition(text: str, n: int = 4) -> float:
+  """Fraction of the n-grams that repeat an earlier one (0 without any n-gram)."""
+  grams = ngrams(tokens(text), n)
+  return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+def bleu(hypothesis: list[str], references: list[list[str]], max_n: int = 4) -> float:
+  """Sentence BLEU in [0, 1]: clipped n-gram precisions against all references, their
+  geometric mean, and the brevity penalty for the closest reference length. A precision
+  with no match counts 0.1 matches (Chen & Cherry's smoothing 1, as Texygen's Self-BLEU),
+  so short or diverse texts get a small, not a zero, score."""
+  if not hypothesis:
+    return 0.0
+  log_p = 0.0
+  for n in range(1, max_n + 1):
+    hyp = collections.Counter(ngrams(hypothesis, n))
+    total = sum(hyp.values())
+    if total == 0:  # Shorter than n: this order says nothing; BLEU keeps it at zero weight.
+      return 0.0 if n == 1 else math.exp(log_p / (n - 1)) * _brevity(hypothesis, references)
+    most = collections.Counter()
+    for ref in references:
+      for g, c in collections.Counter(ngrams(ref, n)).items():
+        most[g] = max(most[g], c)
+    matched = sum(min(c, most[g]) for g, c in hyp.items())
+    log_p += math.log((matched or 0.1) / total)
+  return math.exp(log_p / max_n) * _brevity(hypothesis, references)
+
+
+def _brevity(hypothesis, references) -> float:
+  h = len(hypothesis)
+  r = min((len(x) for x in references), key=lambda length: (abs(length - h), length))
+  return 1.0 if h >= r else math.exp(1 - r / h)
+
+
+def self_bleu(samples: list[str], max_n: int = 4) -> float:
+  """Mean BLEU of each sample against the others, ×100: 100 for identical samples,
+  near 0 for unrelated ones. High means consistent answers, low means diverse ones."""
+  toks = [tokens(s) for s in samples]
+  if len(toks) < 2:
+    raise ValueError("Self-BLEU needs at least 2 samples")
+  return 100.0 * float(np.mean([bleu(t, toks[:i] + toks[i + 1:], max_n) for i, t in enumerate(toks)]))
+
+
+def _lcs(a, b) -> int:
+  prev = [0] * (len(b) + 1)
+  for x in a:
+    cur = [0]
+    for j, y in enumerate(b):
+      cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
+    prev = cur
+  return prev[-1]
+
+
+def rouge_l(candidate: str, reference: str) -> float:
+  """ROUGE-L F1 in [0, 1] over lower-cased alphanumeric words (rouge-score's tokens)."""
+  c = re.findall(r"[a-z0-9]+", candidate.lower())
+  r = re.findall(r"[a-z0-9]+", reference.lower())
+  if not c or not r:
+    return 0.0
+  lcs = _lcs(c, r)
+  if lcs == 0:
+    return 0.0
+  p, rec = lcs / len(c), lcs / len(r)
+  return 2 * p * rec / (p + rec)
+
+
+copies_query = r3.copies_query  # The same test PPO logs.
+
+
+def sentences(text: str) -> list[str]:
+  return [s for s in re.split(r"(?<=[.!?])\s+|\n+", text.strip()) if s.strip()]
+
+
+def win_rate(judge, prompts, a, b) -> dict:
+  """Adjusted win rate of answers a over b, (wins + ties/2) / all, judged in both orders.
+
+  judge(prompts, first, second) -> [N] preference for the first answer (> 0 first wins,
+  < 0 second wins, 0 tie). A pointwise reward r gives judge = r(first) - r(second); a
+  position-biased judge is what the second order cancels out. By construction
+  win_rate(a, b) + win_rate(b, a) = 1."""
+  ab, ba = np.asarray(judge(prompts, a, b)), np.asarray(judge(prompts, b, a))
+  wins = int(np.sum(ab > 0) + np.sum(ba < 0))
+  ties = int(np.sum(ab == 0) + np.sum(ba == 0))
+  n = 2 * len(prompts)
+  return {"win_rate": (wins + 0.5 * ties) / n if n else float("nan"), "wins": wins,
+          "ties": ties, "losses": n - wins - ties, "judgements": n}
