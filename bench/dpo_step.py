@@ -11,6 +11,7 @@ between two optimizer updates: reference forward, policy forward and backward, u
 The ratio printed last is TRL's median step time over r3jax's.
 """
 
+import copy
 import functools
 import statistics
 import time
@@ -123,9 +124,11 @@ def trl_step_times(cfg, rows):
                        loss_type=["sigmoid"], max_length=None, logging_steps=10_000,
                        save_strategy="no", report_to=[], use_cpu=True, bf16=False,
                        dataloader_num_workers=0, disable_tqdm=True, max_grad_norm=1.0,
-                       warmup_steps=0, lr_scheduler_type="constant", weight_decay=0.0)
-  trainer = trl.DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tok,
-                           callbacks=[timer])
+                       warmup_steps=0, lr_scheduler_type="constant", weight_decay=0.0,
+                       gradient_checkpointing=False)  # TRL's default recomputes; r3jax does not.
+  ref = copy.deepcopy(model).eval()  # TRL would reload it from the hub name, which we lack.
+  trainer = trl.DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=data,
+                           processing_class=tok, callbacks=[timer])
   batch = next(iter(trainer.get_train_dataloader()))
   assert batch["input_ids"].shape == (2 * len(rows), _PROMPT.value + _RESPONSE.value + 1), \
       batch["input_ids"].shape
@@ -140,9 +143,20 @@ def main(argv):
   from r3jax.models import qwen
 
   cfg = qwen.preset("bench")
+  # The physics: reference forward (2N) + policy forward and backward (6N) per token, at
+  # this machine's fp32 matmul peak measured first.
+  import jax.numpy as jnp
+  n = jax.random.normal(jax.random.key(0), (2048, 2048), jnp.float32)
+  mm = jax.jit(lambda x: x @ x)
+  mm(n).block_until_ready()
+  t0 = time.perf_counter()
+  for _ in range(10):
+    mm(n).block_until_ready()
+  peak = 10 * 2 * 2048 ** 3 / (time.perf_counter() - t0)
   # The same sequences each step: every pair is in one batch, as the shapes are fixed.
   rows = _data(cfg.vocab_size, _PAIRS.value)
   ours, first_loss, n_params = r3jax_step_times(cfg, rows)
+  print(f"r3jax DPO step: {statistics.median(ours) * 1e3:.0f} ms median", flush=True)
   theirs, threads = trl_step_times(cfg, rows)
   a, b = statistics.median(ours), statistics.median(theirs)
   tokens = 2 * _PAIRS.value * (_PROMPT.value + _RESPONSE.value + 1)
@@ -154,6 +168,9 @@ def main(argv):
         f"steps {[round(x * 1e3) for x in ours]}")
   print(f"TRL DPOTrainer step: {b * 1e3:.0f} ms median ({tokens / b:,.0f} tokens/s); "
         f"steps {[round(x * 1e3) for x in theirs]}")
+  bound = 8 * (n_params - cfg.vocab_size * cfg.hidden_size) * tokens / peak
+  print(f"FLOP bound at the {peak / 1e9:.0f} GFLOP/s matmul peak: {bound * 1e3:.0f} ms "
+        f"(r3jax at {bound / a:.0%} of it, TRL at {bound / b:.0%})")
   print(f"speed-up (TRL time / r3jax time): {b / a:.2f}x")
 
 

@@ -5,7 +5,8 @@ r"""Generation statistics of a policy, optionally against a baseline (SPEC §7, 
 
 --policy / --baseline: a run directory (its exported hf/ is loaded) or an HF Qwen2 directory.
 --prompts: {prompt}, Vicuna/MT-Bench {turns}, Alpaca {instruction, input, output} or SuperNI
-{instruction, instances} rows (data/readers.to_prompt).
+{instruction, instances} rows (data/readers.to_prompt); or "synthetic": 200 held-out questions
+about the embedded entities, with reference answers and query types (another seed than training).
 
 For each model, one greedy answer per prompt gives: average tokens (the policy tokenizer's),
 4-gram repetition rate, relevance to the query under the relevance encoder (cosine, MiniLM
@@ -140,6 +141,7 @@ def _plots(out, stats, types):
   for name, s in stats.items():
     k = sorted(s["relevance_by_position"])
     ax.plot([x + 1 for x in k], [s["relevance_by_position"][x] for x in k], marker="o", label=name)
+  ax.set_xticks(range(1, _POSITIONS + 1))
   ax.set_xlabel("sentence position")
   ax.set_ylabel("relevance to the query")
   ax.set_title("Relevance by sentence position")
@@ -204,7 +206,13 @@ def main(argv):
   if _SAMPLES.value < 2:
     sys.exit("error: --samples must be at least 2 (Self-BLEU compares samples with each other)")
   try:
-    loaded = readers.load_prompts(_PROMPTS.value, _SKIP_BAD.value)
+    if _PROMPTS.value == "synthetic":
+      from r3jax.data import synthetic
+      loaded = readers.Loaded([{"where": f"synthetic:{i}", "prompt": ex["prompt"], "reference": ex["reference"],
+                                "query_type": ex["query_type"]}
+                               for i, ex in enumerate(synthetic.generate(200, seed=99))], [])
+    else:
+      loaded = readers.load_prompts(_PROMPTS.value, _SKIP_BAD.value)
     rows = loaded.rows[:_LIMIT.value] if _LIMIT.value else loaded.rows
     types = []
     for r in rows:

@@ -106,7 +106,7 @@ def main(argv):
     from r3jax import plot
     png = plot.grouped_bars(os.path.join(_OUT.value, "pairs_accuracy.png"),
                             {r: {s: (k / n, *wilson(k, n)) for s, (k, n) in table[r].items()}
-                             for r in table}, "pairwise accuracy", "95% Wilson intervals", (0, 1))
+                             for r in table}, "pairwise accuracy", "95% Wilson intervals (dashed: chance)", (0, 1), 0.5)
     print(f"wrote {png}", file=sys.stderr)
 
 

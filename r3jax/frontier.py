@@ -6,7 +6,8 @@ A PPO run (metrics.jsonl with kl/seq_kl) gives one point per logged iteration: t
 raw reward of its rollouts against √ of their mean summed log-ratio, drawn as a moving
 average over --window iterations. A best-of-N run (round_*/candidates.npz) gives, for
 n = 1..N, the expected best-of-n reward, estimated without bias from the N scored candidates
-of each prompt, against the closed-form KL of best-of-n sampling, log n - (n-1)/n.
+of each prompt (n up to the fewest distinct candidates any prompt has), against the
+closed-form KL of best-of-n sampling, log n - (n-1)/n.
 Writes <out>/frontier.png and frontier.csv.
 """
 

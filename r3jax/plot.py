@@ -55,7 +55,8 @@ def plot_workdir(workdir: str, groups=None) -> list[str]:
   return written
 
 
-def grouped_bars(out: str, table: dict, ylabel: str, title: str = "", ylim=None) -> str:
+def grouped_bars(out: str, table: dict, ylabel: str, title: str = "", ylim=None,
+                 hline: float | None = None) -> str:
   """One bar group per column of table {row: {column: (value, low, high)}}, one colour
   per row, with the [low, high] interval as an error bar."""
   rows = list(table)
@@ -71,6 +72,8 @@ def grouped_bars(out: str, table: dict, ylabel: str, title: str = "", ylim=None)
   ax.set_ylabel(ylabel)
   if ylim:
     ax.set_ylim(*ylim)
+  if hline is not None:
+    ax.axhline(hline, color="gray", ls="--", lw=1)
   ax.set_title(title)
   ax.grid(axis="y", alpha=0.3)
   ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))

@@ -146,7 +146,7 @@ def train_best_of_n(config, workdir: str) -> dict:
     c = copy.deepcopy(config.sft)
     with c.unlocked():
       c.init_from, c.data.train, c.steps = current, data, config.best_of_n.sft_steps
-      c.tokenizer = os.path.join(workdir, "tokenizer")
+      c.tokenizer = config.tokenizer or os.path.join(workdir, "tokenizer")
       c.optim.update(lr=config.best_of_n.lr, warmup_steps=0, schedule="constant")
     result = sft.train(c, rdir)
     current = rdir
