@@ -6,6 +6,8 @@ Presets (`--config=configs/ppo_qwen.py:<preset>`):
   tiny-relevance  the same with the relevance-only reward (the reward-hacking ablation).
   qwen            the Qwen recipe: fixed β 0.04, value clip 0.15, policy LR 1e-6, value LR
                   5e-6, 50 value warm-up steps, 2 samples per prompt, top-p 0.9.
+  qwen-1.8b, qwen-7b, qwen-14b   the Qwen recipe at that size (bf16 compute), e.g. for
+                  python -m r3jax.plan; training needs model.hf_dir.
   r3              the R³ recipe: adaptive KL from 0.2, ε 0.2, γ 1, λ 0.95, 4 PPO epochs,
                   constant LR 1e-5, 512 new tokens, score normalisation with clip 10.
 Full-size presets need --config.model.hf_dir (or --config.init_from=<SFT run or HF dir>)
@@ -71,7 +73,9 @@ def get_config(arg=None):
     c.checkpoint.every = 20
     if preset == "tiny-relevance":
       c.reward.mode = "relevance"
-  elif preset == "qwen":
+  elif preset in ("qwen", "qwen-1.8b", "qwen-7b", "qwen-14b"):
+    if preset != "qwen":  # Sizes for planning (python -m r3jax.plan) or with model.hf_dir.
+      c.model.update(preset=preset, dtype="bfloat16")
     c.kl.update(beta=0.04, adaptive=False)
     c.rollout.update(n=2, top_p=0.9)
   elif preset == "r3":

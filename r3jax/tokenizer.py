@@ -47,6 +47,12 @@ def tiny(vocab_size: int = 2048, cache_dir: str | None = None):
   texts = [chat.render(ex["messages"]) for ex in synthetic.generate(2000, seed=0)]
   tok = train_bpe(texts, vocab_size)
   if cache_dir:
+    # Written aside and renamed, so that processes sharing a workdir (multi-host runs all
+    # train this same tokenizer) never read a half-written file.
+    tmp = f"{cache_dir}.tmp{os.getpid()}"
+    tok.save_pretrained(tmp)
     os.makedirs(cache_dir, exist_ok=True)
-    tok.save_pretrained(cache_dir)
+    for name in sorted(os.listdir(tmp), key=lambda n: n == "tokenizer.json"):  # The marker last.
+      os.replace(os.path.join(tmp, name), os.path.join(cache_dir, name))
+    os.rmdir(tmp)
   return tok

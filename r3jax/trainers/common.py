@@ -90,6 +90,21 @@ def check_paths(config) -> None:
       raise FileNotFoundError(f"{field}={path}: no such file or directory")
 
 
+def state_init_fn(cfg, tx, seed: int, scalar_head: bool = False):
+  """A function building the train state with logical-axis metadata on every param and
+  optimizer leaf: jit it into shardings (init_state), or eval_shape it (plan.py)."""
+  key = jax.random.key(seed)
+
+  def init_fn():
+    params = qwen.Qwen(cfg).init(key, jnp.zeros((1, 8), jnp.int32))["params"]
+    if scalar_head:
+      params = {"backbone": params, "head": qwen.init_scalar_head(cfg)}
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
+            "rng": jax.random.key_data(jax.random.fold_in(key, 1))}
+
+  return init_fn
+
+
 def init_state(policy: Policy, tx, mesh, rules, seed: int, init_from: str = "",
                scalar_head: bool = False):
   """Train state {step, params, opt_state, rng}, created directly into its shardings.
@@ -98,16 +113,8 @@ def init_state(policy: Policy, tx, mesh, rules, seed: int, init_from: str = "",
   else random. With `scalar_head` the params are a reward model's {backbone, head}: a
   source with a head (a reward-model run) fills both, a plain decoder only the backbone.
   """
-  key = jax.random.key(seed)
-
-  def init_fn():
-    params = qwen.Qwen(policy.cfg).init(key, jnp.zeros((1, 8), jnp.int32))["params"]
-    if scalar_head:
-      params = {"backbone": params, "head": qwen.init_scalar_head(policy.cfg)}
-    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
-            "rng": jax.random.key_data(jax.random.fold_in(key, 1))}
-
-  state, shardings = sharding.create_sharded(init_fn, mesh, rules)
+  state, shardings = sharding.create_sharded(state_init_fn(policy.cfg, tx, seed, scalar_head),
+                                             mesh, rules)
   source = init_from or policy.hf_dir
   if source and scalar_head and checkpoint.param_keys(source) == {"backbone", "head"}:
     state["params"] = load_params(source, policy.cfg, state["params"], shardings["params"])

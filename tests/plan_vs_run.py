@@ -1,0 +1,46 @@
+"""A tiny PPO run on 8 simulated devices against the planner; run by test_plan.py.
+
+Prints JSON: the planner's per-device bytes for the state rows, and the bytes one device
+actually holds for the same arrays after the run.
+"""
+
+import json
+import os
+import runpy
+import sys
+
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+
+import jax  # pylint: disable=g-import-not-at-top
+
+from r3jax import plan  # pylint: disable=g-import-not-at-top
+from r3jax.trainers import ppo  # pylint: disable=g-import-not-at-top
+
+
+def device0_bytes(tree) -> int:
+  """Bytes of device 0's shards (a replicated leaf counts whole)."""
+  dev = jax.devices()[0]
+  return sum(s.data.nbytes for x in jax.tree.leaves(tree) for s in x.addressable_shards if s.device == dev)
+
+
+def main(workdir, lora_rank):
+  config = runpy.run_path("configs/ppo_qwen.py")["get_config"]("tiny")
+  config.mesh = (("data", 2), ("fsdp", 4), ("tensor", 1))
+  config.init_from, config.model.allow_random_init = "random", True
+  config.steps, config.prompts_per_step, config.ppo.minibatch = 1, 8, 8
+  config.rollout.max_new_tokens, config.eval_prompts = 8, 1
+  config.lora.rank = int(lora_rank)
+  planned = plan.plan(config, {"data": 2, "fsdp": 4, "tensor": 1})["rows"]
+  out = ppo.train(config, workdir)
+  state, frozen = out["state"], out["frozen"]
+  measured = {"policy": device0_bytes(state["policy"]) + (device0_bytes(frozen) if lora_rank != "0" else 0),
+              "policy_opt": device0_bytes(state["policy_opt"]),
+              "reference": 0 if lora_rank != "0" else device0_bytes(frozen),
+              "value": device0_bytes(state["value"]) + device0_bytes(state["value_opt"])}
+  rows = list(planned.values())
+  print("PLAN_VS_RUN " + json.dumps({"planned": dict(zip(["policy", "policy_opt", "reference", "value"], rows[:4])),
+                                     "measured": measured}))
+
+
+if __name__ == "__main__":
+  main(*sys.argv[1:])

@@ -1,0 +1,38 @@
+"""The memory planner: its state rows against a real tiny PPO run's arrays, and its CLI."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("lora_rank", ["0", "4"])
+def test_planned_state_bytes_match_a_real_run_within_10_percent(tmp_path, lora_rank):
+  out = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "plan_vs_run.py"), str(tmp_path), lora_rank],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"})
+  assert out.returncode == 0, out.stderr[-3000:]
+  res = json.loads(out.stdout.split("PLAN_VS_RUN ")[-1])
+  planned, measured = res["planned"], res["measured"]
+  for k in ("policy", "policy_opt", "value"):
+    assert measured[k] > 0
+    assert abs(planned[k] - measured[k]) <= 0.1 * measured[k], (k, planned, measured)
+  assert planned["reference"] == measured["reference"] == (0 if lora_rank != "0" else measured["policy"])
+
+
+def test_plan_cli_for_qwen_7b_and_a_tpu_type():
+  run = lambda *a: subprocess.run([sys.executable, "-m", "r3jax.plan", "--config=configs/ppo_qwen.py:qwen-7b", *a],
+                                  cwd=ROOT, capture_output=True, text=True, timeout=600,
+                                  env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  out = run("--mesh=(('data',1),('fsdp',8),('tensor',1))", "--hbm_gib=95")
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "qwen-7b (7." in out.stdout and "| **total** |" in out.stdout and "minibatch rows per device fit" in out.stdout
+  out = run("--tpu=v5p-64")
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "suggested mesh" in out.stdout
+  bad = run("--mesh=(('data',-1),('fsdp',8),('tensor',1))")
+  assert bad.returncode != 0 and "no -1" in bad.stderr
