@@ -23,9 +23,12 @@ TRAINERS = {"sft": "r3jax.trainers.sft", "ppo": "r3jax.trainers.ppo",
 
 
 def maybe_initialize_distributed():
-  """jax.distributed on multi-host jobs: TPU pods, or an explicit coordinator address."""
+  """jax.distributed on multi-host jobs: an explicit coordinator address, a TPU pod's
+  workers (TPU_WORKER_HOSTNAMES), or R3JAX_DISTRIBUTED=1 (launch/tpu_vm.py sets it; JAX
+  then finds the workers from the TPU metadata)."""
   import jax
-  if os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("TPU_WORKER_HOSTNAMES", "").count(","):
+  if (os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("R3JAX_DISTRIBUTED") == "1"
+      or os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",")):
     jax.distributed.initialize()
 
 

