@@ -6,7 +6,7 @@ with sigmoid DPO at β 0.1, AdamW and the reference log-probs computed every ste
 frozen copy (TRL's default; r3jax's too unless loss.precompute_ref). A step is everything
 between two optimizer updates: reference forward, policy forward and backward, update.
 
-  python bench/dpo_step.py [--pairs=8] [--prompt=64] [--response=128] [--steps=5]
+  python -m bench.dpo_step [--pairs=8] [--prompt=64] [--response=128] [--steps=5]
 
 The ratio printed last is TRL's median step time over r3jax's.
 """
@@ -144,15 +144,10 @@ def main(argv):
 
   cfg = qwen.preset("bench")
   # The physics: reference forward (2N) + policy forward and backward (6N) per token, at
-  # this machine's fp32 matmul peak measured first.
+  # this machine's fp32 matmul peak, measured first.
   import jax.numpy as jnp
-  n = jax.random.normal(jax.random.key(0), (2048, 2048), jnp.float32)
-  mm = jax.jit(lambda x: x @ x)
-  mm(n).block_until_ready()
-  t0 = time.perf_counter()
-  for _ in range(10):
-    mm(n).block_until_ready()
-  peak = 10 * 2 * 2048 ** 3 / (time.perf_counter() - t0)
+  from bench.train_step import matmul_peak
+  peak = matmul_peak(jnp.float32)
   # The same sequences each step: every pair is in one batch, as the shapes are fixed.
   rows = _data(cfg.vocab_size, _PAIRS.value)
   ours, first_loss, n_params = r3jax_step_times(cfg, rows)

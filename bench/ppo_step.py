@@ -10,7 +10,7 @@ Lower bounds, from the matmul peak and memory bandwidth measured in this same ru
   reference + value forward: 2 models x 2·N·tokens FLOPs;
   update: per epoch, policy and value forward + backward, 6·N·tokens FLOPs each.
 
-  python bench/ppo_step.py [--iters=4] [--prompts=16] [--new_tokens=128]
+  python -m bench.ppo_step [--iters=4] [--prompts=16] [--new_tokens=128]
 """
 
 import json

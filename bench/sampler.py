@@ -5,7 +5,7 @@ The bench shape of the foundation issue: a Qwen2-shaped model with vocab 32000, 
 64, 128 new tokens, top-p 0.9. Both run on the same weights in this process, and the
 ratio is what to read: absolute tokens/s depend on the machine.
 
-  python bench/sampler.py [--repeats=3] [--threads=2] [--dtype=float32]
+  python -m bench.sampler [--repeats=3] [--threads=2] [--dtype=float32]
 """
 
 import os

@@ -6,7 +6,7 @@ heads, intermediate 1408) at sequence length 512. MFU = (6·N·tokens + attentio
 the embedding gather not), attention FLOPs are PaLM's 12·L·H·E·T per token, and the peak is
 what a jitted fp32 matmul reaches in this same run.
 
-  python bench/train_step.py [--batch=8] [--seq=512] [--steps=5] [--dtype=float32] [--remat]
+  python -m bench.train_step [--batch=8] [--seq=512] [--steps=5] [--dtype=float32] [--remat]
 """
 
 import functools

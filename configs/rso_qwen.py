@@ -9,8 +9,10 @@ Presets (`--config=configs/rso_qwen.py:<preset>`):
   tiny-sft-rank   the same candidates, k drawn uniformly (seed 004's sft-sample-rank).
   tiny-direct     the embedded comparisons as they are (seed 004's direct).
   tiny-best-of-n  best-of-16 by R³, then SFT on the kept answers; 2 rounds.
-  paper           seed 004's settings: N 64 (temperature 0.7, top-k 40), k 8, β 0.5, γ 0.05;
-                  needs --config.init_from=<SFT> and --config.data.prompts=FILE.jsonl.
+  paper           seed 004's sampling and loss settings: N 64 (temperature 0.7, top-k 40),
+                  k 8, β 0.5, γ 0.05, on the qwen-7b shape; the DPO-stage schedule (steps,
+                  batch, LR) is still the tiny one, so set it. Needs --config.init_from=<SFT>,
+                  --config.model.hf_dir and --config.data.prompts=FILE.jsonl.
 rso.reward: r3 (or another R³ mode), length, or a reward-model run directory.
 """
 

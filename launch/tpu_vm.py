@@ -1,8 +1,12 @@
 r"""Runs an r3jax job on a Cloud TPU VM or pod slice, one process per worker.
 
-  python launch/tpu_vm.py --name=r3 --zone=us-central2-b --accelerator=v4-32 -- \
-      --config=configs/ppo_qwen.py:r3 --workdir=gs://bucket/runs/ppo \
-      --config.model.hf_dir=/mnt/ckpt/Qwen2.5-7B --config.data.prompts=/mnt/data/prompts.jsonl
+  python launch/tpu_vm.py --name=r3 --zone=us-central2-b --accelerator=v4-8 -- \
+      --config=configs/ppo_qwen.py:r3 --workdir=/tmp/runs/ppo \
+      --config.model.hf_dir=/mnt/ckpt/Qwen2.5-7B --config.init_from=/mnt/ckpt/Qwen2.5-7B \
+      --config.data.prompts=/mnt/data/prompts.jsonl
+
+The workdir must be one all workers share for multi-host slices; `gs://` workdirs are not
+supported yet (only checkpoints go through orbax/epath), so use single-host slices for now.
 
 Steps: create the VM (or reuse it if it exists), copy this checkout to every worker, install
 the pinned requirements with JAX's TPU wheel, start `python -m r3jax.train <args>` on all
@@ -19,16 +23,24 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# TensorCores per host by generation: a v4-32 slice has 16 chips on 4 hosts.
-CORES_PER_HOST = {"v4": 8, "v5p": 8, "v5litepod": 4, "v5e": 4, "v6e": 4}
+# (TensorCores per host, largest single-host slice) by generation: a v4-32 slice has 16
+# chips on 4 hosts; v5litepod-8 and v6e-8 are one 8-chip host, larger ones 4 chips a host.
+HOSTS = {"v4": (8, 8), "v5p": (8, 8), "v5litepod": (4, 8), "v6e": (4, 8)}
 REMOTE_DIR = "~/r3jax"
 
 
 def workers(accelerator: str) -> int:
   gen, _, cores = accelerator.partition("-")
-  if gen not in CORES_PER_HOST or not cores.isdigit():
+  if gen not in HOSTS or not cores.isdigit():
     raise ValueError(f"--accelerator={accelerator}: expected e.g. v4-8, v4-32, v5litepod-16, v5p-64")
-  return max(1, int(cores) // CORES_PER_HOST[gen])
+  per_host, single = HOSTS[gen]
+  return 1 if int(cores) <= single else int(cores) // per_host
+
+
+def _jax_pin() -> str:
+  """The jax version requirements.txt pins, so the TPU wheel matches it."""
+  with open(os.path.join(ROOT, "requirements.txt")) as f:
+    return next(line.split("==")[1].split()[0] for line in f if line.startswith("jax=="))
 
 
 def commands(a, train_args: list[str]) -> dict[str, list[str]]:
@@ -48,6 +60,7 @@ def commands(a, train_args: list[str]) -> dict[str, list[str]]:
       "describe": base + ["describe", *where],
       "create": base + ["create", *where, f"--accelerator-type={a.accelerator}",
                         f"--version={a.runtime}"] + (["--spot"] if a.spot else []),
+      "mkdir": ssh(f"mkdir -p {REMOTE_DIR}"),  # scp of several sources needs the target.
       "copy": base + ["scp", "--recurse", *_sources(), f"{a.name}:{REMOTE_DIR}",
                       f"--zone={a.zone}", "--worker=all"] + ([f"--project={a.project}"] if a.project else []),
       "install": ssh(install),
@@ -72,7 +85,7 @@ def main(argv=None):
   p.add_argument("--accelerator", required=True, help="e.g. v4-32")
   p.add_argument("--project", default="")
   p.add_argument("--runtime", default="tpu-ubuntu2204-base", help="TPU VM software version")
-  p.add_argument("--jax_version", default="0.10.2")
+  p.add_argument("--jax_version", default=_jax_pin())
   p.add_argument("--spot", action="store_true")
   p.add_argument("--env", action="append", default=[], help="KEY=VALUE for the job, repeatable")
   p.add_argument("--skip_install", action="store_true")
@@ -88,18 +101,19 @@ def main(argv=None):
   cmds = commands(a, train_args)
 
   def do(step, check=True):
-    print(f"# {step} ({n} worker{'s' * (n > 1)})" if step in ("copy", "install", "run", "stop") else f"# {step}")
+    print(f"# {step} ({n} worker{'s' * (n > 1)})" if step in ("mkdir", "copy", "install", "run", "stop") else f"# {step}")
     print(shlex.join(cmds[step]), flush=True)
     if a.dry_run:
       return 0
     return subprocess.run(cmds[step], check=check).returncode
 
   if a.dry_run:
-    for step in ("describe", "create", "copy", "install", "run", "stop") + (("delete",) if a.delete else ()):
+    for step in ("describe", "create", "mkdir", "copy", "install", "run", "stop") + (("delete",) if a.delete else ()):
       do(step)
     return 0
   if do("describe", check=False) != 0:
     do("create")
+  do("mkdir")
   do("copy")
   if not a.skip_install:
     do("install")

@@ -56,14 +56,26 @@ def tokenize(tokenizer, messages, add_generation_prompt: bool = False):
   return np.asarray(ids, np.int32), np.asarray(mask, np.int32)
 
 
-def tokenize_response(tokenizer, prompt, response: str):
-  """(ids, loss_mask) of prompt + one assistant response, the mask on that response only
+def tokenize_responses(tokenizer, prompt, responses) -> list[tuple[np.ndarray, np.ndarray]]:
+  """(ids, loss_mask) of prompt + each assistant response, the mask on that response only
   (its content and `<|im_end|>`): earlier assistant turns are context, not the answer
-  that preference losses score."""
-  ids, mask = tokenize(tokenizer, list(prompt) + [{"role": "assistant", "content": response}])
-  n_prompt = len(tokenize(tokenizer, prompt, add_generation_prompt=True)[0])
-  mask[:n_prompt] = 0
-  return ids, mask
+  that preference losses score. Pieces are encoded separately (see `tokenize`), so the
+  prompt is tokenized once and each response appended to it."""
+  p_ids, _ = tokenize(tokenizer, prompt, add_generation_prompt=True)
+  end = tokenizer.encode(IM_END, add_special_tokens=False)
+  newline = tokenizer.encode("\n", add_special_tokens=False)
+  out = []
+  for response in responses:
+    r_ids = tokenizer.encode(response, add_special_tokens=False) + end
+    ids = np.concatenate([p_ids, np.asarray(r_ids + newline, np.int32)]).astype(np.int32)
+    mask = np.zeros(len(ids), np.int32)
+    mask[len(p_ids):len(p_ids) + len(r_ids)] = 1
+    out.append((ids, mask))
+  return out
+
+
+def tokenize_response(tokenizer, prompt, response: str):
+  return tokenize_responses(tokenizer, prompt, [response])[0]
 
 
 def prompt_messages(question: str, system: str | None = None):

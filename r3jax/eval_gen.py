@@ -230,8 +230,12 @@ def main(argv):
   win = None
   if judge is not None:
     queries, refs, qts = [r["prompt"] for r in rows], [r.get("reference") for r in rows], [r.get("query_type") for r in rows]
-    pref = lambda p, a, b: judge(p, a, refs, qts) - judge(p, b, refs, qts)
-    win = tm.win_rate(pref, queries, stats["policy"]["answers"], stats["baseline"]["answers"])
+    # A pointwise judge: score each answer set once; both orders read the same scores.
+    answers = {n: stats[n]["answers"] for n in ("policy", "baseline")}
+    score = {n: np.asarray(judge(queries, a, refs, qts)) for n, a in answers.items()}
+    name = lambda x: "policy" if x is answers["policy"] else "baseline"
+    pref = lambda p, a, b: score[name(a)] - score[name(b)]
+    win = tm.win_rate(pref, queries, answers["policy"], answers["baseline"])
   os.makedirs(_OUT.value, exist_ok=True)
   with open(os.path.join(_OUT.value, "answers.jsonl"), "w") as fh:
     for i, r in enumerate(rows):

@@ -21,7 +21,7 @@ from absl import app, flags
 import numpy as np
 
 _REWARD = flags.DEFINE_list("reward", ["r3"], "Rewards to evaluate.")
-_DATA = flags.DEFINE_list("data", ["synthetic"], "Comparison files (or 'synthetic').")
+_DATA = flags.DEFINE_list("data", ["synthetic"], "Comparison files, 'synthetic', 'synrel' or 'synrel:ENTITIES.jsonl'.")
 _OUT = flags.DEFINE_string("out", "", "Directory for pairs_accuracy.csv / .md / .png.")
 _MAX_LEN = flags.DEFINE_integer("max_len", 512, "R³'s rollout length (the CE map's scale).")
 _SKIP_BAD = flags.DEFINE_bool("skip_bad", False, "Skip (and count) malformed comparisons.")
@@ -39,14 +39,13 @@ def wilson(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
 
 def pair_accuracy(scorer, rows) -> tuple[float, int]:
   """(wins + ties/2, number of pairs) over every ordered pair of each ranking."""
-  prompts, responses, refs, types, owner = [], [], [], [], []
-  for i, r in enumerate(rows):
+  prompts, responses, refs, types = [], [], [], []
+  for r in rows:
     for y in r["responses"]:
       prompts.append(r["prompt"])
       responses.append(y)
       refs.append(r.get("reference"))
       types.append(r.get("query_type"))
-      owner.append(i)
   scores = np.asarray(scorer(prompts, responses, refs, types), np.float64)
   wins, n, pos = 0.0, 0, 0
   for r in rows:

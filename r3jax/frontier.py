@@ -5,7 +5,7 @@ r"""Proxy reward against √KL(π‖π_ref), the over-optimisation view of seed 
 A PPO run (metrics.jsonl with kl/seq_kl) gives one point per logged iteration: the mean
 raw reward of its rollouts against √ of their mean summed log-ratio, drawn as a moving
 average over --window iterations. A best-of-N run (round_*/candidates.npz) gives, for
-n = 1..N, the expected best-of-n reward, estimated without bias from the N scored candidates
+n = 1, 2, 4, ... up to N, the expected best-of-n reward, estimated without bias from the N scored candidates
 of each prompt (n up to the fewest distinct candidates any prompt has), against the
 closed-form KL of best-of-n sampling, log n - (n-1)/n.
 Writes <out>/frontier.png and frontier.csv.
@@ -75,12 +75,13 @@ def main(argv):
     for run in _RUN.value:
       name = os.path.basename(os.path.normpath(run))
       rounds = sorted(glob.glob(os.path.join(run, "round_*", "candidates.npz")))
-      if os.path.exists(os.path.join(run, "metrics.jsonl")) and not rounds:
+      if rounds:
+        for path in rounds:
+          label = f"{name} best-of-n ({os.path.basename(os.path.dirname(path))})"
+          curves.append((label, *best_of_n_curve(path)))
+      elif os.path.exists(os.path.join(run, "metrics.jsonl")):
         curves.append((f"{name} (PPO)", *ppo_curve(run, _WINDOW.value)))
-      for path in rounds:
-        label = f"{name} best-of-n ({os.path.basename(os.path.dirname(path))})"
-        curves.append((label, *best_of_n_curve(path)))
-      if not rounds and not os.path.exists(os.path.join(run, "metrics.jsonl")):
+      else:
         raise FileNotFoundError(f"{run}: neither metrics.jsonl nor round_*/candidates.npz")
   except (FileNotFoundError, KeyError, ValueError) as e:
     sys.exit(f"error: {e}")

@@ -41,7 +41,3 @@ def merge(params, adapters, alpha: float) -> dict:
     delta = (ab["a"] @ ab["b"]).reshape(w.shape) * scale
     flat[path] = (w.astype(jnp.float32) + delta).astype(w.dtype)
   return traverse_util.unflatten_dict(flat)
-
-
-def count(adapters) -> int:
-  return sum(x.size for x in jax.tree.leaves(adapters))

@@ -2,7 +2,7 @@
 
 Pure Python on strings: these run once per evaluation, on host, over a few thousand texts.
 Tokens are R³'s word-punctuation tokens (rewards/r3.wordpunct), lower-cased, so "Paris." and
-"paris ." count alike everywhere.
+"paris ." count alike; ROUGE-L alone uses rouge-score's alphanumeric words.
 """
 
 import collections

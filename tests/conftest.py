@@ -1,6 +1,9 @@
 """Shared fixtures: tiny random HF Qwen2 checkpoints written to temp dirs."""
 
+import json
 import os
+import subprocess
+import time
 
 import jax
 import numpy as np
@@ -47,3 +50,39 @@ def left_padded_batch(vocab=128, seed=0):
   mask[1, :4] = 0
   mask[2, :9] = 0
   return ids * mask, mask
+
+
+def write_jsonl(path, rows) -> str:
+  """Rows (dicts, or raw strings for malformed lines) to a JSONL file; returns its path."""
+  with open(path, "w") as f:
+    for r in rows:
+      f.write((r if isinstance(r, str) else json.dumps(r)) + "\n")
+  return str(path)
+
+
+def metric_rows(workdir, key) -> dict:
+  """step -> the last metrics.jsonl row holding `key` (a resumed run re-logs steps);
+  {} before the file exists."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  rows = {}
+  if os.path.exists(path):
+    for line in open(path):
+      r = json.loads(line)
+      if key in r:
+        rows[r["step"]] = r
+  return rows
+
+
+def start_until_step(cmd, workdir, key, step, *, env=None, timeout=400, stderr=subprocess.DEVNULL):
+  """Starts a training command and returns its process once metrics.jsonl logs `key` at
+  `step` or later, still running (to be killed or signalled between checkpoints)."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.DEVNULL, stderr=stderr, text=True,
+                          env={**os.environ, **(env or {})})
+  deadline = time.time() + timeout
+  while time.time() < deadline and proc.poll() is None:
+    if max(metric_rows(workdir, key), default=0) >= step:
+      break
+    time.sleep(0.05)
+  assert proc.poll() is None, "the run ended before it could be killed"
+  return proc

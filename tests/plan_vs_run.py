@@ -37,8 +37,10 @@ def main(workdir, lora_rank):
               "policy_opt": device0_bytes(state["policy_opt"]),
               "reference": 0 if lora_rank != "0" else device0_bytes(frozen),
               "value": device0_bytes(state["value"]) + device0_bytes(state["value_opt"])}
-  rows = list(planned.values())
-  print("PLAN_VS_RUN " + json.dumps({"planned": dict(zip(["policy", "policy_opt", "reference", "value"], rows[:4])),
+  by_prefix = lambda prefix: next(v for k, v in planned.items() if k.startswith(prefix))
+  names = {"policy": "policy params", "policy_opt": "policy optimizer", "reference": "reference",
+           "value": "value model"}
+  print("PLAN_VS_RUN " + json.dumps({"planned": {k: by_prefix(p) for k, p in names.items()},
                                      "measured": measured}))
 
 

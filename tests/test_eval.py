@@ -15,7 +15,7 @@ import pytest
 from r3jax import frontier, text_metrics as tm, tokenizer as tokenizer_lib
 from r3jax.data import readers, synrel
 from r3jax.models import hf, qwen
-from conftest import shared_file
+from conftest import shared_file, write_jsonl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,13 +25,6 @@ def _run(args, ok=True, timeout=900):
                        timeout=timeout, env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert (out.returncode == 0) == ok, out.stderr[-3000:]
   return out
-
-
-def _write(path, rows):
-  with open(path, "w") as f:
-    for r in rows:
-      f.write((r if isinstance(r, str) else json.dumps(r)) + "\n")
-  return str(path)
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -108,7 +101,7 @@ def test_expected_best_of_n_matches_brute_force_and_kl_closed_form():
 
 
 def test_prompt_formats_and_errors(tmp_path):
-  rows = readers.load_prompts(_write(tmp_path / "p.jsonl", [
+  rows = readers.load_prompts(write_jsonl(tmp_path / "p.jsonl", [
       {"prompt": "Hi", "reference": "Hello", "query_type": "CONSTRAINED"},
       {"question_id": 1, "category": "generic", "turns": ["How are you?", "And then?"]},
       {"instruction": "Add", "input": "1 and 2", "output": "3"},
@@ -116,10 +109,10 @@ def test_prompt_formats_and_errors(tmp_path):
   assert [r["prompt"] for r in rows] == ["Hi", "How are you?", "Add\n\n1 and 2", "Name a fruit"]
   assert [r.get("reference") for r in rows] == ["Hello", None, "3", "apple"]
   assert rows[1]["where"].endswith("p.jsonl:2") and rows[1]["category"] == "generic"
-  empty = _write(tmp_path / "empty.jsonl", [])
+  empty = write_jsonl(tmp_path / "empty.jsonl", [])
   with pytest.raises(readers.DataError, match="empty.jsonl: no usable prompts"):
     readers.load_prompts(empty)
-  bad = _write(tmp_path / "bad.jsonl", [{"prompt": "ok"}, {"question": "no field"}])
+  bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "ok"}, {"question": "no field"}])
   with pytest.raises(readers.DataError, match=r"bad.jsonl:2: not a prompt"):
     readers.load_prompts(bad)
   assert len(readers.load_prompts(bad, skip_bad=True).skipped) == 1
@@ -138,11 +131,11 @@ def test_synrel_triplets(tmp_path):
     entity = it["prompt"][0]["content"][len("Please tell me about "):-1]
     chosen, rejected = it["responses"]
     assert chosen.startswith(entity) and entity not in rejected
-  path = _write(tmp_path / "ents.jsonl", [{"entity": "Paris", "facts": ["Paris is in France."]},
+  path = write_jsonl(tmp_path / "ents.jsonl", [{"entity": "Paris", "facts": ["Paris is in France."]},
                                           {"entity": "Oslo", "facts": ["Oslo is in Norway."]}])
   pair = synrel.triplets(synrel.load_entities(path))
   assert pair[0]["responses"] == ["Paris is in France.", "Oslo is in Norway."]
-  bad = _write(tmp_path / "bad.jsonl", [{"entity": "Paris", "facts": ["x"]}, {"entity": "Oslo"}])
+  bad = write_jsonl(tmp_path / "bad.jsonl", [{"entity": "Paris", "facts": ["x"]}, {"entity": "Oslo"}])
   with pytest.raises(readers.DataError, match=r"bad.jsonl:2: missing field 'facts'"):
     synrel.load_entities(bad)
 
@@ -157,7 +150,7 @@ def test_eval_pairs_table_on_synrel_with_csv_and_png(tmp_path):
   assert 0.3 < acc[("random", "synrel")] < 0.7
   assert os.path.getsize(tmp_path / "pairs_accuracy.png") > 5000
   assert "| r3 |" in out.stdout and "synrel" in out.stdout
-  empty = _write(tmp_path / "empty.jsonl", [])
+  empty = write_jsonl(tmp_path / "empty.jsonl", [])
   err = _run(["r3jax.eval_pairs", "--reward=length", f"--data={empty}"], ok=False)
   assert "empty.jsonl: no usable comparisons" in err.stderr
 
@@ -199,16 +192,16 @@ def test_eval_gen_report_tables_and_plots(tmp_path, two_policies):
 
 
 def test_eval_gen_rejects_bad_input_with_file_and_line(tmp_path, two_policies):
-  bad = _write(tmp_path / "bad.jsonl", [{"prompt": "fine"}, {"text": "no prompt"}])
+  bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "fine"}, {"text": "no prompt"}])
   err = _run(["r3jax.eval_gen", f"--policy={two_policies[0]}", f"--prompts={bad}"], ok=False)
   assert "bad.jsonl:2: not a prompt" in err.stderr
-  empty = _write(tmp_path / "empty.jsonl", [])
+  empty = write_jsonl(tmp_path / "empty.jsonl", [])
   err = _run(["r3jax.eval_gen", f"--policy={two_policies[0]}", f"--prompts={empty}"], ok=False)
   assert "empty.jsonl: no usable prompts" in err.stderr
-  qt = _write(tmp_path / "qt.jsonl", [{"prompt": "a", "query_type": "sideways"}])
+  qt = write_jsonl(tmp_path / "qt.jsonl", [{"prompt": "a", "query_type": "sideways"}])
   err = _run(["r3jax.eval_gen", f"--policy={two_policies[0]}", f"--prompts={qt}"], ok=False)
   assert "qt.jsonl:1: field 'query_type'" in err.stderr
-  good = _write(tmp_path / "good.jsonl", [{"prompt": "a"}])
+  good = write_jsonl(tmp_path / "good.jsonl", [{"prompt": "a"}])
   err = _run(["r3jax.eval_gen", f"--policy={tmp_path}", f"--prompts={good}"], ok=False)
   assert "exported hf/" in err.stderr
 
@@ -216,7 +209,7 @@ def test_eval_gen_rejects_bad_input_with_file_and_line(tmp_path, two_policies):
 def test_frontier_from_ppo_metrics_and_best_of_n_candidates(tmp_path):
   ppo = tmp_path / "ppo"
   ppo.mkdir()
-  _write(ppo / "metrics.jsonl", [{"step": s, "reward/reward": 0.1 + 0.01 * s, "kl/seq_kl": 0.2 * s}
+  write_jsonl(ppo / "metrics.jsonl", [{"step": s, "reward/reward": 0.1 + 0.01 * s, "kl/seq_kl": 0.2 * s}
                                  for s in range(1, 21)])
   bon = tmp_path / "bon" / "round_1"
   bon.mkdir(parents=True)

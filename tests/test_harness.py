@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
@@ -14,7 +13,7 @@ import pytest
 
 from r3jax import optim
 from r3jax.data import pipeline, readers
-from conftest import shared_file
+from conftest import metric_rows, shared_file, start_until_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A small SFT run: 12 steps of 8 conversations, a checkpoint every 4 steps, a log line
@@ -36,14 +35,7 @@ def run(cmd, timeout=300, env=None):
 
 
 def last_metrics(workdir):
-  """step -> metrics row, the last logged one winning (a resumed run re-logs steps)."""
-  rows = {}
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    for line in f:
-      r = json.loads(line)
-      if "train/loss" in r:
-        rows[r["step"]] = r
-  return rows
+  return metric_rows(workdir, "train/loss")
 
 
 def final_params(workdir, step):
@@ -75,14 +67,7 @@ def test_exact_resume_after_sigkill_and_sigterm_checkpoint(tmp_path):
   assert ref.returncode == 0, ref.stderr[-3000:]
 
   # SIGKILL between checkpoints (after step 5 or 6; checkpoints at 4, 8, 12).
-  proc = subprocess.Popen(train_cmd(kill_dir), cwd=ROOT, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
-  deadline = time.time() + 240
-  while time.time() < deadline and proc.poll() is None:
-    if os.path.exists(kill_dir / "metrics.jsonl") and max(last_metrics(kill_dir), default=0) >= 5:
-      break
-    time.sleep(0.05)
-  assert proc.poll() is None, "the run ended before it could be killed"
+  proc = start_until_step(train_cmd(kill_dir), kill_dir, "train/loss", 5, timeout=240)
   killed_at = max(last_metrics(kill_dir))
   proc.kill()
   proc.wait(timeout=30)
@@ -107,13 +92,8 @@ def test_exact_resume_after_sigkill_and_sigterm_checkpoint(tmp_path):
 
   # SIGTERM: a checkpoint at the current step, then exit 143.
   term_dir = tmp_path / "term"
-  proc = subprocess.Popen(train_cmd(term_dir, "--config.steps=400", "--config.checkpoint.every=1000"),
-                          cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-  deadline = time.time() + 240
-  while time.time() < deadline and proc.poll() is None:
-    if os.path.exists(term_dir / "metrics.jsonl") and max(last_metrics(term_dir), default=0) >= 3:
-      break
-    time.sleep(0.05)
+  proc = start_until_step(train_cmd(term_dir, "--config.steps=400", "--config.checkpoint.every=1000"),
+                          term_dir, "train/loss", 3, timeout=240, stderr=subprocess.PIPE)
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=120)
   assert proc.returncode == 143, err[-2000:]

@@ -22,11 +22,11 @@ def _dry_run(*extra):
 
 def test_dry_run_commands_for_a_four_worker_slice():
   cmds, text = _dry_run("--project=p1", "--delete")
-  assert list(cmds) == ["describe", "create", "copy", "install", "run", "stop", "delete"]
+  assert list(cmds) == ["describe", "create", "mkdir", "copy", "install", "run", "stop", "delete"]
   assert "# run (4 workers)" in text  # v4-32: 16 chips on 4 hosts.
   assert cmds["create"][:5] == ["gcloud", "compute", "tpus", "tpu-vm", "create"]
   assert "--accelerator-type=v4-32" in cmds["create"] and "--project=p1" in cmds["create"]
-  for step in ("copy", "install", "run", "stop"):
+  for step in ("mkdir", "copy", "install", "run", "stop"):
     assert "--worker=all" in cmds[step], step
   remote_install = next(a for a in cmds["install"] if a.startswith("--command="))
   assert "pip install -q -r requirements.txt 'jax[tpu]==0.10.2'" in remote_install
@@ -45,8 +45,9 @@ def test_overrides_with_spaces_and_quotes_reach_train_unchanged():
 
 def test_bad_accelerator_and_missing_train_args_fail_clearly():
   out = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "tpu_vm.py"), "--name=r3", "--zone=z",
-                        "--accelerator=v9-8", "--dry_run", "--", "--config=x.py"], capture_output=True, text=True)
+                        "--accelerator=v9-8", "--dry_run", "--", "--config=x.py"], capture_output=True, text=True,
+                       timeout=60)
   assert out.returncode != 0 and "--accelerator=v9-8" in out.stderr
   out = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "tpu_vm.py"), "--name=r3", "--zone=z",
-                        "--accelerator=v4-8", "--dry_run"], capture_output=True, text=True)
+                        "--accelerator=v4-8", "--dry_run"], capture_output=True, text=True, timeout=60)
   assert out.returncode != 0 and "after --" in out.stderr

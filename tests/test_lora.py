@@ -45,7 +45,7 @@ def test_gradients_reach_only_adapters():
   v = g["layers_0"]["attn"]["v_kernel"]
   assert float(jnp.abs(v["b"]).max()) > 0  # B gets gradient from the start ...
   assert float(jnp.abs(v["a"]).max()) == 0  # ... A only once B is non-zero.
-  assert lora.count(ad) == 2 * 2 * (4 * cfg.hidden_size + 4 * cfg.num_heads * cfg.head_size) - \
+  assert qwen.param_count(ad) == 2 * 2 * (4 * cfg.hidden_size + 4 * cfg.num_heads * cfg.head_size) - \
       2 * 4 * (cfg.num_heads - cfg.num_kv_heads) * cfg.head_size
 
 

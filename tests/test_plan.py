@@ -11,7 +11,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize("lora_rank", ["0", "4"])
-def test_planned_state_bytes_match_a_real_run_within_10_percent(tmp_path, lora_rank):
+def test_planned_state_bytes_match_a_real_run(tmp_path, lora_rank):
   out = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "plan_vs_run.py"), str(tmp_path), lora_rank],
                        cwd=ROOT, capture_output=True, text=True, timeout=600,
                        env={**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"})
@@ -20,7 +20,8 @@ def test_planned_state_bytes_match_a_real_run_within_10_percent(tmp_path, lora_r
   planned, measured = res["planned"], res["measured"]
   for k in ("policy", "policy_opt", "value"):
     assert measured[k] > 0
-    assert abs(planned[k] - measured[k]) <= 0.1 * measured[k], (k, planned, measured)
+    # The acceptance allows 10%; both come from the same shapes and shardings, so exact.
+    assert planned[k] == measured[k], (k, planned, measured)
   assert planned["reference"] == measured["reference"] == (0 if lora_rank != "0" else measured["policy"])
 
 

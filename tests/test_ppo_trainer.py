@@ -4,9 +4,9 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 from r3jax import checkpoint
+from conftest import metric_rows, start_until_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -37,15 +37,6 @@ def test_tiny_ppo_smoke(tmp_path):
   assert again.returncode == 0 and "reusing" in again.stderr
 
 
-def _ppo_metrics(workdir):
-  rows = {}
-  for line in open(os.path.join(workdir, "metrics.jsonl")):
-    r = json.loads(line)
-    if "reward/reward" in r:
-      rows[r["step"]] = r
-  return rows
-
-
 def test_lora_ptx_ppo_on_8_devices_resumes_exactly_after_sigkill(tmp_path):
   """LoRA + PPO-ptx on a data=2 x fsdp=4 mesh of simulated devices: a run killed between
   checkpoints and restarted ends bitwise equal to an uninterrupted one."""
@@ -73,18 +64,11 @@ def test_lora_ptx_ppo_on_8_devices_resumes_exactly_after_sigkill(tmp_path):
   ref = subprocess.run(cmd(tmp_path / "ref"), cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
   assert ref.returncode == 0, ref.stderr[-3000:]
   assert "LoRA rank 4" in ref.stderr
-  ref_rows = _ppo_metrics(tmp_path / "ref")
+  ref_rows = metric_rows(tmp_path / "ref", "reward/reward")
   assert sorted(ref_rows) == list(range(1, 7)) and "ptx/loss" in ref_rows[6]
 
   kill_dir = tmp_path / "killed"
-  proc = subprocess.Popen(cmd(kill_dir), cwd=ROOT, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL, env=env)
-  deadline = time.time() + 400
-  while time.time() < deadline and proc.poll() is None:
-    if os.path.exists(kill_dir / "metrics.jsonl") and max(_ppo_metrics(kill_dir), default=0) >= 3:
-      break
-    time.sleep(0.05)
-  assert proc.poll() is None, "the run ended before it could be killed"
+  proc = start_until_step(cmd(kill_dir), kill_dir, "reward/reward", 3, env=env)
   proc.kill()
   proc.wait(timeout=30)
   resumed = subprocess.run(cmd(kill_dir), cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
@@ -96,6 +80,6 @@ def test_lora_ptx_ppo_on_8_devices_resumes_exactly_after_sigkill(tmp_path):
   assert "lora" in a["value"] and "backbone" not in a["value"]  # No second copy of the model.
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(x, y)  # Bitwise.
-  kill_rows = _ppo_metrics(kill_dir)
+  kill_rows = metric_rows(kill_dir, "reward/reward")
   for s in range(1, 7):
     assert kill_rows[s]["reward/reward"] == ref_rows[s]["reward/reward"], s

@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -14,22 +13,15 @@ import pytest
 from r3jax import checkpoint, chat, tokenizer as tokenizer_lib
 from r3jax.data import pipeline, readers, synthetic
 from r3jax.models import qwen
-from conftest import shared_file
+from conftest import metric_rows, shared_file, start_until_step, write_jsonl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _write(path, rows):
-  with open(path, "w") as f:
-    for r in rows:
-      f.write((r if isinstance(r, str) else json.dumps(r)) + "\n")
-  return str(path)
 
 
 def test_comparison_formats_and_errors(tmp_path):
   hh = {"chosen": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: name a fruit\n\nAssistant: apple",
         "rejected": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: name a fruit\n\nAssistant: rock"}
-  path = _write(tmp_path / "c.jsonl", [
+  path = write_jsonl(tmp_path / "c.jsonl", [
       {"prompt": "Q?", "chosen": "good", "rejected": "bad"},
       {"prompt": [{"role": "user", "content": "Q2?"}], "responses": ["a", "b", "c"]},
       hh,
@@ -40,13 +32,13 @@ def test_comparison_formats_and_errors(tmp_path):
   assert rows[2]["prompt"][-1] == {"role": "user", "content": "name a fruit"} and len(rows[2]["prompt"]) == 3
   assert rows[1]["where"].endswith("c.jsonl:2")
 
-  bad = _write(tmp_path / "bad.jsonl", [{"prompt": "Q", "chosen": "ok", "rejected": "  "}])
+  bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "Q", "chosen": "ok", "rejected": "  "}])
   with pytest.raises(readers.DataError, match=r"bad.jsonl:1: empty or non-string response in 'rejected'"):
     readers.load_comparisons(bad)
-  bad = _write(tmp_path / "bad2.jsonl", [{"prompt": "Q", "chosen": "ok"}])
+  bad = write_jsonl(tmp_path / "bad2.jsonl", [{"prompt": "Q", "chosen": "ok"}])
   with pytest.raises(readers.DataError, match=r"bad2.jsonl:1: missing field 'rejected'"):
     readers.load_comparisons(bad)
-  bad = _write(tmp_path / "bad3.jsonl", [dict(hh, rejected=hh["rejected"].replace("hello", "hey"))])
+  bad = write_jsonl(tmp_path / "bad3.jsonl", [dict(hh, rejected=hh["rejected"].replace("hello", "hey"))])
   with pytest.raises(readers.DataError, match=r"bad3.jsonl:1: 'chosen' and 'rejected' differ before"):
     readers.load_comparisons(bad)
 
@@ -104,15 +96,6 @@ def _run(args, env=None, timeout=900):
   return out
 
 
-def _rows(workdir, key):
-  rows = {}
-  for line in open(os.path.join(workdir, "metrics.jsonl")):
-    r = json.loads(line)
-    if key in r:
-      rows[r["step"]] = r
-  return rows
-
-
 @pytest.fixture(scope="module")
 def sft_dir(tmp_path_factory):
   """A short tiny SFT run: the starting point of the RM and DPO tests."""
@@ -123,12 +106,12 @@ def sft_dir(tmp_path_factory):
   return path
 
 
-def test_rm_trains_above_chance_and_scores_through_eval_pairs(tmp_path, sft_dir):
+def test_rm_loop_lowers_loss_and_scores_through_eval_pairs(tmp_path, sft_dir):
   rm_dir = tmp_path / "rm"
   _run(["r3jax.train", "--config=configs/rm_qwen.py", f"--workdir={rm_dir}", f"--config.init_from={sft_dir}",
         f"--config.tokenizer={sft_dir / 'tokenizer'}", "--config.steps=150", "--config.eval_every=150",
         "--config.data.synthetic_examples=6000"])
-  ev = _rows(rm_dir, "eval/rm/accuracy")
+  ev = metric_rows(rm_dir, "eval/rm/accuracy")
   # A smoke test of the loop: a zero head ties every pair (loss log 2, strict accuracy 0).
   # Accuracy well above chance needs a longer SFT and RM run than CI affords; see the notes.
   assert ev[0]["eval/loss"] == pytest.approx(np.log(2), abs=1e-6) and ev[0]["eval/rm/accuracy"] == 0.0
@@ -167,25 +150,18 @@ def test_dpo_on_8_devices_fits_and_resumes_exactly_after_sigkill(tmp_path, sft_d
   assert "mesh {'data': 2, 'fsdp': 4" in ref.stderr and "32 train / 8 eval" in ref.stderr
   # Training rows, since 12 steps are too few to generalise; the held-out rise is measured
   # on the tiny preset (README).
-  rows = _rows(tmp_path / "ref", "train/rewards/margin")
+  rows = metric_rows(tmp_path / "ref", "train/rewards/margin")
   first, last = [rows[s] for s in (1, 2, 3)], [rows[s] for s in (10, 11, 12)]
   assert np.mean([r["train/rewards/margin"] for r in last]) > 0.5
   assert np.mean([r["train/rewards/accuracy"] for r in last]) > 0.8
   assert (np.mean([r["train/loss"] for r in last]) <
           np.mean([r["train/loss"] for r in first]) - 0.15)
-  ev = _rows(tmp_path / "ref", "eval/rewards/accuracy")
+  ev = metric_rows(tmp_path / "ref", "eval/rewards/accuracy")
   assert ev[0]["eval/rewards/margin"] == pytest.approx(0.0, abs=1e-4)  # Policy == reference at start.
   assert set(ev) == {0, 12}
 
   kill_dir = tmp_path / "killed"
-  proc = subprocess.Popen([sys.executable, "-m", *cmd(kill_dir)], cwd=ROOT, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL, env={**os.environ, **env})
-  deadline = time.time() + 400
-  while time.time() < deadline and proc.poll() is None:
-    if os.path.exists(kill_dir / "metrics.jsonl") and max(_rows(kill_dir, "train/loss"), default=0) >= 5:
-      break
-    time.sleep(0.05)
-  assert proc.poll() is None, "the run ended before it could be killed"
+  proc = start_until_step([sys.executable, "-m", *cmd(kill_dir)], kill_dir, "train/loss", 5, env=env)
   proc.kill()
   proc.wait(timeout=30)
   resumed = _run(cmd(kill_dir), env=env)
@@ -203,4 +179,4 @@ def test_rso_pipeline_end_to_end(tmp_path):
   pairs = [json.loads(l) for l in open(tmp_path / "pairs.jsonl")]
   assert pairs and all(p["chosen_reward"] > p["rejected_reward"] for p in pairs)
   assert len(pairs) <= 16 * 2  # k = 4 accepted per prompt: at most 2 first-round pairs.
-  assert sorted(_rows(tmp_path, "train/loss")) == [1, 2, 3, 4]
+  assert sorted(metric_rows(tmp_path, "train/loss")) == [1, 2, 3, 4]

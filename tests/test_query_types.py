@@ -34,4 +34,3 @@ def test_classifier_matches_torch_answer_logprobs(tmp_path):
   want = np.array(want)
   np.testing.assert_allclose(logit_open, want, atol=2e-3)
   assert labels == ["open_ended" if d >= 0 else "closed_ended" for d in want]
-  assert len(set(labels)) == 2 or np.ptp(want) > 0  # The random model does not answer trivially.

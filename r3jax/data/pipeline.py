@@ -79,8 +79,7 @@ def ranked_batch(tokenizer, comparisons, seq_len: int):
          "attn_mask": np.zeros(shape, np.int32), "loss_mask": np.zeros(shape, np.int32)}
   truncated = 0
   for i, c in enumerate(comparisons):
-    for j, response in enumerate(c["responses"]):
-      ids, mask = chat.tokenize_response(tokenizer, c["prompt"], response)
+    for j, (ids, mask) in enumerate(chat.tokenize_responses(tokenizer, c["prompt"], c["responses"])):
       if len(ids) > seq_len:
         truncated += 1
         ids, mask = ids[:seq_len], mask[:seq_len]

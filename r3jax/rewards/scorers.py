@@ -1,4 +1,5 @@
-"""One reward interface for PPO, RSO, best-of-N and eval_pairs:
+"""One reward interface for RSO, best-of-N, eval_pairs and eval_gen (PPO calls rewards/r3.R3
+directly, for its components):
 
   score(prompts, responses, references=None, query_types=None) -> np.ndarray [N]
 
@@ -70,6 +71,12 @@ class RewardModel:
     return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
 
 
+@functools.lru_cache(maxsize=4)
+def _encoder(path: str, normalize: bool) -> bert.Encoder:
+  """One loaded encoder per (path, normalize): several R³ modes, or best-of-N rounds, share it."""
+  return bert.Encoder.from_dir(path, normalize=normalize)
+
+
 def make(spec: str, *, max_len: int = 512, encoder: str = "", normalize: bool | None = None,
          seed: int = 0):
   """A scorer from a name or a reward-model run path (see the module docstring).
@@ -77,8 +84,7 @@ def make(spec: str, *, max_len: int = 512, encoder: str = "", normalize: bool | 
   R³'s encoder: `encoder` (an HF BERT dir, e.g. Contriever: dot product unless `normalize`)
   or the packaged MiniLM (cosine)."""
   if spec in r3.MODES:
-    enc = bert.Encoder.from_dir(encoder or bert.minilm_dir(),
-                                normalize=(not encoder) if normalize is None else normalize)
+    enc = _encoder(encoder or bert.minilm_dir(), (not encoder) if normalize is None else normalize)
     reward = r3.R3(enc, max_len=max_len, mode=spec)
     return lambda p, y, ref=None, qt=None: reward([as_text(x) for x in p], y, ref, qt)["reward"]
   if spec == "length":

@@ -119,11 +119,12 @@ def train(config, workdir: str) -> dict:
   pol_tx = optim.make(config.optim, config.steps)
   val_tx = optim.make(ml_collections.ConfigDict({**config.optim.to_dict(), "lr": config.value_lr}),
                       config.steps)
-  state, _ = common.init_state(common.Policy(cfg, tok, None), pol_tx, mesh, rules, config.seed,
-                               init_from=init_dir)
+  use_lora = config.lora.rank > 0
+  # With LoRA only the adapters are optimised: no full-size Adam state is built.
+  state, _ = common.init_state(common.Policy(cfg, tok, None), optax.set_to_zero() if use_lora else pol_tx,
+                               mesh, rules, config.seed, init_from=init_dir)
   frozen = state["params"]
   label_query_types(config, rows, frozen, cfg, tok, writer)
-  use_lora = config.lora.rank > 0
   head = qwen.init_scalar_head(cfg)
   if use_lora:
     lkey = jax.random.key(config.seed + 1)
@@ -132,7 +133,7 @@ def train(config, workdir: str) -> dict:
     val = {"lora": lora.init(jax.random.fold_in(lkey, 1), frozen, targets, config.lora.rank),
            "head": head}
     pol_opt = pol_tx.init(pol)
-    writer.print(f"LoRA rank {config.lora.rank} on {targets}: {lora.count(pol):,} trainable "
+    writer.print(f"LoRA rank {config.lora.rank} on {targets}: {qwen.param_count(pol):,} trainable "
                  f"policy params of {qwen.param_count(frozen):,}")
   else:
     pol, pol_opt = jax.tree.map(jnp.copy, frozen), state["opt_state"]
@@ -170,7 +171,8 @@ def train(config, workdir: str) -> dict:
 
   def loss_fn(both, frozen, mb, train_policy):
     pol, val = both
-    logp, ent = response_logprobs(policy_params(pol, frozen), cfg, mb["seq"], mb["mask"], prompt_len)
+    pol = policy_params(pol, frozen)  # Merged once, for the rollout log-probs and PPO-ptx.
+    logp, ent = response_logprobs(pol, cfg, mb["seq"], mb["mask"], prompt_len)
     resp_mask = mb["resp_mask"]
     pl, pm = ppo.policy_loss(logp, mb["old_logp"], mb["adv"], resp_mask, config.ppo.clip_eps)
     v = qwen.scalar_outputs(value_params(val, frozen), cfg, mb["seq"], mb["mask"])[:, prompt_len - 1:-1]
@@ -179,7 +181,7 @@ def train(config, workdir: str) -> dict:
     aux = {"policy/loss": pl, "value/loss": vl, "policy/entropy": entropy, **pm, **vm}
     pol_loss = pl - config.ppo.entropy_coef * entropy
     if ptx is not None:
-      logits, _, _ = qwen.Qwen(cfg).apply({"params": policy_params(pol, frozen)}, mb["ptx"])
+      logits, _, _ = qwen.Qwen(cfg).apply({"params": pol}, mb["ptx"])
       nll, n = lm.masked_nll_sum(logits[:, :-1], mb["ptx"][:, 1:], jnp.ones_like(mb["ptx"][:, 1:]))
       aux["ptx/loss"] = nll / n
       pol_loss = pol_loss + config.ptx.coef * aux["ptx/loss"]
@@ -288,11 +290,11 @@ def train(config, workdir: str) -> dict:
     mngr.wait_until_finished()
   finally:
     preempt.restore_handler()
+  final = merged_policy(state["policy"], frozen)
   with common.mesh_rules(mesh, rules):
-    after = sft.generate_samples(policy, merged_policy(state["policy"], frozen), [[m] for m in fixed],
-                                 config.rollout.max_new_tokens)
+    after = sft.generate_samples(policy, final, [[m] for m in fixed], config.rollout.max_new_tokens)
   write_before_after(workdir, fixed, before, after, reward_fn, rows[:config.eval_prompts])
-  common.export_hf(workdir, merged_policy(state["policy"], frozen), cfg, tok)
+  common.export_hf(workdir, final, cfg, tok)
   common.finish(writer, workdir, PLOTS)
   return {"state": state, "frozen": frozen}
 

@@ -112,7 +112,8 @@ def train(config, workdir: str) -> dict:
   fresh = mngr.latest_step() is None
   state, shardings = common.init_state(policy, tx, mesh, rules, config.seed,
                                        init_from if fresh else "", scalar_head=is_rm)
-  save_model_dir(workdir, cfg, tok)
+  if is_rm:  # What scorers.RewardModel reads; a DPO policy is exported to hf/ instead.
+    save_model_dir(workdir, cfg, tok)
 
   n_eval = min(len(eval_rows), config.eval_batches * config.batch_size)
   shards = mesh.shape["data"] * mesh.shape["fsdp"] * jax.process_count()
@@ -125,9 +126,10 @@ def train(config, workdir: str) -> dict:
     loss_fn = functools.partial(rm_loss, model_cfg=cfg, margin=config.loss.margin)
   else:
     loss_fn = functools.partial(dpo_loss, model_cfg=cfg, lcfg=config.loss)
-    # The reference is the starting policy, loaded again so that a resumed run has it too.
-    ref_params = common.load_params(init_from or policy.hf_dir, cfg, state["params"],
-                                    shardings["params"])
+    # The reference is the starting policy: a copy of the fresh state (the train step
+    # donates it), or loaded again when the run resumes.
+    ref_params = (jax.tree.map(jnp.copy, state["params"]) if fresh else
+                  common.load_params(init_from or policy.hf_dir, cfg, state["params"], shardings["params"]))
     ref_fn = jax.jit(lambda p, b: sequence_logprobs(p, cfg, b)[0])
     if config.loss.precompute_ref:
       writer.print(f"precomputing reference log-probs for {len(train_rows) + n_eval} comparisons")
