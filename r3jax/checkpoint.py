@@ -113,4 +113,4 @@ class Preemption:
 
 
 def exists(workdir: str) -> bool:
-  return os.path.isdir(os.path.join(workdir, "checkpoints"))
+  return (_absolute(workdir) / "checkpoints").is_dir()

@@ -1,6 +1,6 @@
 r"""Reward ablations under one PPO budget: seed 002's reward-hacking comparison.
 
-  python -m r3jax.compare --config=configs/ppo_qwen.py --modes=r3,relevance --workdir=runs/hacking
+  python -m r3jax.compare --config=configs/ppo_qwen.py:tiny-hacking --modes=r3,relevance --workdir=runs/hacking
 
 Each mode (SPEC §5: r3, relevance, li_s, no_branch, li_only) runs the same PPO config,
 seed and SFT warm start in <workdir>/<mode>. The table compares the rollouts of the
@@ -95,7 +95,8 @@ def main(argv):
       c = copy.deepcopy(config)
       with c.unlocked():
         c.reward.mode, c.init_from = mode, init_from
-        c.tokenizer = c.tokenizer or os.path.join(workdir, "tokenizer")
+        if not c.tokenizer and os.path.isdir(os.path.join(init_from, "tokenizer")):
+          c.tokenizer = os.path.join(init_from, "tokenizer")  # The SFT start's own.
       print(f"== PPO with reward mode {mode!r} in {workdir}/{mode}", file=sys.stderr)
       ppo.train(c, os.path.join(workdir, mode))
       summaries[mode] = summarize(os.path.join(workdir, mode))

@@ -1,34 +1,94 @@
 """Metrics: TensorBoard events, metrics.jsonl, and a console progress bar.
 
 Only process 0 writes; the other processes get a writer that does nothing, so training
-loops call it unconditionally.
+loops call it unconditionally. Files go through etils epath, so a workdir may be a
+gs:// URI. Object stores have no append, so each JSONL file is rewritten whole: at every
+call on a local disk, at most every `flush_secs` (30 s) on a URI, and at close.
 """
 
+import io
 import json
-import os
 import sys
 import time
 
+from etils import epath
 import jax
 import numpy as np
 import tqdm
+
+from r3jax import paths
+
+_FILES = ("metrics.jsonl", "samples.jsonl")
+
+
+class _EpathEvents:
+  """A tensorboardX record writer for URI workdirs: the events file is rewritten whole on
+  each flush (as tensorboardX's own GCS writer does), through epath."""
+
+  def __init__(self, path: str):
+    self.path, self.buffer = epath.Path(path), io.BytesIO()
+
+  def write(self, data: bytes):
+    self.buffer.write(data)
+
+  def flush(self):
+    self.path.write_bytes(self.buffer.getvalue())
+
+  def close(self):
+    self.flush()
+
+
+class _EpathEventsFactory:
+  def open(self, path):
+    return _EpathEvents(path)
+
+  def directory_check(self, path):
+    epath.Path(path).mkdir(parents=True, exist_ok=True)
 
 
 class Writer:
   """Scalars to TensorBoard and `metrics.jsonl`; text to TensorBoard and `samples.jsonl`."""
 
-  def __init__(self, workdir: str, total_steps: int, initial_step: int = 0, enabled: bool | None = None):
+  def __init__(self, workdir: str, total_steps: int, initial_step: int = 0, enabled: bool | None = None,
+               flush_secs: float | None = None):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     self._bar = None
     if not self.enabled:
       return
-    from tensorboardX import SummaryWriter  # Local: only process 0 needs it.
-    os.makedirs(workdir, exist_ok=True)
-    self._tb = SummaryWriter(os.path.join(workdir, "tb"))
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
-    self._samples = open(os.path.join(workdir, "samples.jsonl"), "a")
+    from tensorboardX import SummaryWriter, record_writer  # Local: only process 0 needs them.
+    self._dir = epath.Path(workdir)
+    self._dir.mkdir(parents=True, exist_ok=True)
+    if paths.is_uri(workdir):
+      record_writer.register_writer_factory(str(workdir).split("://")[0], _EpathEventsFactory())
+    self._tb = SummaryWriter(str(self._dir / "tb"))
+    # A resumed run keeps what its workdir already logged.
+    self._lines = {name: ((self._dir / name).read_text().splitlines(keepends=True)
+                          if (self._dir / name).exists() else []) for name in _FILES}
+    self._flush_secs = (30.0 if paths.is_uri(workdir) else 0.0) if flush_secs is None else flush_secs
+    self._flushed = time.monotonic()
     self._bar = tqdm.tqdm(total=total_steps, initial=initial_step, dynamic_ncols=True,
                           unit="step", smoothing=0.1, mininterval=1.0)
+
+  def _append(self, name: str, rows: list[dict]):
+    self._lines[name] += [json.dumps(r) + "\n" for r in rows]
+    if time.monotonic() - self._flushed >= self._flush_secs:
+      # Locally tensorboardX writes its events file itself; on a URI only a flush uploads it.
+      self.flush(events=paths.is_uri(self._dir))
+
+  def flush(self, events: bool = True):
+    """Writes the JSONL files (and the TensorBoard events) out now, e.g. at a checkpoint."""
+    if not self.enabled:
+      return
+    for name, lines in self._lines.items():
+      if paths.is_uri(self._dir):  # An object write is atomic.
+        (self._dir / name).write_text("".join(lines))
+      else:  # A reader (or a kill) never sees a half-written file.
+        tmp = self._dir / f"{name}.tmp"
+        tmp.write_text("".join(lines))
+        tmp.replace(self._dir / name)
+    if events:
+      self._tb.flush()
+    self._flushed = time.monotonic()
 
   def scalars(self, step: int, values: dict, bar: dict | None = None):
     """Logs every value; `bar` picks the few shown beside the progress bar."""
@@ -37,8 +97,7 @@ class Writer:
     values = {k: float(np.asarray(v)) for k, v in values.items()}
     for k, v in values.items():
       self._tb.add_scalar(k, v, step)
-    self._jsonl.write(json.dumps({"step": step, "time": time.time(), **values}) + "\n")
-    self._jsonl.flush()
+    self._append("metrics.jsonl", [{"step": step, "time": time.time(), **values}])
     if bar is not None and self._bar is not None:
       self._bar.set_postfix({k: f"{values.get(k, v):.4g}" for k, v in bar.items()}, refresh=False)
 
@@ -46,9 +105,8 @@ class Writer:
     if not self.enabled:
       return
     for i, row in enumerate(rows):
-      self._samples.write(json.dumps({"step": step, "tag": tag, **row}) + "\n")
       self._tb.add_text(f"{tag}/{i}", "\n\n".join(f"**{k}**: {v}" for k, v in row.items()), step)
-    self._samples.flush()
+    self._append("samples.jsonl", [{"step": step, "tag": tag, **row} for row in rows])
 
   def advance(self, n: int = 1):
     if self._bar is not None:
@@ -63,11 +121,9 @@ class Writer:
     if not self.enabled:
       return
     self._bar.close()
+    self.flush()
     self._tb.close()
-    self._jsonl.close()
-    self._samples.close()
 
 
-def read_jsonl(path: str) -> list[dict]:
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+def read_jsonl(path) -> list[dict]:
+  return [json.loads(line) for line in epath.Path(path).read_text().splitlines() if line.strip()]

@@ -4,9 +4,10 @@ r"""PNG curves from a run's metrics.jsonl.
 """
 
 import collections
-import os
+import io
 
 from absl import app, flags
+from etils import epath
 import matplotlib
 
 matplotlib.use("Agg")
@@ -22,16 +23,16 @@ GROUPS = {
 
 
 def plot_workdir(workdir: str, groups=None) -> list[str]:
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
+  path = epath.Path(workdir) / "metrics.jsonl"
+  if not path.exists():
     raise FileNotFoundError(f"{path}: no metrics to plot")
   series = collections.defaultdict(list)
   for row in metrics.read_jsonl(path):
     for k, v in row.items():
       if k not in ("step", "time"):
         series[k].append((row["step"], v))
-  out_dir = os.path.join(workdir, "plots")
-  os.makedirs(out_dir, exist_ok=True)
+  out_dir = epath.Path(workdir) / "plots"
+  out_dir.mkdir(parents=True, exist_ok=True)
   written = []
   for name, keys in (groups or GROUPS).items():
     keys = [k for k in keys if series.get(k)]
@@ -48,10 +49,9 @@ def plot_workdir(workdir: str, groups=None) -> list[str]:
       ax.set_xlabel("step")
       ax.grid(alpha=0.3)
     fig.tight_layout()
-    out = os.path.join(out_dir, f"{name}.png")
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    written.append(out)
+    out = out_dir / f"{name}.png"
+    save_png(fig, out)
+    written.append(str(out))
   return written
 
 
@@ -78,9 +78,16 @@ def grouped_bars(out: str, table: dict, ylabel: str, title: str = "", ylim=None,
   ax.grid(axis="y", alpha=0.3)
   ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
   fig.tight_layout()
-  fig.savefig(out, dpi=100)
+  save_png(fig, out)
+  return str(out)
+
+
+def save_png(fig, path, dpi: int = 100) -> None:
+  """Saves and closes a figure; `path` may be a gs:// URI (through epath)."""
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=dpi)
   plt.close(fig)
-  return out
+  epath.Path(path).write_bytes(buf.getvalue())
 
 
 def main(argv):

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from r3jax import sharding
 from r3jax.models import qwen
 
 @dataclasses.dataclass(frozen=True)
@@ -161,8 +162,8 @@ def left_pad(sequences, pad_id: int, length: int | None = None):
 def decode(tokenizer, samples: Samples) -> list[str]:
   """Response texts, with the stop token dropped."""
   out = []
-  for toks, m, stopped in zip(jax.device_get(samples.tokens_BN), jax.device_get(samples.mask_BN),
-                              jax.device_get(samples.stopped_B)):
+  for toks, m, stopped in zip(*(sharding.fetch(x) for x in (samples.tokens_BN, samples.mask_BN,
+                                                            samples.stopped_B))):
     ids = [int(x) for x, keep in zip(toks, m) if keep]
     if stopped and ids:
       ids = ids[:-1]

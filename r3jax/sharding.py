@@ -120,6 +120,39 @@ def put_batch(local_batch: dict[str, np.ndarray], mesh, batch_axis: int = 0):
           for k, v in local_batch.items()}
 
 
+def local_rows(x: jax.Array, mesh) -> np.ndarray:
+  """This process's rows of a global batch array, as put_batch takes them: the inverse of
+  put_batch. With one process, the whole array."""
+  if jax.process_count() == 1:
+    return np.asarray(x)
+  x = jax.jit(lambda a: a, out_shardings=batch_sharding(mesh, x.ndim))(x)
+  rows = {s.index[0].start or 0: s.data for s in x.addressable_shards}  # Replicas collapse.
+  return np.concatenate([np.asarray(rows[k]) for k in sorted(rows)])
+
+
+def fetch(x) -> np.ndarray:
+  """The whole value of a global array on every process (an all-gather across processes
+  when it is not fully addressable); every process must call it."""
+  if getattr(x, "is_fully_addressable", True):
+    return np.asarray(x)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def replicate(x: np.ndarray, mesh) -> jax.Array:
+  """A host array, the same on every process, as a global array replicated on `mesh`."""
+  x = np.asarray(x)
+  return jax.make_array_from_callback(x.shape, replicated(mesh), lambda i: x[i])
+
+
+def host_gather(x) -> np.ndarray:
+  """Every process's rows of a per-process host array, concatenated (for logging)."""
+  if jax.process_count() == 1:
+    return np.asarray(x)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return np.asarray(multihost_utils.process_allgather(np.asarray(x), tiled=True))
+
+
 def batch_split(global_batch: int, micro_per_device: int, mesh) -> int:
   """Gradient-accumulation steps for a global batch; a ConfigError when it does not divide."""
   n = mesh.shape["data"] * mesh.shape["fsdp"]

@@ -10,7 +10,7 @@ import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 import transformers
 
-from r3jax import chat
+from r3jax import chat, paths
 
 
 def load(path: str) -> transformers.PreTrainedTokenizerFast:
@@ -41,6 +41,9 @@ def tiny(vocab_size: int = 2048, cache_dir: str | None = None):
 
   With `cache_dir`, it is saved there on first use and loaded afterwards.
   """
+  if cache_dir and paths.is_uri(cache_dir):  # HF tokenizers read and write local files only.
+    with paths.local_dir(cache_dir) as local:
+      return tiny(vocab_size, local)
   if cache_dir and os.path.exists(os.path.join(cache_dir, "tokenizer.json")):
     return load(cache_dir)
   from r3jax.data import synthetic  # Local import: the generator is only needed here.

@@ -29,7 +29,15 @@ def maybe_initialize_distributed():
   import jax
   if (os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("R3JAX_DISTRIBUTED") == "1"
       or os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",")):
-    jax.distributed.initialize()
+    # Off TPU/SLURM/MPI nothing tells JAX the process count and id, so they come from the
+    # environment (localhost CPU runs; tests/test_multiprocess.py).
+    ids = {}
+    if os.environ.get("JAX_NUM_PROCESSES"):
+      ids = dict(num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+                 process_id=int(os.environ["JAX_PROCESS_ID"]))
+    if os.environ.get("JAX_PLATFORMS", "") == "cpu":
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(**ids)
 
 
 def parse_flags(argv):

@@ -1,10 +1,11 @@
-"""One sharded SFT or DPO step, run by test_multiprocess.py as 1 process or as 2 processes.
+"""One sharded SFT step and one DPO step, run by test_multiprocess.py as 1 process or as 2
+processes (one launch does both: process start-up and jax.distributed dominate the cost).
 
-  python tests/multiprocess_step.py TRAINER OUT_DIR NUM_PROCESSES PROCESS_ID PORT
+  python tests/multiprocess_step.py OUT_DIR NUM_PROCESSES PROCESS_ID PORT
 
 Each process has 2 CPU devices; the mesh is data=2 x fsdp=2 over all 4 devices either way
 (1 process: 4 local devices). Each process builds only its slice of the batch
-(pipeline.process_slice). Process 0 writes the loss and the gathered params to OUT_DIR.
+(pipeline.process_slice). Process 0 writes each loss and the gathered params to OUT_DIR.
 """
 
 import functools
@@ -13,7 +14,7 @@ import os
 import runpy
 import sys
 
-trainer, out_dir, n_proc, proc_id, port = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+out_dir, n_proc, proc_id, port = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={4 // n_proc}"
 os.environ["JAX_PLATFORMS"] = "cpu"
 
@@ -33,7 +34,7 @@ from r3jax.data import pipeline, synthetic  # pylint: disable=g-import-not-at-to
 from r3jax.trainers import common, preference, sft  # pylint: disable=g-import-not-at-top
 
 
-def main():
+def step(trainer):
   config = runpy.run_path("configs/sft_qwen.py")["get_config"]("tiny")
   config.batch_size, config.seq_len = 8, 48
   config.optim.update(warmup_steps=0, eps=1e-6, lr=3e-3)
@@ -64,11 +65,12 @@ def main():
   if jax.process_index() == 0:
     flat = {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)
             for path, v in jax.tree_util.tree_flatten_with_path(params)[0]}
-    np.savez(os.path.join(out_dir, f"params_{n_proc}.npz"), **flat)
-    with open(os.path.join(out_dir, f"result_{n_proc}.json"), "w") as f:
+    np.savez(os.path.join(out_dir, f"params_{trainer}_{n_proc}.npz"), **flat)
+    with open(os.path.join(out_dir, f"result_{trainer}_{n_proc}.json"), "w") as f:
       json.dump({"loss": loss, "processes": jax.process_count(), "devices": jax.device_count(),
                  "local_rows": len(idx)}, f)
 
 
 if __name__ == "__main__":
-  main()
+  step("sft")
+  step("dpo")

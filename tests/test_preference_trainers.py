@@ -171,12 +171,35 @@ def test_dpo_on_8_devices_fits_and_resumes_exactly_after_sigkill(tmp_path, sft_d
     np.testing.assert_array_equal(x, y)
 
 
-def test_rso_pipeline_end_to_end(tmp_path):
-  _run(["r3jax.train", "--config=configs/rso_qwen.py", f"--workdir={tmp_path}", "--config.rso.num_prompts=16",
-        "--config.rso.n=8", "--config.rso.prompts_per_batch=8", "--config.rollout.max_new_tokens=16",
-        "--config.steps=4", "--config.batch_size=8", "--config.eval_every=4", "--config.log_every=1", "--config.sft.steps=20",
-        "--config.sft.eval_every=1000", "--config.sft.data.synthetic_examples=200"])
-  pairs = [json.loads(l) for l in open(tmp_path / "pairs.jsonl")]
+def test_rso_on_8_devices_builds_ranked_pairs_and_resumes_exactly_after_sigkill(tmp_path, sft_dir):
+  """RSO end to end on a data=2 x fsdp=4 mesh: sample, score, rejection-sample and pair,
+  then DPO with sigmoid-norm. A copy killed during the DPO stage reuses the pairs, resumes,
+  and ends bitwise equal to the uninterrupted run."""
+  env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+
+  def cmd(workdir):
+    return ["r3jax.train", "--config=configs/rso_qwen.py", f"--workdir={workdir}",
+            f"--config.init_from={sft_dir}", f"--config.tokenizer={sft_dir / 'tokenizer'}",
+            "--config.mesh=(('data', 2), ('fsdp', 4), ('tensor', 1))", "--config.rso.num_prompts=16",
+            "--config.rso.n=8", "--config.rso.prompts_per_batch=8", "--config.rollout.max_new_tokens=16",
+            "--config.steps=8", "--config.batch_size=8", "--config.eval_every=8", "--config.log_every=1",
+            "--config.checkpoint.every=2", "--config.checkpoint.async_save=False"]
+
+  ref = tmp_path / "ref"
+  _run(cmd(ref), env=env)
+  pairs = [json.loads(l) for l in open(ref / "pairs.jsonl")]
   assert pairs and all(p["chosen_reward"] > p["rejected_reward"] for p in pairs)
   assert len(pairs) <= 16 * 2  # k = 4 accepted per prompt: at most 2 first-round pairs.
-  assert sorted(metric_rows(tmp_path, "train/loss")) == [1, 2, 3, 4]
+  assert sorted(metric_rows(ref, "train/loss")) == list(range(1, 9))
+
+  killed = tmp_path / "killed"
+  killed.mkdir()
+  (killed / "pairs.jsonl").write_bytes((ref / "pairs.jsonl").read_bytes())  # As if sampled there.
+  proc = start_until_step([sys.executable, "-m", *cmd(killed)], killed, "train/loss", 3, env=env)
+  proc.kill()
+  proc.wait(timeout=30)
+  resumed = _run(cmd(killed), env=env)
+  assert "reusing" in resumed.stdout and "resumed from step" in resumed.stderr
+  a, b = checkpoint.load_host(ref, 8), checkpoint.load_host(killed, 8)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)

@@ -17,7 +17,8 @@ ShareGPT-style {conversations, chosen, rejected}.
 
 import dataclasses
 import json
-import os
+
+from etils import epath
 
 from r3jax import chat
 
@@ -33,13 +34,14 @@ class Loaded:
 
 
 def iter_records(path: str):
-  """Yields (where, obj) for each JSONL line / JSON array item / text line."""
-  if not os.path.exists(path):
+  """Yields (where, obj) for each JSONL line / JSON array item / text line; `path` may be
+  a gs:// URI."""
+  if not epath.Path(path).exists():
     raise DataError(f"{path}: file not found")
   if path.endswith(".json"):
     try:
-      with open(path, encoding="utf-8") as f:
-        items = json.load(f)
+      with epath.Path(path).open("rb") as f:
+        items = json.loads(f.read().decode("utf-8"))
     except UnicodeDecodeError as e:
       raise DataError(f"{path}: invalid UTF-8 at byte {e.start}") from None
     except json.JSONDecodeError as e:
@@ -49,7 +51,7 @@ def iter_records(path: str):
     for i, obj in enumerate(items):
       yield f"{path}: item {i}", obj
     return
-  with open(path, "rb") as f:
+  with epath.Path(path).open("rb") as f:
     for lineno, raw in enumerate(f, 1):
       where = f"{path}:{lineno}"
       try:
@@ -245,7 +247,7 @@ def load_texts(path: str, skip_bad: bool = False) -> Loaded:
 
 
 def write_jsonl(path: str, rows) -> None:
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  with open(path, "w") as f:
-    for r in rows:
-      f.write(json.dumps(r) + "\n")
+  """Rows as JSON lines; `path` may be a gs:// URI."""
+  path = epath.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))

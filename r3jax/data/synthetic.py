@@ -84,8 +84,14 @@ _CLOSED = [
 ]
 
 
-def generate(n: int, seed: int = 0, num_entities: int | None = None) -> list[dict]:
-  """n examples: {messages, prompt, reference, query_type, entity}."""
+def generate(n: int, seed: int = 0, num_entities: int | None = None,
+             restate: float = 0.0) -> list[dict]:
+  """n examples: {messages, prompt, reference, query_type, entity}.
+
+  With probability `restate` an answer opens by repeating the question, as many real
+  assistants' answers do. That gives the policy the behaviour relevance-only PPO can
+  reinforce into pure copying (seed 002 §2.2); the default set has none.
+  """
   rng = random.Random(seed + 1)
   ents = entities(num_entities or max(50, n // 6), seed)
   out = []
@@ -99,10 +105,13 @@ def generate(n: int, seed: int = 0, num_entities: int | None = None) -> list[dic
     else:
       template, make = rng.choice(_CLOSED)
       question, answer, qtype = template.format(n=e["name"]), make(e), "closed_ended"
+    reference = answer
+    if restate and rng.random() < restate:  # No extra draw at 0: the default set is unchanged.
+      answer = f"{question} {answer}"
     system = rng.choice(_SYSTEMS)
     messages = ([{"role": "system", "content": system}] if system else []) + [
         {"role": "user", "content": question}, {"role": "assistant", "content": answer}]
-    out.append(dict(messages=messages, prompt=question, reference=answer,
+    out.append(dict(messages=messages, prompt=question, reference=reference,
                     query_type=qtype, entity=e["name"]))
   return out
 

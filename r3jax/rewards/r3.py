@@ -134,6 +134,10 @@ class R3:
 
 
 def copies_query(query: str, response: str) -> bool:
-  """The response repeats the query (the reward-hacking failure of relevance alone)."""
-  q, y = " ".join(wordpunct(query.lower())), " ".join(wordpunct(response.lower()))
-  return bool(q) and q in y
+  """The response is a copy of the query, the reward hacking of relevance alone (seed 002
+  §2.2): ROUGE-L F1 against the query >= 0.5, i.e. mostly the query's words in its order.
+  That also counts the near-copies a small model makes when it cannot reproduce a name
+  ("Describe Banzar." for "Describe Dorzarlo."); an answer that restates the question and
+  then answers it is far below (a 20-word answer after a 3-word question scores ~0.2)."""
+  from r3jax import text_metrics  # pylint: disable=g-import-not-at-top  (it imports this module)
+  return text_metrics.rouge_l(response, query) >= 0.5

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from r3jax import checkpoint, plot, sharding, tokenizer as tokenizer_lib
+from r3jax import checkpoint, paths, plot, sharding, tokenizer as tokenizer_lib
 from r3jax.data import pipeline, readers, synthetic
 from r3jax.models import hf, qwen
 
@@ -53,6 +53,13 @@ def accumulation(config, mesh) -> int:
   return sharding.batch_split(config.batch_size, per_device, mesh)
 
 
+def even_rows(n: int, mesh) -> int:
+  """The largest count <= n that splits evenly over the data shards and processes: how
+  many held-out rows an evaluation uses (batch_size already divides the same way)."""
+  shards = mesh.shape["data"] * mesh.shape["fsdp"] * jax.process_count()
+  return n - n % shards
+
+
 def log_skipped(writer, skipped) -> None:
   for msg in skipped[:20]:
     writer.print(f"skipped: {msg}")
@@ -75,8 +82,10 @@ def export_hf(workdir: str, params, cfg, tok) -> str:
   """The final policy as an HF Qwen2 directory, workdir/hf: what eval_gen, sample and
   transformers load. Parameters are gathered to host, so this is for the end of a run."""
   path = os.path.join(workdir, "hf")
+  params = jax.tree.map(sharding.fetch, params)  # Collective: every process takes part.
   if jax.process_index() == 0:
-    hf.export(jax.device_get(params), cfg, path, tokenizer=tok)
+    with paths.local_dir(path) as local:
+      hf.export(params, cfg, local, tokenizer=tok)
   return path
 
 
@@ -198,7 +207,8 @@ def conversations(dcfg, workdir: str, seed: int):
     rows, skipped = loaded.rows, loaded.skipped
   else:
     rows = [dict(where=f"synthetic:{i}", **ex)
-            for i, ex in enumerate(synthetic.generate(dcfg.synthetic_examples, seed=0))]
+            for i, ex in enumerate(synthetic.generate(
+        dcfg.synthetic_examples, seed=0, restate=dcfg.get("synthetic_restate", 0.0)))]
     if jax.process_index() == 0:
       readers.write_jsonl(os.path.join(workdir, "data", "synthetic.jsonl"),
                           [{k: v for k, v in r.items() if k != "where"} for r in rows])
@@ -229,7 +239,8 @@ def resume(mngr, state, n_rows: int, batch_size: int, seed: int, writer):
 def save_step(mngr, step: int, state, data_state: dict, preempt, writer, last: bool) -> None:
   """Checkpoints on the manager's interval, on the last step, and on SIGTERM; after a
   SIGTERM it waits for the save and exits with status 143."""
-  checkpoint.save(mngr, step, state, data_state, force=preempt.requested or last)
+  if checkpoint.save(mngr, step, state, data_state, force=preempt.requested or last):
+    writer.flush()  # The logs reach the workdir (a URI may lag) at least as far as a checkpoint.
   if preempt.requested:
     mngr.wait_until_finished()
     writer.print(f"SIGTERM: saved a checkpoint at step {step}; exiting")

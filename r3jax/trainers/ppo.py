@@ -7,8 +7,8 @@ The value model is a Qwen backbone (initialised from the SFT policy) with a scal
 """
 
 import functools
-import os
 
+from etils import epath
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -16,7 +16,7 @@ import numpy as np
 import optax
 
 from r3jax import chat, checkpoint, lora, metrics, optim, sampling, sharding
-from r3jax.data import readers, synthetic
+from r3jax.data import pipeline, readers, synthetic
 from r3jax.losses import lm, ppo
 from r3jax import tokenizer as tokenizer_lib
 from r3jax.models import bert, hf, qwen
@@ -109,6 +109,9 @@ def train(config, workdir: str) -> dict:
   reward_fn = r3.R3(encoder, max_len=config.rollout.max_new_tokens, mode=config.reward.mode)
   ptx = ptx_rows(config, tok)
   n_rollouts = config.prompts_per_step * config.rollout.n
+  if config.prompts_per_step % jax.process_count():
+    raise sharding.ConfigError(f"prompts_per_step={config.prompts_per_step} does not divide over "
+                               f"{jax.process_count()} processes")
   if n_rollouts % config.ppo.minibatch:
     raise sharding.ConfigError(f"prompts_per_step x rollout.n = {n_rollouts} is not a multiple "
                                f"of ppo.minibatch={config.ppo.minibatch}")
@@ -207,14 +210,14 @@ def train(config, workdir: str) -> dict:
 
   fixed = [{"role": "user", "content": r["prompt"]} for r in rows[:config.eval_prompts]]
   with common.mesh_rules(mesh, rules):
-    before = sft.generate_samples(policy, frozen, [[m] for m in fixed], config.rollout.max_new_tokens)
+    before = sft.generate_samples(policy, frozen, [[m] for m in fixed], config.rollout.max_new_tokens, mesh)
   timer = common.Timer()
   preempt = checkpoint.Preemption()
   rng = np.random.default_rng(config.seed)
   try:
     for it in range(start, config.steps):
       with timer("time/rollout"), common.mesh_rules(mesh, rules):
-        idx = order.next()
+        idx = pipeline.process_slice(order.next())  # This process's prompts only.
         batch_rows = [rows[i] for i in idx]
         prompt_ids = [chat.tokenize(tok, chat.prompt_messages(r["prompt"]), True)[0] for r in batch_rows]
         p_tok, p_mask = sampling.left_pad(prompt_ids, tok.pad_token_id, prompt_len)
@@ -222,9 +225,10 @@ def train(config, workdir: str) -> dict:
         key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), it)
         out = sampling.generate(merged_policy(state["policy"], frozen), prompts["tok"], prompts["mask"],
                                 key, model_cfg=cfg, cfg=scfg)
-        resp, resp_mask = np.asarray(out.tokens_BN), np.asarray(out.mask_BN)
+        out_local = sampling.Samples(*(sharding.local_rows(x, mesh) for x in out))
+        resp, resp_mask = out_local.tokens_BN, out_local.mask_BN
       with timer("time/reward"):
-        texts = sampling.decode(tok, out)
+        texts = sampling.decode(tok, out_local)
         rep = lambda xs: [x for x in xs for _ in range(config.rollout.n)]
         qtypes = rep([r["query_type"] for r in batch_rows])
         if config.reward.query_types == "random":
@@ -236,11 +240,12 @@ def train(config, workdir: str) -> dict:
             seq=np.concatenate([np.repeat(p_tok, config.rollout.n, 0), resp], 1),
             mask=np.concatenate([np.repeat(p_mask, config.rollout.n, 0), resp_mask], 1),
             resp_mask=resp_mask.astype(np.float32),
-            old_logp=np.asarray(out.model_logprobs_BN) * resp_mask), mesh)
+            old_logp=out_local.model_logprobs_BN * resp_mask,
+            score=np.asarray(comps["reward"], np.float32) * config.reward.scale), mesh)
         ref_logp, values = score_rollout(state["value"], frozen, data["seq"], data["mask"])
         rm = data["resp_mask"]
         kl = ppo.kl_estimate(data["old_logp"], ref_logp, config.kl.estimator) * rm
-        score = jnp.asarray(comps["reward"], jnp.float32) * config.reward.scale
+        score = data.pop("score")
         moments = ppo.Moments(**state["moments"])
         if config.reward.normalize_score:
           moments = ppo.update_moments(moments, score)
@@ -272,11 +277,11 @@ def train(config, workdir: str) -> dict:
                  **sharding.on_mesh({"moments": moments._asdict(), "beta": beta}, mesh)}
       done = it + 1
       upd = {k: float(np.mean([float(m[k]) for m in ms])) for k in ms[0]}
-      lengths = resp_mask.sum(1)
-      vals = {**{f"reward/{k}": float(np.mean(v)) for k, v in comps.items()},
+      lengths = sharding.host_gather(resp_mask.sum(1))
+      vals = {**{f"reward/{k}": float(np.mean(sharding.host_gather(v))) for k, v in comps.items()},
               "reward/score_normalized": float(jnp.mean(score)), "kl/seq_kl": kl_seq,
               "kl/beta": float(state["beta"]), "rollout/length": float(lengths.mean()),
-              "rollout/truncated": float(1.0 - np.asarray(out.stopped_B).mean()),
+              "rollout/truncated": float(1.0 - sharding.host_gather(out_local.stopped_B).mean()),
               "value/explained_variance": float(ppo.explained_variance(values, returns, rm)),
               **upd, **timer.read()}
       writer.scalars(done, vals, bar={"reward": vals["reward/reward"], "kl": kl_seq,
@@ -292,7 +297,7 @@ def train(config, workdir: str) -> dict:
     preempt.restore_handler()
   final = merged_policy(state["policy"], frozen)
   with common.mesh_rules(mesh, rules):
-    after = sft.generate_samples(policy, final, [[m] for m in fixed], config.rollout.max_new_tokens)
+    after = sft.generate_samples(policy, final, [[m] for m in fixed], config.rollout.max_new_tokens, mesh)
   write_before_after(workdir, fixed, before, after, reward_fn, rows[:config.eval_prompts])
   common.export_hf(workdir, final, cfg, tok)
   common.finish(writer, workdir, PLOTS)
@@ -319,5 +324,4 @@ def write_before_after(workdir, prompts, before, after, reward_fn, rows):
   cell = lambda s: s.replace("|", "\\|").replace("\n", " ")
   for p, b, a, x, y in zip(q, before, after, rb, ra):
     lines.append(f"| {cell(p)} | {cell(b)} | {x:.3f} | {cell(a)} | {y:.3f} |")
-  with open(os.path.join(workdir, "before_after.md"), "w") as f:
-    f.write("\n".join(lines) + "\n")
+  (epath.Path(workdir) / "before_after.md").write_text("\n".join(lines) + "\n")

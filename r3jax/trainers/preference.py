@@ -115,12 +115,10 @@ def train(config, workdir: str) -> dict:
   if is_rm:  # What scorers.RewardModel reads; a DPO policy is exported to hf/ instead.
     save_model_dir(workdir, cfg, tok)
 
-  n_eval = min(len(eval_rows), config.eval_batches * config.batch_size)
-  shards = mesh.shape["data"] * mesh.shape["fsdp"] * jax.process_count()
-  n_eval -= n_eval % shards  # Even shards; the few rows left over are not evaluated.
+  n_eval = common.even_rows(min(len(eval_rows), config.eval_batches * config.batch_size), mesh)
   if n_eval == 0:
-    writer.print(f"no evaluation: {len(eval_rows)} held-out comparisons, fewer than the {shards} "
-                 "data shards (raise data.eval_fraction or the dataset size)")
+    writer.print(f"no evaluation: {len(eval_rows)} held-out comparisons, fewer than the data "
+                 "shards (raise data.eval_fraction or the dataset size)")
   ref_params, ref_cache = None, {}  # ref_cache: (split, row) -> [K] reference log-probs.
   if is_rm:
     loss_fn = functools.partial(rm_loss, model_cfg=cfg, margin=config.loss.margin)

@@ -15,10 +15,13 @@ keeps the top-1 by reward and runs SFT on the kept answers, starting from the la
 """
 
 import copy
+import io
 import os
 
+from etils import epath
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 import numpy as np
 import optax
 
@@ -76,7 +79,7 @@ def sample_candidates(config, init_dir, workdir, rows, log):
 
 def build_pairs(config, init_dir, workdir, log) -> str:
   path = os.path.join(workdir, "pairs.jsonl")
-  if os.path.exists(path):
+  if epath.Path(path).exists():
     log(f"reusing {path}")
     return path
   rc = config.rso
@@ -104,13 +107,19 @@ def build_pairs(config, init_dir, workdir, log) -> str:
     raise readers.DataError(f"{path}: no pairs (every candidate tied or was invalid)")
   if jax.process_index() == 0:
     readers.write_jsonl(path + ".tmp", out)
-    os.replace(path + ".tmp", path)  # Only a finished file is ever reused.
+    epath.Path(path + ".tmp").replace(path)  # Only a finished file is ever reused.
+  _barrier("pairs")  # The other processes read the file process 0 wrote.
   return path
+
+
+def _barrier(name: str) -> None:
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
 
 
 def train(config, workdir: str) -> dict:
   common.check_paths(config)
-  os.makedirs(workdir, exist_ok=True)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   log = lambda m: print(m, flush=True)
   init_dir = sft.warm_start(config, workdir, log)
   pairs = build_pairs(config, init_dir, workdir, log)
@@ -122,7 +131,7 @@ def train(config, workdir: str) -> dict:
 
 def train_best_of_n(config, workdir: str) -> dict:
   common.check_paths(config)
-  os.makedirs(workdir, exist_ok=True)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   log = lambda m: print(m, flush=True)
   current = sft.warm_start(config, workdir, log)
   rows = prompt_rows(config)
@@ -130,19 +139,22 @@ def train_best_of_n(config, workdir: str) -> dict:
   for rnd in range(1, config.best_of_n.rounds + 1):
     rdir = os.path.join(workdir, f"round_{rnd}")
     data = os.path.join(rdir, "best_of_n.jsonl")
-    if not os.path.exists(data):
+    if not epath.Path(data).exists():
       texts, rewards, valid = sample_candidates(config, current, workdir, rows, log)
       best = np.asarray(rso.best_of_n(jnp.asarray(rewards), jnp.asarray(valid)))
       if jax.process_index() == 0:  # Every candidate's reward: the frontier command reads them.
-        os.makedirs(rdir, exist_ok=True)
-        np.savez(os.path.join(rdir, "candidates.npz"), rewards=rewards, valid=valid)
+        buf = io.BytesIO()
+        np.savez(buf, rewards=rewards, valid=valid)
+        epath.Path(rdir).mkdir(parents=True, exist_ok=True)
+        (epath.Path(rdir) / "candidates.npz").write_bytes(buf.getvalue())
       kept = [{"messages": r["prompt"] + [{"role": "assistant", "content": ys[b]}], "reward": float(rw[b])}
               for r, ys, rw, b in zip(rows, texts, rewards, best) if b >= 0]
       log(f"round {rnd}: best-of-{config.rso.n} mean reward {np.mean([k['reward'] for k in kept]):.4f} "
           f"vs {rewards[valid].mean():.4f} for a random sample")
       if jax.process_index() == 0:
         readers.write_jsonl(data + ".tmp", [{"messages": k["messages"]} for k in kept])
-        os.replace(data + ".tmp", data)
+        epath.Path(data + ".tmp").replace(data)
+      _barrier(f"best_of_n_{rnd}")
     c = copy.deepcopy(config.sft)
     with c.unlocked():
       c.init_from, c.data.train, c.steps = current, data, config.best_of_n.sft_steps

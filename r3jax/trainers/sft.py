@@ -25,15 +25,17 @@ def loss_fn(params, batch, rng, *, model_cfg, deterministic=False):
   return nll, (count, {})
 
 
-def generate_samples(policy, params, prompts, max_new_tokens: int):
-  """Greedy answers to chat prompts (lists of messages)."""
+def generate_samples(policy, params, prompts, max_new_tokens: int, mesh=None):
+  """Greedy answers to chat prompts (lists of messages); with `mesh`, the prompts are
+  replicated on it (needed when params span several processes)."""
   tok = policy.tokenizer
   ids = [chat.tokenize(tok, p, add_generation_prompt=True)[0] for p in prompts]
   tokens_BT, mask_BT = sampling.left_pad(ids, tok.pad_token_id)
   scfg = sampling.SampleConfig(max_new_tokens=max_new_tokens, greedy=True,
                                stop_ids=(tok.convert_tokens_to_ids(chat.IM_END),),
                                pad_id=tok.pad_token_id)
-  out = sampling.generate(params, jnp.asarray(tokens_BT), jnp.asarray(mask_BT),
+  put = (lambda x: sharding.replicate(x, mesh)) if mesh is not None else jnp.asarray
+  out = sampling.generate(params, put(tokens_BT), put(mask_BT),
                           jax.random.key(0), model_cfg=policy.cfg.replace(dropout_rate=0.0), cfg=scfg)
   return sampling.decode(tok, out)
 
@@ -68,9 +70,9 @@ def train(config, workdir: str) -> dict:
                f"unigram baseline loss {unigram:.3f}")
 
   def evaluate(step):
-    n = min(len(eval_rows), config.eval_batches * config.batch_size)
+    n = common.even_rows(min(len(eval_rows), config.eval_batches * config.batch_size), mesh)
     nll = count = 0.0
-    for i in range(0, n - n % jax.process_count(), config.batch_size):
+    for i in range(0, n, config.batch_size):
       rows = pipeline.process_slice(np.arange(i, min(i + config.batch_size, n)))
       batch, _ = pipeline.sft_batch(policy.tokenizer, [eval_rows[j]["messages"] for j in rows], config.seq_len)
       s, (c, _) = eval_fn(state["params"], sharding.put_batch(batch, mesh), jax.random.key(0))
@@ -80,7 +82,7 @@ def train(config, workdir: str) -> dict:
            "eval/unigram_loss": unigram}
     writer.scalars(step, out)
     if eval_prompts:
-      answers = generate_samples(policy, state["params"], eval_prompts, config.sample_tokens)
+      answers = generate_samples(policy, state["params"], eval_prompts, config.sample_tokens, mesh)
       writer.texts(step, "eval_samples", [{"prompt": p[-1]["content"], "answer": a}
                                           for p, a in zip(eval_prompts, answers)])
     return out

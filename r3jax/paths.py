@@ -1,0 +1,40 @@
+"""Workdirs that may be URIs (gs://…): the few helpers for files that must pass through a
+local directory, because the library writing or reading them only knows local paths
+(HF tokenizers, safetensors). Everything else uses etils epath directly."""
+
+import contextlib
+import os
+import shutil
+import tempfile
+
+from etils import epath
+
+
+def is_uri(path) -> bool:
+  return "://" in str(path)
+
+
+def copy_dir(src, dst) -> None:
+  """Copies the files of a flat directory; either side may be a URI."""
+  src, dst = epath.Path(src), epath.Path(dst)
+  dst.mkdir(parents=True, exist_ok=True)
+  for f in src.iterdir():
+    (dst / f.name).write_bytes(f.read_bytes())
+
+
+@contextlib.contextmanager
+def local_dir(path):
+  """A local directory standing for `path`: `path` itself when it is local; otherwise a
+  temporary copy of it (if it exists), uploaded back on exit."""
+  if not is_uri(path):
+    os.makedirs(path, exist_ok=True)
+    yield str(path)
+    return
+  tmp = tempfile.mkdtemp(prefix="r3jax_")
+  try:
+    if epath.Path(path).exists():
+      copy_dir(path, tmp)
+    yield tmp
+    copy_dir(tmp, path)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
