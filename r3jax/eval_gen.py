@@ -208,9 +208,8 @@ def main(argv):
   try:
     if _PROMPTS.value == "synthetic":
       from r3jax.data import synthetic
-      loaded = readers.Loaded([{"where": f"synthetic:{i}", "prompt": ex["prompt"], "reference": ex["reference"],
-                                "query_type": ex["query_type"]}
-                               for i, ex in enumerate(synthetic.generate(200, seed=99))], [])
+      loaded = readers.Loaded([dict(q, where=f"synthetic:{i}")
+                               for i, q in enumerate(synthetic.questions(200, seed=99))], [])
     else:
       loaded = readers.load_prompts(_PROMPTS.value, _SKIP_BAD.value)
     rows = loaded.rows[:_LIMIT.value] if _LIMIT.value else loaded.rows

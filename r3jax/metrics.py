@@ -56,15 +56,15 @@ class Writer:
     if not self.enabled:
       return
     from tensorboardX import SummaryWriter, record_writer  # Local: only process 0 needs them.
-    self._dir = epath.Path(workdir)
+    self._dir, self._remote = epath.Path(workdir), paths.is_uri(workdir)
     self._dir.mkdir(parents=True, exist_ok=True)
-    if paths.is_uri(workdir):
+    if self._remote:
       record_writer.register_writer_factory(str(workdir).split("://")[0], _EpathEventsFactory())
     self._tb = SummaryWriter(str(self._dir / "tb"))
     # A resumed run keeps what its workdir already logged.
     self._lines = {name: ((self._dir / name).read_text().splitlines(keepends=True)
                           if (self._dir / name).exists() else []) for name in _FILES}
-    self._flush_secs = (30.0 if paths.is_uri(workdir) else 0.0) if flush_secs is None else flush_secs
+    self._flush_secs = (30.0 if self._remote else 0.0) if flush_secs is None else flush_secs
     self._flushed = time.monotonic()
     self._bar = tqdm.tqdm(total=total_steps, initial=initial_step, dynamic_ncols=True,
                           unit="step", smoothing=0.1, mininterval=1.0)
@@ -73,19 +73,14 @@ class Writer:
     self._lines[name] += [json.dumps(r) + "\n" for r in rows]
     if time.monotonic() - self._flushed >= self._flush_secs:
       # Locally tensorboardX writes its events file itself; on a URI only a flush uploads it.
-      self.flush(events=paths.is_uri(self._dir))
+      self.flush(events=self._remote)
 
   def flush(self, events: bool = True):
     """Writes the JSONL files (and the TensorBoard events) out now, e.g. at a checkpoint."""
     if not self.enabled:
       return
     for name, lines in self._lines.items():
-      if paths.is_uri(self._dir):  # An object write is atomic.
-        (self._dir / name).write_text("".join(lines))
-      else:  # A reader (or a kill) never sees a half-written file.
-        tmp = self._dir / f"{name}.tmp"
-        tmp.write_text("".join(lines))
-        tmp.replace(self._dir / name)
+      paths.write_atomic(self._dir / name, "".join(lines))
     if events:
       self._tb.flush()
     self._flushed = time.monotonic()

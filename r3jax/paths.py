@@ -14,6 +14,19 @@ def is_uri(path) -> bool:
   return "://" in str(path)
 
 
+def write_atomic(path, text: str) -> None:
+  """Writes a whole text file that no reader (or a kill) sees half-written: an object
+  store's write is atomic already; a local file is written aside and renamed."""
+  path = epath.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  if is_uri(path):
+    path.write_text(text)
+    return
+  tmp = path.parent / f"{path.name}.tmp{os.getpid()}"
+  tmp.write_text(text)
+  tmp.replace(path)
+
+
 def copy_dir(src, dst) -> None:
   """Copies the files of a flat directory; either side may be a URI."""
   src, dst = epath.Path(src), epath.Path(dst)

@@ -20,7 +20,7 @@ import json
 
 from etils import epath
 
-from r3jax import chat
+from r3jax import chat, paths
 
 
 class DataError(ValueError):
@@ -247,7 +247,5 @@ def load_texts(path: str, skip_bad: bool = False) -> Loaded:
 
 
 def write_jsonl(path: str, rows) -> None:
-  """Rows as JSON lines; `path` may be a gs:// URI."""
-  path = epath.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  """Rows as JSON lines, written whole (never seen half-written); `path` may be a gs:// URI."""
+  paths.write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))

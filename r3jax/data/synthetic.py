@@ -116,6 +116,11 @@ def generate(n: int, seed: int = 0, num_entities: int | None = None,
   return out
 
 
+def questions(n: int, seed: int) -> list[dict]:
+  """n {prompt, reference, query_type} rows: what PPO and eval_gen ask."""
+  return [{k: ex[k] for k in ("prompt", "reference", "query_type")} for ex in generate(n, seed)]
+
+
 def comparisons(n: int, seed: int = 0, num_entities: int | None = None) -> list[dict]:
   """n comparisons {prompt, responses: [chosen, rejected], reference, query_type}.
 

@@ -206,9 +206,9 @@ def conversations(dcfg, workdir: str, seed: int):
     loaded = load(dcfg.train)
     rows, skipped = loaded.rows, loaded.skipped
   else:
-    rows = [dict(where=f"synthetic:{i}", **ex)
-            for i, ex in enumerate(synthetic.generate(
-        dcfg.synthetic_examples, seed=0, restate=dcfg.get("synthetic_restate", 0.0)))]
+    examples = synthetic.generate(dcfg.synthetic_examples, seed=0,
+                                  restate=dcfg.get("synthetic_restate", 0.0))
+    rows = [dict(where=f"synthetic:{i}", **ex) for i, ex in enumerate(examples)]
     if jax.process_index() == 0:
       readers.write_jsonl(os.path.join(workdir, "data", "synthetic.jsonl"),
                           [{k: v for k, v in r.items() if k != "where"} for r in rows])

@@ -38,20 +38,18 @@ def response_logprobs(params, cfg, seq_BS, mask_BS, prompt_len: int):
 
 
 def prompt_rows(config, workdir: str):
-  """Prompts with references and query types: the synthetic set, or a JSONL file of
-  {prompt, reference?, query_type?} rows."""
+  """Prompts with references and query types: the synthetic set, or data.prompts in any of
+  readers.to_prompt's forms ({prompt, reference?, query_type?}, Vicuna, Alpaca, SuperNI)."""
   if config.data.prompts:
     rows = []
-    for where, obj in readers.iter_records(config.data.prompts):
-      if isinstance(obj, readers.DataError):
-        raise obj
-      if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str) or not obj["prompt"].strip():
-        raise readers.DataError(f"{where}: missing or empty field 'prompt'")
-      rows.append({"prompt": obj["prompt"], "reference": obj.get("reference"),
-                   "query_type": r3.query_type(obj.get("query_type"))})
+    for r in readers.load_prompts(config.data.prompts).rows:
+      try:
+        qtype = r3.query_type(r.get("query_type"))
+      except ValueError as e:
+        raise readers.DataError(f"{r['where']}: field 'query_type': {e}") from None
+      rows.append({"prompt": r["prompt"], "reference": r.get("reference"), "query_type": qtype})
     return rows
-  return [{"prompt": ex["prompt"], "reference": ex["reference"], "query_type": ex["query_type"]}
-          for ex in synthetic.generate(config.data.synthetic_examples, seed=config.data.prompt_seed)]
+  return synthetic.questions(config.data.synthetic_examples, seed=config.data.prompt_seed)
 
 
 def label_query_types(config, rows, policy_params, cfg, tok, writer) -> None:

@@ -106,8 +106,7 @@ def build_pairs(config, init_dir, workdir, log) -> str:
   if not out:
     raise readers.DataError(f"{path}: no pairs (every candidate tied or was invalid)")
   if jax.process_index() == 0:
-    readers.write_jsonl(path + ".tmp", out)
-    epath.Path(path + ".tmp").replace(path)  # Only a finished file is ever reused.
+    readers.write_jsonl(path, out)  # Atomic: only a finished file is ever reused.
   _barrier("pairs")  # The other processes read the file process 0 wrote.
   return path
 
@@ -152,8 +151,7 @@ def train_best_of_n(config, workdir: str) -> dict:
       log(f"round {rnd}: best-of-{config.rso.n} mean reward {np.mean([k['reward'] for k in kept]):.4f} "
           f"vs {rewards[valid].mean():.4f} for a random sample")
       if jax.process_index() == 0:
-        readers.write_jsonl(data + ".tmp", [{"messages": k["messages"]} for k in kept])
-        epath.Path(data + ".tmp").replace(data)
+        readers.write_jsonl(data, [{"messages": k["messages"]} for k in kept])
       _barrier(f"best_of_n_{rnd}")
     c = copy.deepcopy(config.sft)
     with c.unlocked():
