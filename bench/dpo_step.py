@@ -6,7 +6,12 @@ with sigmoid DPO at β 0.1, AdamW and the reference log-probs computed every ste
 frozen copy (TRL's default; r3jax's too unless loss.precompute_ref). A step is everything
 between two optimizer updates: reference forward, policy forward and backward, update.
 
-  python -m bench.dpo_step [--pairs=8] [--prompt=64] [--response=128] [--steps=5]
+r3jax uses its training path as configured by default: the prompt runs once for both
+responses and the LM head only on response positions (config.prompt_len > 0), and the
+head's backward recomputes the logits (lm.head_logprobs). --noshare_prompt runs every row
+in full, as TRL does, to separate the two gains.
+
+  python -m bench.dpo_step [--pairs=8] [--prompt=64] [--response=128] [--steps=5] [--noshare_prompt]
 
 The ratio printed last is TRL's median step time over r3jax's.
 """
@@ -22,6 +27,8 @@ _PAIRS = flags.DEFINE_integer("pairs", 8, "Comparisons per step.")
 _PROMPT = flags.DEFINE_integer("prompt", 64, "Prompt tokens.")
 _RESPONSE = flags.DEFINE_integer("response", 128, "Tokens per response, EOS excluded.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (median reported), after 2 warm-up steps.")
+_SHARE = flags.DEFINE_bool("share_prompt", True, "r3jax runs each prompt once for both "
+                            "responses (config.prompt_len > 0); false: every row in full.")
 _WARMUP = 2
 
 
@@ -52,11 +59,14 @@ def r3jax_step_times(cfg, rows):
   state, shardings = common.init_state(common.Policy(cfg, tokenizer=None, hf_dir=None), tx, mesh,
                                        rules, seed=0)
   ref_params = jax.tree.map(lambda x: x.copy(), state["params"])
-  step_fn = common.make_train_step(
-      functools.partial(preference.dpo_loss, model_cfg=cfg, lcfg=lcfg), tx, shardings, mesh)
-  ref_fn = jax.jit(lambda p, b: preference.sequence_logprobs(p, cfg, b)[0])
-
   eos, p = cfg.vocab_size - 1, _PROMPT.value
+  # The prompt-split layout of pipeline.ranked_batch (no padding here: every prompt is P).
+  shared = p if _SHARE.value else 0
+  step_fn = common.make_train_step(
+      functools.partial(preference.dpo_loss, model_cfg=cfg, lcfg=lcfg, prompt_len=shared), tx,
+      shardings, mesh)
+  ref_fn = jax.jit(lambda params, b: preference.sequence_logprobs(params, cfg, b, shared)[0])
+
   t = p + _RESPONSE.value + 1
   tokens = np.array([[prompt + c + [eos], prompt + r + [eos]] for prompt, c, r in rows], np.int32)
   loss_mask = np.zeros_like(tokens)
@@ -146,7 +156,7 @@ def main(argv):
   # The physics: reference forward (2N) + policy forward and backward (6N) per token, at
   # this machine's fp32 matmul peak, measured first.
   import jax.numpy as jnp
-  from bench.train_step import matmul_peak
+  from bench.peaks import matmul_peak
   peak = matmul_peak(jnp.float32)
   # The same sequences each step: every pair is in one batch, as the shapes are fixed.
   rows = _data(cfg.vocab_size, _PAIRS.value)
@@ -156,6 +166,7 @@ def main(argv):
   a, b = statistics.median(ours), statistics.median(theirs)
   tokens = 2 * _PAIRS.value * (_PROMPT.value + _RESPONSE.value + 1)
   print(f"devices: {jax.devices()}; torch threads {threads}")
+  print(f"r3jax prompt shared by both responses: {_SHARE.value}")
   print(f"shape: {_PAIRS.value} pairs x (prompt {_PROMPT.value} + response {_RESPONSE.value} + EOS), "
         f"bench model ({n_params / 1e6:.1f}M params); first r3jax loss "
         f"{first_loss:.4f} (log 2 = 0.6931)")
@@ -163,9 +174,17 @@ def main(argv):
         f"steps {[round(x * 1e3) for x in ours]}")
   print(f"TRL DPOTrainer step: {b * 1e3:.0f} ms median ({tokens / b:,.0f} tokens/s); "
         f"steps {[round(x * 1e3) for x in theirs]}")
-  bound = 8 * (n_params - cfg.vocab_size * cfg.hidden_size) * tokens / peak
-  print(f"FLOP bound at the {peak / 1e9:.0f} GFLOP/s matmul peak: {bound * 1e3:.0f} ms "
-        f"(r3jax at {bound / a:.0%} of it, TRL at {bound / b:.0%})")
+  # Matmul FLOPs, 8 per parameter per position (reference 2, policy 6); the embedding
+  # gather is free. Full rows: P + R positions each through decoder and head, as TRL runs
+  # them. Shared prompt: P positions once per pair, then R per response; head on R + 1.
+  head, (pairs, p, r) = cfg.vocab_size * cfg.hidden_size, (_PAIRS.value, _PROMPT.value, _RESPONSE.value)
+  body = n_params - 2 * head
+  full = 8 * (body + head) * 2 * pairs * (p + r) / peak
+  shared = 8 * (body * pairs * (p + 2 * r) + head * 2 * pairs * (r + 1)) / peak
+  ours_bound = shared if _SHARE.value else full
+  print(f"matmul bound at this machine's {peak / 1e9:.0f} GFLOP/s fp32 peak: full rows {full * 1e3:.0f} ms "
+        f"(TRL at {full / b:.0%} of it), r3jax's work {ours_bound * 1e3:.0f} ms (r3jax at "
+        f"{ours_bound / a:.0%} of it)")
   print(f"speed-up (TRL time / r3jax time): {b / a:.2f}x")
 
 

@@ -25,20 +25,6 @@ _PROMPTS = flags.DEFINE_integer("prompts", 16, "Prompts per iteration (2 samples
 _NEW = flags.DEFINE_integer("new_tokens", 128, "Response length.")
 
 
-def bandwidth(n_bytes=1 << 28, repeats=10):
-  """Read bandwidth in bytes/s: a jitted sum over a 256 MiB array (decoding, too, only
-  reads the weights)."""
-  import jax
-  import jax.numpy as jnp
-  x = jnp.ones((n_bytes // 4,), jnp.float32)
-  f = jax.jit(jnp.sum)
-  f(x).block_until_ready()
-  t0 = time.perf_counter()
-  for _ in range(repeats):
-    f(x).block_until_ready()
-  return n_bytes * repeats / (time.perf_counter() - t0)
-
-
 def main(argv):
   del argv
   import runpy
@@ -48,7 +34,7 @@ def main(argv):
   from r3jax import tokenizer
   from r3jax.models import qwen
   from r3jax.trainers import ppo
-  from bench.train_step import matmul_peak
+  from bench.peaks import bandwidth, matmul_peak
 
   config = runpy.run_path(os.path.join(os.path.dirname(__file__), "..", "configs", "ppo_qwen.py"))["get_config"]("qwen")
   n_prompts, new = _PROMPTS.value, _NEW.value

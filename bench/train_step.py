@@ -10,33 +10,17 @@ what a jitted fp32 matmul reaches in this same run.
 """
 
 import functools
-import statistics
 import time
 
 from absl import app, flags
+
+from bench.peaks import matmul_peak, median_time
 
 _BATCH = flags.DEFINE_integer("batch", 8, "Sequences per step.")
 _SEQ = flags.DEFINE_integer("seq", 512, "Sequence length.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (median reported).")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype (params fp32).")
 _REMAT = flags.DEFINE_bool("remat", False, "Per-layer rematerialisation.")
-
-
-def _median_time(fn, n):
-  times = []
-  for _ in range(n):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
-
-
-def matmul_peak(dtype, n=2048, repeats=5):
-  import jax
-  a = jax.random.normal(jax.random.key(0), (n, n), dtype)
-  f = jax.jit(lambda x: x @ x)
-  f(a).block_until_ready()
-  return 2 * n ** 3 / _median_time(lambda: f(a).block_until_ready(), repeats)
 
 
 def main(argv):
@@ -76,7 +60,7 @@ def main(argv):
     t0 = time.perf_counter()
     one_step()
     compile_s = time.perf_counter() - t0
-    step_s = _median_time(one_step, _STEPS.value)
+    step_s = median_time(one_step, _STEPS.value)
 
     # Where the time goes: forward only, and forward + backward without the update.
     loss = functools.partial(sft.loss_fn, model_cfg=cfg, deterministic=True)
@@ -85,8 +69,8 @@ def main(argv):
     grad = jax.jit(jax.grad(lambda p: loss(p, mb, jax.random.key(0))[0]))
     fwd(holder["state"]["params"]).block_until_ready()
     jax.block_until_ready(grad(holder["state"]["params"]))
-    fwd_s = _median_time(lambda: fwd(holder["state"]["params"]).block_until_ready(), _STEPS.value)
-    grad_s = _median_time(lambda: jax.block_until_ready(grad(holder["state"]["params"])), _STEPS.value)
+    fwd_s = median_time(lambda: fwd(holder["state"]["params"]).block_until_ready(), _STEPS.value)
+    grad_s = median_time(lambda: jax.block_until_ready(grad(holder["state"]["params"])), _STEPS.value)
 
   n_matmul = qwen.param_count(holder["state"]["params"]) - cfg.vocab_size * cfg.hidden_size
   tokens = b * t

@@ -25,9 +25,13 @@ def get_config(arg=None):
   c.loss = ml_collections.ConfigDict(dict(type="sigmoid", beta=0.1, label_smoothing=0.0,
                                           precompute_ref=False))
   c.steps, c.epochs = 0, 3
+  # Columns [0, prompt_len) of each row hold the prompt (its last prompt_len tokens), the
+  # rest the response: the prompt then runs once for both responses (pipeline.ranked_batch,
+  # trainers/preference.sequence_logprobs). 0 runs each row in full instead.
+  c.prompt_len = c.seq_len // 2
   c.optim.update(lr=5e-7, schedule="cosine", warmup_steps=-1, warmup_ratio=0.1)
   if preset == "tiny":
-    c.steps, c.batch_size, c.seq_len = 150, 32, 96
+    c.steps, c.batch_size, c.seq_len, c.prompt_len = 150, 32, 96, 32  # Prompts <= 20 tokens.
     c.data.synthetic_examples = 3000
     c.optim.update(lr=2e-4, warmup_steps=10, schedule="constant", warmup_ratio=0.0)
     c.checkpoint.every, c.eval_every = 50, 50

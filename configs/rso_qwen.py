@@ -39,7 +39,7 @@ def get_config(arg=None):
   if preset.startswith("tiny"):
     c.rso.update(n=16, k=4, beta=0.02, num_prompts=400, prompts_per_batch=16)
     c.rollout.update(max_new_tokens=48, prompt_len=48)
-    c.steps, c.batch_size, c.seq_len = 100, 32, 96
+    c.steps, c.batch_size, c.seq_len, c.prompt_len = 100, 32, 96, 32
     c.loss.beta = 0.1
     c.optim.update(lr=2e-4, warmup_steps=10, schedule="constant")
     c.checkpoint.every, c.eval_every = 50, 25

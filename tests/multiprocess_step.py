@@ -49,14 +49,14 @@ def step(trainer):
     batch, _ = pipeline.sft_batch(policy.tokenizer, [rows[i] for i in idx], config.seq_len)
     loss_fn = functools.partial(sft.loss_fn, model_cfg=policy.cfg)
   else:  # dpo: the reference is the initial policy, its log-probs computed on the mesh.
-    rows = synthetic.comparisons(config.batch_size, seed=5)
-    batch, _ = pipeline.ranked_batch(policy.tokenizer, [rows[i] for i in idx], config.seq_len)
-    ref = jax.jit(lambda p, b: preference.sequence_logprobs(p, policy.cfg, b)[0])
+    rows, p_len = synthetic.comparisons(config.batch_size, seed=5), 24  # The shared-prompt path.
+    batch, _ = pipeline.ranked_batch(policy.tokenizer, [rows[i] for i in idx], config.seq_len, p_len)
+    ref = jax.jit(lambda p, b: preference.sequence_logprobs(p, policy.cfg, b, p_len)[0])
     with common.mesh_rules(mesh, rules):
       ref_logp = ref(state["params"], sharding.put_batch(batch, mesh))
     batch["ref_logp"] = np.asarray(multihost_utils.process_allgather(ref_logp, tiled=True))[idx]
     lcfg = ml_collections.ConfigDict(dict(type="sigmoid", beta=0.1, label_smoothing=0.0))
-    loss_fn = functools.partial(preference.dpo_loss, model_cfg=policy.cfg, lcfg=lcfg)
+    loss_fn = functools.partial(preference.dpo_loss, model_cfg=policy.cfg, lcfg=lcfg, prompt_len=p_len)
   step_fn = common.make_train_step(loss_fn, tx, shardings, mesh)
   with common.mesh_rules(mesh, rules):
     state, m = step_fn(state, sharding.put_batch(pipeline.microbatches(batch, 1), mesh, 1))

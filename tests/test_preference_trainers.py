@@ -66,6 +66,57 @@ def test_ranked_batch_masks_only_the_final_response():
   assert truncated == 1  # Counted per response: the short one fits exactly.
 
 
+def test_ranked_batch_prompt_split_layout():
+  tok = tokenizer_lib.tiny()
+  prompt = [{"role": "user", "content": "Please tell me about Kalo."}]
+  rows = [{"prompt": prompt, "responses": ["Kalo is a city.", "No."]}]
+  whole, _ = pipeline.ranked_batch(tok, rows, 64)
+  split, truncated = pipeline.ranked_batch(tok, rows, 64, prompt_len=24)
+  n_prompt = int(np.argmax(whole["loss_mask"][0, 0]))
+  assert truncated == 0 and n_prompt <= 24
+  # Same tokens and masks, the prompt moved to end at column 24, identical in both rows.
+  for j in range(2):
+    for name in ("tokens", "loss_mask"):
+      np.testing.assert_array_equal(split[name][0, j][split["attn_mask"][0, j] == 1],
+                                    whole[name][0, j][whole["attn_mask"][0, j] == 1])
+    assert split["attn_mask"][0, j, 24 - n_prompt:24].all() and not split["attn_mask"][0, j, :24 - n_prompt].any()
+    assert split["loss_mask"][0, j, 24] == 1  # The response starts at column prompt_len.
+  np.testing.assert_array_equal(split["tokens"][0, 0, :24], split["tokens"][0, 1, :24])
+  # A long prompt keeps its end (the assistant header); a long response keeps its start.
+  short, truncated = pipeline.ranked_batch(tok, rows, 24, prompt_len=8)
+  assert truncated == 2 and short["attn_mask"][0, :, :8].all()
+  np.testing.assert_array_equal(short["tokens"][0, 0, :8], whole["tokens"][0, 0, n_prompt - 8:n_prompt])
+  np.testing.assert_array_equal(short["tokens"][0, 0, 8:], whole["tokens"][0, 0, n_prompt:n_prompt + 16])
+  with pytest.raises(ValueError, match="prompt_len=64"):
+    pipeline.ranked_batch(tok, rows, 64, prompt_len=64)
+
+
+def test_shared_prompt_logprobs_equal_whole_rows():
+  """sequence_logprobs with the prompt run once equals running every row in full, in
+  value and in gradient, on prompts and responses of mixed lengths."""
+  from r3jax.trainers import preference
+  cfg = qwen.preset("tiny", num_layers=2)
+  params = qwen.init_params(cfg, jax.random.key(0))
+  tok = tokenizer_lib.tiny()
+  rows = synthetic.comparisons(6, seed=3)
+  whole, _ = pipeline.ranked_batch(tok, rows, 64)
+  split, truncated = pipeline.ranked_batch(tok, rows, 64, prompt_len=24)
+  assert truncated == 0 and len({int(np.argmax(m)) for m in whole["loss_mask"][:, 0]}) > 1
+  sign = jnp.array([[1.0, -1.0]])
+
+  def objective(p, batch, prompt_len):
+    lp, n = preference.sequence_logprobs(p, cfg, batch, prompt_len)
+    return jnp.sum(lp * sign), (lp, n)
+
+  (_, (lp_ref, n_ref)), g_ref = jax.value_and_grad(objective, has_aux=True)(params, whole, 0)
+  shared = jax.jit(jax.value_and_grad(objective, has_aux=True), static_argnums=2)
+  (_, (lp, n)), g = shared(params, split, 24)
+  np.testing.assert_array_equal(n, n_ref)
+  np.testing.assert_allclose(lp, lp_ref, rtol=1e-5, atol=1e-4)
+  for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5 * float(jnp.max(jnp.abs(b))))
+
+
 def test_reward_read_at_last_real_token_whatever_the_padding_side():
   cfg = qwen.preset("tiny", vocab_size=64, num_layers=2)
   params = {"backbone": qwen.init_params(cfg, jax.random.key(0)),
@@ -141,7 +192,8 @@ def test_dpo_on_8_devices_fits_and_resumes_exactly_after_sigkill(tmp_path, sft_d
     return ["r3jax.train", "--config=configs/dpo_qwen.py", f"--workdir={workdir}",
             f"--config.init_from={sft_dir}", f"--config.tokenizer={sft_dir / 'tokenizer'}",
             "--config.mesh=(('data', 2), ('fsdp', 4), ('tensor', 1))", "--config.steps=12",
-            "--config.batch_size=16", "--config.seq_len=64", "--config.checkpoint.every=3",
+            "--config.batch_size=16", "--config.seq_len=64", "--config.prompt_len=24",
+            "--config.checkpoint.every=3",
             "--config.checkpoint.async_save=False", "--config.log_every=1", "--config.eval_every=12",
             "--config.data.synthetic_examples=40", "--config.data.eval_fraction=0.2",
             "--config.optim.lr=1e-3", "--config.optim.warmup_steps=0"]

@@ -64,28 +64,45 @@ def sft_batch(tokenizer, conversations, seq_len: int):
   return {"tokens": tokens, "loss_mask": loss_mask, "attn_mask": attn_mask}, truncated
 
 
-def ranked_batch(tokenizer, comparisons, seq_len: int):
-  """Comparisons of K responses (best first) as [B, K, seq_len] arrays, right-padded:
-  tokens, attn_mask, and loss_mask on each response (its content and `<|im_end|>`).
+def ranked_batch(tokenizer, comparisons, seq_len: int, prompt_len: int = 0):
+  """Comparisons of K responses (best first) as [B, K, seq_len] arrays: tokens, attn_mask,
+  and loss_mask on each response (its content and `<|im_end|>`).
 
-  Returns (batch, n_truncated). A truncated row keeps its start; its response is then
-  scored on what remains, and the count is reported.
+  prompt_len 0: each row is prompt + response, right-padded. A truncated row keeps its
+  start, and its response is scored on what remains.
+  prompt_len P > 0: the prompt-split layout that `trainers.preference.sequence_logprobs`
+  shares between the responses. Columns [0, P) hold the prompt, left-padded, identical
+  in all K rows; columns [P, seq_len) hold the response, right-padded. A longer prompt
+  keeps its last P tokens (the latest turns and the assistant header), and a longer
+  response is cut at its end.
+
+  Returns (batch, n_truncated): the number of truncated rows.
   """
   k = len(comparisons[0]["responses"])
   if any(len(c["responses"]) != k for c in comparisons):
     raise ValueError("every comparison in a batch needs the same number of responses")
+  if not 0 <= prompt_len < seq_len:
+    raise ValueError(f"prompt_len={prompt_len} must be in [0, seq_len={seq_len})")
   shape = (len(comparisons), k, seq_len)
   out = {"tokens": np.full(shape, tokenizer.pad_token_id, np.int32),
          "attn_mask": np.zeros(shape, np.int32), "loss_mask": np.zeros(shape, np.int32)}
   truncated = 0
   for i, c in enumerate(comparisons):
     for j, (ids, mask) in enumerate(chat.tokenize_responses(tokenizer, c["prompt"], c["responses"])):
-      if len(ids) > seq_len:
-        truncated += 1
+      if prompt_len:
+        n_prompt = int(np.argmax(mask))  # The response starts at its first loss token.
+        cut = len(ids) - n_prompt > seq_len - prompt_len or n_prompt > prompt_len
+        p_ids, r_ids = ids[:n_prompt][-prompt_len:], ids[n_prompt:][:seq_len - prompt_len]
+        ids = np.concatenate([p_ids, r_ids])
+        mask = np.concatenate([np.zeros(len(p_ids), np.int32), mask[n_prompt:][:len(r_ids)]])
+        start = prompt_len - len(p_ids)
+      else:
+        cut, start = len(ids) > seq_len, 0
         ids, mask = ids[:seq_len], mask[:seq_len]
-      out["tokens"][i, j, :len(ids)] = ids
-      out["loss_mask"][i, j, :len(ids)] = mask
-      out["attn_mask"][i, j, :len(ids)] = 1
+      truncated += int(cut)
+      out["tokens"][i, j, start:start + len(ids)] = ids
+      out["loss_mask"][i, j, start:start + len(ids)] = mask
+      out["attn_mask"][i, j, start:start + len(ids)] = 1
   return out, truncated
 
 

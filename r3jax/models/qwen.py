@@ -322,6 +322,11 @@ def logical_axes(cfg: QwenConfig):
   return nn.get_partition_spec(boxed)
 
 
+def head_kernel(params, cfg: QwenConfig) -> Array:
+  """The LM head as [D, V], for losses that apply it themselves (lm.head_logprobs)."""
+  return params["embed"].T if cfg.tie_embeddings else params["lm_head"]
+
+
 def param_count(params) -> int:
   return sum(x.size for x in jax.tree.leaves(params))
 

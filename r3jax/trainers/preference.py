@@ -43,15 +43,40 @@ def load_comparisons(dcfg, workdir: str, seed: int):
   return [rows[i] for i in order[n_eval:]], [rows[i] for i in order[:n_eval]], skipped
 
 
-def sequence_logprobs(params, cfg, batch):
-  """Summed log-probs of each response, [B, K], and their token counts."""
+def sequence_logprobs(params, cfg, batch, prompt_len: int = 0):
+  """Summed log-probs of each response, [B, K], and their token counts.
+
+  prompt_len 0: every row runs in full. prompt_len P > 0: the batch is in the
+  prompt-split layout of `pipeline.ranked_batch`. The prompt then runs once per comparison,
+  into a KV cache that all K responses attend to, and the LM head runs on response
+  positions only. The result is the same; the FLOPs drop by (K-1)·P/(K·T) in the decoder
+  and by P/T in the head: a sixth and a third for pairs whose prompts take a third of T.
+  """
   b, k, t = batch["tokens"].shape
   flat = {n: v.reshape(b * k, t) for n, v in batch.items() if v.ndim == 3}
-  logits, _, _ = qwen.Qwen(cfg).apply({"params": params}, flat["tokens"][:, :-1],
-                                      kv_mask_BS=flat["attn_mask"][:, :-1])
-  w = flat["loss_mask"][:, 1:].astype(jnp.float32)
-  lp = jnp.sum(lm.token_logprobs(logits, flat["tokens"][:, 1:]) * w, -1)
-  return lp.reshape(b, k), jnp.sum(w, -1).reshape(b, k)
+  model, head_DV = qwen.Qwen(cfg), qwen.head_kernel(params, cfg)
+  # The model's logits go unused (and XLA drops them): lm.head_logprobs is cheaper to train.
+  if not prompt_len:
+    _, hidden_NTD, _ = model.apply({"params": params}, flat["tokens"][:, :-1],
+                                   kv_mask_BS=flat["attn_mask"][:, :-1])
+    w = flat["loss_mask"][:, 1:].astype(jnp.float32)
+    lp = jnp.sum(lm.head_logprobs(hidden_NTD, head_DV, flat["tokens"][:, 1:]) * w, -1)
+    return lp.reshape(b, k), jnp.sum(w, -1).reshape(b, k)
+  p = prompt_len
+  positions_NT = qwen.positions_from_mask(flat["attn_mask"])
+  # The prompt columns of row 0 stand for all K; slots past P are hidden by causality.
+  _, last_B1D, cache = model.apply(
+      {"params": params}, batch["tokens"][:, 0, :p], positions_BT=positions_NT[::k, :p],
+      kv_mask_BS=batch["attn_mask"][:, 0], cache=qwen.init_cache(cfg, b, t), last_only=True)
+  cache = jax.tree.map(lambda x: jnp.repeat(x, k, axis=0), cache)
+  _, hidden_NRD, _ = model.apply(
+      {"params": params}, flat["tokens"][:, p:-1], positions_BT=positions_NT[:, p:-1],
+      kv_mask_BS=flat["attn_mask"], cache=cache, cache_index=p)
+  # The prompt's last position predicts the first response token; the rest follow.
+  hidden_NRD = jnp.concatenate([jnp.repeat(last_B1D, k, axis=0), hidden_NRD], axis=1)
+  w_NR = flat["loss_mask"][:, p:].astype(jnp.float32)
+  lp = jnp.sum(lm.head_logprobs(hidden_NRD, head_DV, flat["tokens"][:, p:]) * w_NR, -1)
+  return lp.reshape(b, k), jnp.sum(w_NR, -1).reshape(b, k)
 
 
 def rm_loss(params, batch, rng, *, model_cfg, margin):
@@ -64,9 +89,9 @@ def rm_loss(params, batch, rng, *, model_cfg, margin):
   return loss * b, (jnp.float32(b), {n: v * b for n, v in m.items()})
 
 
-def dpo_loss(params, batch, rng, *, model_cfg, lcfg):
+def dpo_loss(params, batch, rng, *, model_cfg, lcfg, prompt_len=0):
   del rng
-  lp, n_tok = sequence_logprobs(params, model_cfg, batch)
+  lp, n_tok = sequence_logprobs(params, model_cfg, batch, prompt_len)
   ref = batch["ref_logp"]
   losses, m = preference.dpo_loss(
       lp[:, 0], lp[:, 1], ref[:, 0], ref[:, 1], loss_type=lcfg.type, beta=lcfg.beta,
@@ -88,6 +113,8 @@ def save_model_dir(workdir: str, cfg, tok) -> None:
 
 def train(config, workdir: str) -> dict:
   is_rm = config.trainer == "rm"
+  # DPO's prompt-split layout (see sequence_logprobs); reward models read whole rows.
+  prompt_len = 0 if is_rm else config.prompt_len
   common.check_paths(config)
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.rules_from_config(config.sharding.rules)
@@ -123,19 +150,19 @@ def train(config, workdir: str) -> dict:
   if is_rm:
     loss_fn = functools.partial(rm_loss, model_cfg=cfg, margin=config.loss.margin)
   else:
-    loss_fn = functools.partial(dpo_loss, model_cfg=cfg, lcfg=config.loss)
+    loss_fn = functools.partial(dpo_loss, model_cfg=cfg, lcfg=config.loss, prompt_len=prompt_len)
     # The reference is the starting policy: a copy of the fresh state (the train step
     # donates it), or loaded again when the run resumes.
     ref_params = (jax.tree.map(jnp.copy, state["params"]) if fresh else
                   common.load_params(init_from or policy.hf_dir, cfg, state["params"], shardings["params"]))
-    ref_fn = jax.jit(lambda p, b: sequence_logprobs(p, cfg, b)[0])
+    ref_fn = jax.jit(lambda p, b: sequence_logprobs(p, cfg, b, prompt_len)[0])
     if config.loss.precompute_ref:
       writer.print(f"precomputing reference log-probs for {len(train_rows) + n_eval} comparisons")
       with common.mesh_rules(mesh, rules):
         for split, rows in (("train", train_rows), ("eval", eval_rows[:n_eval])):
           for i in range(0, len(rows), config.batch_size):
             idx = range(i, min(i + config.batch_size, len(rows)))
-            batch, _ = pipeline.ranked_batch(tok, [rows[j] for j in idx], config.seq_len)
+            batch, _ = pipeline.ranked_batch(tok, [rows[j] for j in idx], config.seq_len, prompt_len)
             ref_cache.update({(split, j): v for j, v in zip(idx, np.asarray(ref_fn(ref_params, batch)))})
       ref_params = None  # From here on only the numbers are needed.
 
@@ -159,7 +186,7 @@ def train(config, workdir: str) -> dict:
     sums, total = {}, 0.0
     for i in range(0, n_eval, config.batch_size):
       idx = pipeline.process_slice(np.arange(i, min(i + config.batch_size, n_eval)))
-      batch, _ = pipeline.ranked_batch(tok, [eval_rows[j] for j in idx], config.seq_len)
+      batch, _ = pipeline.ranked_batch(tok, [eval_rows[j] for j in idx], config.seq_len, prompt_len)
       loss, (w, aux) = eval_loss(state["params"], sharding.put_batch(with_ref(batch, "eval", idx), mesh))
       total += float(w)
       for k, v in {"loss": loss, **aux}.items():
@@ -176,7 +203,7 @@ def train(config, workdir: str) -> dict:
         last_eval = evaluate(0)
       for step in range(start, steps):
         idx = pipeline.process_slice(order.next())
-        batch, n_trunc = pipeline.ranked_batch(tok, [train_rows[i] for i in idx], config.seq_len)
+        batch, n_trunc = pipeline.ranked_batch(tok, [train_rows[i] for i in idx], config.seq_len, prompt_len)
         truncated += n_trunc
         batch = with_ref(batch, "train", idx)
         state, m = step_fn(state, sharding.put_batch(pipeline.microbatches(batch, accum), mesh, 1))
@@ -200,8 +227,8 @@ def train(config, workdir: str) -> dict:
     preempt.restore_handler()
   if not is_rm:
     common.export_hf(workdir, state["params"], cfg, tok)
-  common.finish(writer, workdir, PLOTS_RM if is_rm else PLOTS_DPO, skipped, truncated, "responses",
-                config.seq_len)
+  common.finish(writer, workdir, PLOTS_RM if is_rm else PLOTS_DPO, skipped, truncated,
+                f"responses (prompt_len={prompt_len})" if prompt_len else "responses", config.seq_len)
   return {"params": state["params"], "eval": last_eval, "cfg": cfg, "tokenizer": tok}
 
 
