@@ -2,8 +2,9 @@
 
 Only process 0 writes; the other processes get a writer that does nothing, so training
 loops call it unconditionally. Files go through etils epath, so a workdir may be a
-gs:// URI. Object stores have no append, so each JSONL file is rewritten whole: at every
-call on a local disk, at most every `flush_secs` (30 s) on a URI, and at close.
+gs:// URI. JSONL rows are appended to a local file at every call. Object stores have no
+append, so there each file is rewritten whole, at most every `flush_secs` (30 s) and at
+close.
 """
 
 import io
@@ -61,9 +62,11 @@ class Writer:
     if self._remote:
       record_writer.register_writer_factory(str(workdir).split("://")[0], _EpathEventsFactory())
     self._tb = SummaryWriter(str(self._dir / "tb"))
-    # A resumed run keeps what its workdir already logged.
+    # Lines not yet written. An object store has no append, so there they are all the
+    # lines, a resumed run's earlier ones included, and each flush rewrites the file whole;
+    # a local file is appended to.
     self._lines = {name: ((self._dir / name).read_text().splitlines(keepends=True)
-                          if (self._dir / name).exists() else []) for name in _FILES}
+                          if self._remote and (self._dir / name).exists() else []) for name in _FILES}
     self._flush_secs = (30.0 if self._remote else 0.0) if flush_secs is None else flush_secs
     self._flushed = time.monotonic()
     self._bar = tqdm.tqdm(total=total_steps, initial=initial_step, dynamic_ncols=True,
@@ -80,7 +83,12 @@ class Writer:
     if not self.enabled:
       return
     for name, lines in self._lines.items():
-      paths.write_atomic(self._dir / name, "".join(lines))
+      if self._remote:
+        paths.write_atomic(self._dir / name, "".join(lines))
+      else:  # Opened even with nothing new, so the files exist from the first flush.
+        with (self._dir / name).open("a") as f:
+          f.write("".join(lines))
+        lines.clear()
     if events:
       self._tb.flush()
     self._flushed = time.monotonic()

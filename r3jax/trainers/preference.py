@@ -54,29 +54,28 @@ def sequence_logprobs(params, cfg, batch, prompt_len: int = 0):
   """
   b, k, t = batch["tokens"].shape
   flat = {n: v.reshape(b * k, t) for n, v in batch.items() if v.ndim == 3}
-  model, head_DV = qwen.Qwen(cfg), qwen.head_kernel(params, cfg)
-  # The model's logits go unused (and XLA drops them): lm.head_logprobs is cheaper to train.
+  model = qwen.Qwen(cfg)
   if not prompt_len:
-    _, hidden_NTD, _ = model.apply({"params": params}, flat["tokens"][:, :-1],
+    _, hidden_NRD, _ = model.apply({"params": params}, flat["tokens"][:, :-1],
                                    kv_mask_BS=flat["attn_mask"][:, :-1])
-    w = flat["loss_mask"][:, 1:].astype(jnp.float32)
-    lp = jnp.sum(lm.head_logprobs(hidden_NTD, head_DV, flat["tokens"][:, 1:]) * w, -1)
-    return lp.reshape(b, k), jnp.sum(w, -1).reshape(b, k)
-  p = prompt_len
-  positions_NT = qwen.positions_from_mask(flat["attn_mask"])
-  # The prompt columns of row 0 stand for all K; slots past P are hidden by causality.
-  _, last_B1D, cache = model.apply(
-      {"params": params}, batch["tokens"][:, 0, :p], positions_BT=positions_NT[::k, :p],
-      kv_mask_BS=batch["attn_mask"][:, 0], cache=qwen.init_cache(cfg, b, t), last_only=True)
-  cache = jax.tree.map(lambda x: jnp.repeat(x, k, axis=0), cache)
-  _, hidden_NRD, _ = model.apply(
-      {"params": params}, flat["tokens"][:, p:-1], positions_BT=positions_NT[:, p:-1],
-      kv_mask_BS=flat["attn_mask"], cache=cache, cache_index=p)
-  # The prompt's last position predicts the first response token; the rest follow.
-  hidden_NRD = jnp.concatenate([jnp.repeat(last_B1D, k, axis=0), hidden_NRD], axis=1)
-  w_NR = flat["loss_mask"][:, p:].astype(jnp.float32)
-  lp = jnp.sum(lm.head_logprobs(hidden_NRD, head_DV, flat["tokens"][:, p:]) * w_NR, -1)
-  return lp.reshape(b, k), jnp.sum(w_NR, -1).reshape(b, k)
+    start = 1  # Position t predicts token t + 1.
+  else:
+    start = p = prompt_len
+    positions_NT = qwen.positions_from_mask(flat["attn_mask"])
+    # The prompt columns of row 0 stand for all K; slots past P are hidden by causality.
+    _, last_B1D, cache = model.apply(
+        {"params": params}, batch["tokens"][:, 0, :p], positions_BT=positions_NT[::k, :p],
+        kv_mask_BS=batch["attn_mask"][:, 0], cache=qwen.init_cache(cfg, b, t), last_only=True)
+    cache = jax.tree.map(lambda x: jnp.repeat(x, k, axis=0), cache)
+    _, hidden_NRD, _ = model.apply(
+        {"params": params}, flat["tokens"][:, p:-1], positions_BT=positions_NT[:, p:-1],
+        kv_mask_BS=flat["attn_mask"], cache=cache, cache_index=p)
+    # The prompt's last position predicts the first response token; the rest follow.
+    hidden_NRD = jnp.concatenate([jnp.repeat(last_B1D, k, axis=0), hidden_NRD], axis=1)
+  # The model's logits go unused (and XLA drops them): lm.head_logprobs is cheaper to train.
+  w_NR = flat["loss_mask"][:, start:].astype(jnp.float32)
+  lp_NR = lm.head_logprobs(hidden_NRD, qwen.head_kernel(params, cfg), flat["tokens"][:, start:])
+  return jnp.sum(lp_NR * w_NR, -1).reshape(b, k), jnp.sum(w_NR, -1).reshape(b, k)
 
 
 def rm_loss(params, batch, rng, *, model_cfg, margin):
@@ -121,6 +120,7 @@ def train(config, workdir: str) -> dict:
   accum = common.accumulation(config, mesh)
   policy = common.build_policy(config.model, workdir, config.tokenizer)
   cfg, tok = policy.cfg, policy.tokenizer
+  batch_of = lambda rows: pipeline.ranked_batch(tok, rows, config.seq_len, prompt_len)
   train_rows, eval_rows, skipped = load_comparisons(config.data, workdir, config.seed)
   if not is_rm and any(len(r["responses"]) != 2 for r in train_rows + eval_rows):
     raise readers.DataError("DPO needs pairs: some comparison has more than 2 responses")
@@ -162,7 +162,7 @@ def train(config, workdir: str) -> dict:
         for split, rows in (("train", train_rows), ("eval", eval_rows[:n_eval])):
           for i in range(0, len(rows), config.batch_size):
             idx = range(i, min(i + config.batch_size, len(rows)))
-            batch, _ = pipeline.ranked_batch(tok, [rows[j] for j in idx], config.seq_len, prompt_len)
+            batch, _ = batch_of([rows[j] for j in idx])
             ref_cache.update({(split, j): v for j, v in zip(idx, np.asarray(ref_fn(ref_params, batch)))})
       ref_params = None  # From here on only the numbers are needed.
 
@@ -186,7 +186,7 @@ def train(config, workdir: str) -> dict:
     sums, total = {}, 0.0
     for i in range(0, n_eval, config.batch_size):
       idx = pipeline.process_slice(np.arange(i, min(i + config.batch_size, n_eval)))
-      batch, _ = pipeline.ranked_batch(tok, [eval_rows[j] for j in idx], config.seq_len, prompt_len)
+      batch, _ = batch_of([eval_rows[j] for j in idx])
       loss, (w, aux) = eval_loss(state["params"], sharding.put_batch(with_ref(batch, "eval", idx), mesh))
       total += float(w)
       for k, v in {"loss": loss, **aux}.items():
@@ -203,7 +203,7 @@ def train(config, workdir: str) -> dict:
         last_eval = evaluate(0)
       for step in range(start, steps):
         idx = pipeline.process_slice(order.next())
-        batch, n_trunc = pipeline.ranked_batch(tok, [train_rows[i] for i in idx], config.seq_len, prompt_len)
+        batch, n_trunc = batch_of([train_rows[i] for i in idx])
         truncated += n_trunc
         batch = with_ref(batch, "train", idx)
         state, m = step_fn(state, sharding.put_batch(pipeline.microbatches(batch, accum), mesh, 1))
