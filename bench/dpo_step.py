@@ -45,9 +45,9 @@ def r3jax_step_times(cfg, rows):
   import ml_collections
   import numpy as np
 
-  from r3jax import optim, sharding
+  from r3jax.core import optim, sharding
   from r3jax.models import qwen
-  from r3jax.trainers import common, preference
+  from r3jax.trainers import dpo, harness, state as state_lib, step as step_lib
 
   ocfg = ml_collections.ConfigDict(dict(lr=1e-6, schedule="constant", warmup_steps=0,
                                         warmup_ratio=0.0, min_lr_ratio=0.0, b1=0.9, b2=0.999,
@@ -56,16 +56,16 @@ def r3jax_step_times(cfg, rows):
   tx = optim.make(ocfg, 100)
   mesh = sharding.make_mesh((("data", -1), ("fsdp", 1), ("tensor", 1)))
   rules = sharding.DEFAULT_RULES
-  state, shardings = common.init_state(common.Policy(cfg, tokenizer=None, hf_dir=None), tx, mesh,
+  state, shardings = state_lib.init_state(state_lib.Policy(cfg, tokenizer=None, hf_dir=None), tx, mesh,
                                        rules, seed=0)
   ref_params = jax.tree.map(lambda x: x.copy(), state["params"])
   eos, p = cfg.vocab_size - 1, _PROMPT.value
   # The prompt-split layout of pipeline.ranked_batch (no padding here: every prompt is P).
   shared = p if _SHARE.value else 0
-  step_fn = common.make_train_step(
-      functools.partial(preference.dpo_loss, model_cfg=cfg, lcfg=lcfg, prompt_len=shared), tx,
+  step_fn = step_lib.make_train_step(
+      functools.partial(dpo.dpo_loss, model_cfg=cfg, lcfg=lcfg, prompt_len=shared), tx,
       shardings, mesh)
-  ref_fn = jax.jit(lambda params, b: preference.sequence_logprobs(params, cfg, b, shared)[0])
+  ref_fn = jax.jit(lambda params, b: dpo.sequence_logprobs(params, cfg, b, shared)[0])
 
   t = p + _RESPONSE.value + 1
   tokens = np.array([[prompt + c + [eos], prompt + r + [eos]] for prompt, c, r in rows], np.int32)
@@ -84,7 +84,7 @@ def r3jax_step_times(cfg, rows):
     return float(m["loss"])
 
   times = []
-  with common.mesh_rules(mesh, rules):
+  with harness.mesh_rules(mesh, rules):
     first_loss = one_step()
     for _ in range(_WARMUP - 1 + _STEPS.value):
       t0 = time.perf_counter()

@@ -29,8 +29,8 @@ def main(argv):
   import torch
   from transformers import Qwen2Config, Qwen2ForCausalLM
 
-  from r3jax import sampling
-  from r3jax.models import hf
+  from r3jax.data import padding
+  from r3jax.models import hf, sampling
 
   torch.set_num_threads(_THREADS.value)
   torch.manual_seed(0)
@@ -45,7 +45,7 @@ def main(argv):
   rng = np.random.RandomState(0)
   lengths = rng.randint(_PROMPT // 2, _PROMPT + 1, _BATCH)  # Ragged, left-padded prompts.
   prompts = [rng.randint(10, 32000, n).tolist() for n in lengths]
-  tokens_BT, mask_BT = sampling.left_pad(prompts, pad_id=0, length=_PROMPT)
+  tokens_BT, mask_BT = padding.left_pad(prompts, pad_id=0, length=_PROMPT)
   scfg = sampling.SampleConfig(max_new_tokens=_NEW, top_p=0.9)
 
   def run_ours(seed):

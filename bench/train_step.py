@@ -30,9 +30,9 @@ def main(argv):
   import ml_collections
   import numpy as np
 
-  from r3jax import optim, sharding
+  from r3jax.core import optim, sharding
   from r3jax.models import qwen
-  from r3jax.trainers import common, sft
+  from r3jax.trainers import harness, sft, state as state_lib, step as step_lib
 
   cfg = qwen.preset("bench", dtype=_DTYPE.value, remat=_REMAT.value)
   ocfg = ml_collections.ConfigDict(dict(lr=1e-4, schedule="constant", warmup_steps=0,
@@ -41,9 +41,9 @@ def main(argv):
   tx = optim.make(ocfg, 100)
   mesh = sharding.make_mesh((("data", -1), ("fsdp", 1), ("tensor", 1)))
   rules = sharding.DEFAULT_RULES
-  policy = common.Policy(cfg, tokenizer=None, hf_dir=None)
-  state, shardings = common.init_state(policy, tx, mesh, rules, seed=0)
-  step_fn = common.make_train_step(functools.partial(sft.loss_fn, model_cfg=cfg), tx, shardings, mesh)
+  policy = state_lib.Policy(cfg, tokenizer=None, hf_dir=None)
+  state, shardings = state_lib.init_state(policy, tx, mesh, rules, seed=0)
+  step_fn = step_lib.make_train_step(functools.partial(sft.loss_fn, model_cfg=cfg), tx, shardings, mesh)
   b, t = _BATCH.value, _SEQ.value
   rng = np.random.RandomState(0)
   batch = {"tokens": rng.randint(0, cfg.vocab_size, (1, b, t + 1)).astype(np.int32),
@@ -56,7 +56,7 @@ def main(argv):
     holder["state"], m = step_fn(holder["state"], batch)
     jax.block_until_ready(m)
 
-  with common.mesh_rules(mesh, rules):
+  with harness.mesh_rules(mesh, rules):
     t0 = time.perf_counter()
     one_step()
     compile_s = time.perf_counter() - t0

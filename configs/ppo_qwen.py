@@ -17,56 +17,13 @@ Full-size presets need --config.model.hf_dir=<HF dir> (architecture and tokenize
 SFT warm start) and --config.data.prompts=FILE.jsonl with {prompt, reference?, query_type?} rows.
 """
 
-import ml_collections
-
-from r3jax import sharding
-
-_SFT = "configs/sft_qwen.py"
+from r3jax.trainers import schema
 
 
 def get_config(arg=None):
-  import runpy  # The SFT warm start reuses the SFT recipe's tiny preset.
-  import os
   preset = arg or "tiny"
-  c = ml_collections.ConfigDict()
-  c.trainer = "ppo"
+  c = schema.with_sft_stage(schema.ppo())
   c.name = f"ppo_{preset}"
-  c.seed = 0
-  c.steps = 400  # PPO iterations.
-  c.prompts_per_step = 64
-  c.mesh = (("data", -1), ("fsdp", 1), ("tensor", 1))
-  c.sharding = ml_collections.ConfigDict({"rules": sharding.DEFAULT_RULES})
-  c.model = ml_collections.ConfigDict(dict(
-      preset="tiny", hf_dir="", param_dtype="float32", dtype="float32", dropout_rate=0.0,
-      remat=False, allow_random_init=False))
-  c.tokenizer = ""
-  c.init_from = ""  # SFT run workdir or HF dir; "": train the tiny SFT in <workdir>/sft.
-  sft_path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sft_qwen.py")
-  c.sft = runpy.run_path(sft_path)["get_config"]("tiny")
-  c.data = ml_collections.ConfigDict(dict(prompts="", synthetic_examples=2000, prompt_seed=1))
-  c.rollout = ml_collections.ConfigDict(dict(
-      n=2, top_p=0.9, top_k=0, temperature=1.0, max_new_tokens=512, prompt_len=256))
-  c.reward = ml_collections.ConfigDict(dict(
-      mode="r3", encoder="", normalize=True, query_types="field", classifier="", scale=1.0,
-      normalize_score=True, clip=10.0))
-  c.kl = ml_collections.ConfigDict(dict(
-      estimator="k1", beta=0.04, adaptive=False, target=6.0, horizon=10000))
-  c.ppo = ml_collections.ConfigDict(dict(
-      epochs=1, minibatch=16, clip_eps=0.2, value_clip=0.15, gamma=1.0, lam=0.95,
-      vf_coef=1.0, entropy_coef=0.0, whiten=True, value_warmup_steps=50))
-  c.optim = ml_collections.ConfigDict(dict(
-      lr=1e-6, schedule="constant", warmup_steps=0, warmup_ratio=0.0, min_lr_ratio=0.0,
-      b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.0, grad_clip=1.0))
-  c.value_lr = 5e-6
-  # LoRA (rank 0: off): the policy and the value train adapters on the frozen SFT weights,
-  # which double as the KL reference.
-  c.lora = ml_collections.ConfigDict(dict(rank=0, alpha=16.0, targets=("q_kernel", "v_kernel")))
-  # PPO-ptx: coef · LM loss on pretraining text (ptx.data, or synthetic documents).
-  c.ptx = ml_collections.ConfigDict(dict(coef=0.0, data="", batch=4, seq_len=64, synthetic_docs=500))
-  c.checkpoint = ml_collections.ConfigDict(dict(every=50, max_to_keep=2, async_save=True))
-  c.eval_prompts = 8
-  c.log_samples_every = 10
-
   if preset in ("tiny", "tiny-relevance", "tiny-hacking"):
     c.steps, c.prompts_per_step = 120, 32
     c.rollout.update(max_new_tokens=48, prompt_len=48)

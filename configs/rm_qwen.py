@@ -14,30 +14,17 @@ Comparison files: {prompt, chosen, rejected}, {prompt, responses} (ranked, best 
 {chosen, rejected}, or ShareGPT-style {conversations, chosen, rejected}.
 """
 
-import os
-import runpy
-
-import ml_collections
+from r3jax.trainers import schema
 
 
 def get_config(arg=None):
   preset = arg or "tiny"
-  c = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), "sft_qwen.py"))["base"]()
-  c.trainer, c.name = "rm", f"rm_{preset}"
-  c.model.dropout_rate = 0.0
-  c.steps, c.epochs, c.batch_size, c.seq_len = 0, 1, 64, 2048
-  c.data = ml_collections.ConfigDict(dict(
-      train="", eval="", eval_fraction=0.05, skip_bad=False, synthetic_examples=6000,
-      synthetic_seed=0))
-  c.loss = ml_collections.ConfigDict(dict(margin=0.0))
-  c.optim.update(lr=3e-6, schedule="constant", warmup_steps=0, weight_decay=0.0)
+  c = schema.preference("rm", f"rm_{preset}")
   c.checkpoint.every = 500
-  c.log_every, c.eval_every, c.eval_batches = 10, 200, 8
   if preset in ("tiny", "tiny-finetune"):
-    c.model.preset = "tiny"
     # The backbone starts from the tiny SFT policy (trained first in <workdir>/sft, or
     # reused): from random weights the tiny RM stays at chance on these comparisons.
-    c.sft = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), "sft_qwen.py"))["get_config"]("tiny")
+    schema.with_sft_stage(c)
     c.steps, c.batch_size, c.seq_len = 300, 32, 96
     c.optim.update(lr=3e-4, warmup_steps=20, schedule="cosine", min_lr_ratio=0.1)
     c.checkpoint.every, c.eval_every = 100, 100

@@ -16,26 +16,13 @@ Presets (`--config=configs/rso_qwen.py:<preset>`):
 rso.reward: r3 (or another R³ mode), length, or a reward-model run directory.
 """
 
-import os
-import runpy
-
-import ml_collections
+from r3jax.trainers import schema
 
 
 def get_config(arg=None):
   preset = arg or "tiny"
-  here = os.path.dirname(os.path.abspath(__file__))
-  c = runpy.run_path(os.path.join(here, "dpo_qwen.py"))["get_config"]("tiny")
-  c.trainer, c.name = "rso", f"rso_{preset}"
-  c.data.prompts = ""  # {prompt, reference?, query_type?} rows, as for PPO.
-  c.data.synthetic_examples = 2000  # For `direct`.
-  c.rso = ml_collections.ConfigDict(dict(
-      construction="rso", reward="r3", encoder="", n=64, k=8, beta=0.5, pairing="first_round",
-      num_prompts=1000, prompts_per_batch=8))
-  c.rollout = ml_collections.ConfigDict(dict(
-      temperature=0.7, top_k=40, top_p=1.0, max_new_tokens=512, prompt_len=256))
-  c.loss.update(type="sigmoid_norm", beta=0.05)  # β here is the paper's γ.
-  c.best_of_n = ml_collections.ConfigDict(dict(rounds=1, sft_steps=200, lr=1e-5))
+  c = schema.rso(schema.dpo_tiny(f"rso_{preset}"))
+  c.trainer = "rso"
   if preset.startswith("tiny"):
     c.rso.update(n=16, k=4, beta=0.02, num_prompts=400, prompts_per_batch=16)
     c.rollout.update(max_new_tokens=48, prompt_len=48)

@@ -3,107 +3,51 @@ r"""Reward ablations under one PPO budget: seed 002's reward-hacking comparison.
   python -m r3jax.compare --config=configs/ppo_qwen.py:tiny-hacking --modes=r3,relevance --workdir=runs/hacking
 
 Each mode (SPEC §5: r3, relevance, li_s, no_branch, li_only) runs the same PPO config,
-seed and SFT warm start in <workdir>/<mode>. The table compares the rollouts of the
-first and last 10% of iterations: reward, response length, the fraction of responses
-that copy the query, the repetition penalty (1 = no repeated trigrams), relevance and KL.
-It is written to <workdir>/comparison.md and .csv, with comparison.png.
+seed and SFT warm start in <workdir>/<mode>; the table (r3jax/eval/compare.py) goes to
+<workdir>/comparison.md and .csv, with comparison.png.
 """
 
-import copy
-import csv
 import os
 import sys
 
 from absl import app, flags
-import matplotlib
+from ml_collections import config_flags
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-import numpy as np
+from r3jax.core import cli
 
-from r3jax import metrics, train as train_cli
-
+_CONFIG = config_flags.DEFINE_config_file("config", None, "A PPO config file[:preset].")
+_WORKDIR = flags.DEFINE_string("workdir", "runs/compare", "Directory of the comparison's runs.")
 _MODES = flags.DEFINE_list("modes", ["r3", "relevance"], "Reward modes to compare.")
-
-COLUMNS = {"reward/reward": "reward", "rollout/length": "length (tokens)",
-           "reward/copies_query": "copies query", "reward/repetition_penalty": "RP",
-           "reward/relevance": "relevance s(x,y)", "kl/seq_kl": "KL"}
-
-
-def summarize(run_dir: str) -> dict[str, tuple[float, float]]:
-  """{metric: (mean over the first 10% of iterations, over the last 10%)}."""
-  rows = [r for r in metrics.read_jsonl(os.path.join(run_dir, "metrics.jsonl")) if "rollout/length" in r]
-  if not rows:
-    raise FileNotFoundError(f"{run_dir}/metrics.jsonl: no PPO iterations logged")
-  k = max(1, len(rows) // 10)
-  mean = lambda key, part: float(np.mean([r[key] for r in part]))
-  return {key: (mean(key, rows[:k]), mean(key, rows[-k:])) for key in COLUMNS}
-
-
-def write_report(workdir: str, summaries: dict[str, dict]) -> None:
-  lines = ["| reward mode | " + " | ".join(COLUMNS.values()) + " |",
-           "|---|" + "---|" * len(COLUMNS)]
-  with open(os.path.join(workdir, "comparison.csv"), "w", newline="") as f:
-    w = csv.writer(f)
-    w.writerow(["mode"] + [f"{c} {when}" for c in COLUMNS for when in ("first", "last")])
-    for mode, s in summaries.items():
-      w.writerow([mode] + [f"{v:.4f}" for key in COLUMNS for v in s[key]])
-      lines.append(f"| {mode} | " + " | ".join(f"{s[k][0]:.3f} → {s[k][1]:.3f}" for k in COLUMNS) + " |")
-  text = ("Mean over the first → last 10% of PPO iterations (same config, seed and SFT start).\n\n"
-          + "\n".join(lines) + "\n")
-  with open(os.path.join(workdir, "comparison.md"), "w") as f:
-    f.write(text)
-  print(text)
-
-  keys = ["rollout/length", "reward/copies_query", "reward/repetition_penalty", "reward/relevance"]
-  fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4), squeeze=False)
-  for ax, key in zip(axes[0], keys):
-    for mode in summaries:
-      rows = [r for r in metrics.read_jsonl(os.path.join(workdir, mode, "metrics.jsonl")) if key in r]
-      steps = np.array([r["step"] for r in rows])
-      vals = np.array([r[key] for r in rows])
-      win = max(1, len(vals) // 15)  # A moving average: single rollout batches are noisy.
-      smooth = np.convolve(vals, np.ones(win) / win, mode="valid")
-      ax.plot(steps[win - 1:], smooth, label=mode)
-    ax.set_title(COLUMNS[key])
-    ax.set_xlabel("PPO iteration")
-    ax.grid(alpha=0.3)
-  axes[0][0].legend()
-  fig.tight_layout()
-  fig.savefig(os.path.join(workdir, "comparison.png"), dpi=110)
-  plt.close(fig)
 
 
 def main(argv):
   del argv
-  config = train_cli._CONFIG.value  # pylint: disable=protected-access
-  workdir = train_cli._WORKDIR.value or "runs/compare"  # pylint: disable=protected-access
+  config = _CONFIG.value
   if config is None or config.trainer != "ppo":
     sys.exit("error: --config must be a PPO config, e.g. configs/ppo_qwen.py")
-  from r3jax import sharding
-  from r3jax.data import readers
+  from r3jax.eval import compare
   from r3jax.rewards import r3
-  from r3jax.trainers import ppo, sft
+  from r3jax.trainers import pipeline, validate
   bad = [m for m in _MODES.value if m not in r3.MODES]
   if bad:
     sys.exit(f"error: unknown reward modes {bad}; expected some of {r3.MODES}")
+  workdir = _WORKDIR.value
   os.makedirs(workdir, exist_ok=True)
   summaries = {}
-  try:
-    init_from = config.init_from or sft.warm_start(config, workdir, lambda m: print(m, file=sys.stderr))
+  with cli.user_errors():
+    validate.validate(config)
+    init_from = pipeline.start(config, workdir)  # One SFT start for every mode.
     for mode in _MODES.value:
-      c = copy.deepcopy(config)
+      c = pipeline.with_fields(config, init_from=init_from)
       with c.unlocked():
-        c.reward.mode, c.init_from = mode, init_from
+        c.reward.mode = mode
         if not c.tokenizer and os.path.isdir(os.path.join(init_from, "tokenizer")):
           c.tokenizer = os.path.join(init_from, "tokenizer")  # The SFT start's own.
       print(f"== PPO with reward mode {mode!r} in {workdir}/{mode}", file=sys.stderr)
-      ppo.train(c, os.path.join(workdir, mode))
-      summaries[mode] = summarize(os.path.join(workdir, mode))
-  except (sharding.ConfigError, readers.DataError, FileNotFoundError) as e:
-    sys.exit(f"error: {e}")
-  write_report(workdir, summaries)
+      pipeline.run(c, os.path.join(workdir, mode))
+      summaries[mode] = compare.summarize(os.path.join(workdir, mode))
+  compare.write_report(workdir, summaries)
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=train_cli.parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -1,112 +1,30 @@
-r"""Proxy reward against √KL(π‖π_ref), the over-optimisation view of seed 004 §2.1.9.
+r"""Proxy reward against √KL for PPO and best-of-N runs (see r3jax/eval/frontier.py).
 
   python -m r3jax.frontier --run=runs/ppo_tiny --run=runs/bon_tiny --out=runs/frontier
 
-A PPO run (metrics.jsonl with kl/seq_kl) gives one point per logged iteration: the mean
-raw reward of its rollouts against √ of their mean summed log-ratio, drawn as a moving
-average over --window iterations. A best-of-N run (round_*/candidates.npz) gives, for
-n = 1, 2, 4, ... up to N, the expected best-of-n reward, estimated without bias from the N scored candidates
-of each prompt (n up to the fewest distinct candidates any prompt has), against the
-closed-form KL of best-of-n sampling, log n - (n-1)/n.
 Writes <out>/frontier.png and frontier.csv.
 """
 
-import csv
-import glob
-import math
-import os
 import sys
 
 from absl import app, flags
-import numpy as np
+
+from r3jax.eval import frontier
 
 _RUN = flags.DEFINE_multi_string("run", [], "PPO or best-of-N run directories.")
 _OUT = flags.DEFINE_string("out", "frontier", "Output directory.")
 _WINDOW = flags.DEFINE_integer("window", 10, "PPO moving-average window (iterations).")
 
 
-def best_of_n_kl(n: int) -> float:
-  """KL(best-of-n ‖ base) for distinct candidates (Stiennon et al. 2020; seed 004)."""
-  return math.log(n) - (n - 1) / n
-
-
-def expected_best_of(rewards: np.ndarray, n: int) -> float:
-  """E[max of n drawn without replacement] from one prompt's N candidates: the i-th smallest
-  (1-based) is the maximum of C(i-1, n-1) of the C(N, n) subsets."""
-  r = np.sort(np.asarray(rewards, np.float64))
-  big_n = len(r)
-  if not 1 <= n <= big_n:
-    raise ValueError(f"n={n} outside 1..{big_n}")
-  total = math.comb(big_n, n)
-  return float(sum(math.comb(i - 1, n - 1) / total * x for i, x in enumerate(r, 1) if i >= n))
-
-
-def ppo_curve(run: str, window: int):
-  from r3jax import metrics
-  rows = [r for r in metrics.read_jsonl(os.path.join(run, "metrics.jsonl"))
-          if "kl/seq_kl" in r and "reward/reward" in r]
-  if not rows:
-    raise FileNotFoundError(f"{run}/metrics.jsonl: no PPO iterations (kl/seq_kl, reward/reward)")
-  kl = np.array([r["kl/seq_kl"] for r in rows])
-  reward = np.array([r["reward/reward"] for r in rows])
-  w = max(1, min(window, len(rows)))
-  smooth = lambda x: np.convolve(x, np.ones(w) / w, mode="valid")
-  # Sampled KL estimates can dip below 0 early on; √ of a negative is read as 0.
-  return np.sqrt(np.maximum(smooth(kl), 0.0)), smooth(reward), [r["step"] for r in rows][w - 1:]
-
-
-def best_of_n_curve(path: str):
-  data = np.load(path)
-  rewards, valid = data["rewards"], data["valid"]
-  per_prompt = [r[v] for r, v in zip(rewards, valid) if v.any()]
-  big_n = min(len(r) for r in per_prompt)
-  ns = [n for n in (1, 2, 4, 8, 16, 32, 64, 128, 256) if n <= big_n]
-  means = [float(np.mean([expected_best_of(r, n) for r in per_prompt])) for n in ns]
-  return np.sqrt([best_of_n_kl(n) for n in ns]), np.array(means), ns
-
-
 def main(argv):
   del argv
-  from r3jax import plot
   if not _RUN.value:
     sys.exit("error: give at least one --run")
-  curves = []  # (label, sqrt_kl, reward, x-labels)
   try:
-    for run in _RUN.value:
-      name = os.path.basename(os.path.normpath(run))
-      rounds = sorted(glob.glob(os.path.join(run, "round_*", "candidates.npz")))
-      if rounds:
-        for path in rounds:
-          label = f"{name} best-of-n ({os.path.basename(os.path.dirname(path))})"
-          curves.append((label, *best_of_n_curve(path)))
-      elif os.path.exists(os.path.join(run, "metrics.jsonl")):
-        curves.append((f"{name} (PPO)", *ppo_curve(run, _WINDOW.value)))
-      else:
-        raise FileNotFoundError(f"{run}: neither metrics.jsonl nor round_*/candidates.npz")
+    curves = frontier.collect(_RUN.value, _WINDOW.value)
   except (FileNotFoundError, KeyError, ValueError) as e:
     sys.exit(f"error: {e}")
-  os.makedirs(_OUT.value, exist_ok=True)
-  with open(os.path.join(_OUT.value, "frontier.csv"), "w", newline="") as f:
-    w = csv.writer(f)
-    w.writerow(["curve", "x", "sqrt_kl", "reward"])
-    for label, x, y, tags in curves:
-      for a, b, t in zip(x, y, tags):
-        w.writerow([label, t, f"{a:.5f}", f"{b:.5f}"])
-  fig, ax = plot.plt.subplots(figsize=(5.5, 3.6))
-  for label, x, y, tags in curves:
-    ax.plot(x, y, marker="o" if "best-of" in label else None, ms=4, label=label)
-    if "best-of" in label:
-      for a, b, t in zip(x, y, tags):
-        ax.annotate(f"n={t}", (a, b), fontsize=6, xytext=(2, -8), textcoords="offset points")
-  ax.set_xlabel("√KL(π ‖ π_ref)  (nats)")
-  ax.set_ylabel("proxy reward")
-  ax.set_title("Reward against KL")
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=7)
-  fig.tight_layout()
-  out = os.path.join(_OUT.value, "frontier.png")
-  fig.savefig(out, dpi=100)
-  plot.plt.close(fig)
+  out = frontier.write(curves, _OUT.value)
   for label, x, y, _ in curves:
     print(f"{label}: √KL {x[0]:.3f} -> {x[-1]:.3f}, reward {y[0]:.4f} -> {y[-1]:.4f}")
   print(f"wrote {out}")

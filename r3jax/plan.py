@@ -1,32 +1,22 @@
-r"""Per-device memory of a PPO (or SFT/DPO) run on a mesh, before any device is touched.
+r"""Per-device memory of a PPO (or SFT/DPO) run on a mesh, before any device is touched
+(r3jax/trainers/memory.py says how each row is computed).
 
   python -m r3jax.plan --config=configs/ppo_qwen.py:qwen-7b --mesh="(('data',1),('fsdp',8),('tensor',1))"
   python -m r3jax.plan --config=configs/ppo_qwen.py:qwen-7b --tpu=v5e-16
 
-Every figure comes from `jax.eval_shape` of the code that builds the real state (the model's
-init with its logical axes, the optimizer's init, LoRA adapters, the KV cache) and the
-config's sharding rules on an abstract mesh of the requested shape: the bytes one device
-holds are those of each array's shard. Activations are the residuals that the policy's
-forward keeps for the backward pass (the leaves of `jax.vjp`'s closure, per batch row)
-for one PPO minibatch's rows on one data-parallel device; tensor
-parallelism is not credited there, so they are an upper bound.
-
-Rows (PPO): policy params (the frozen SFT weights with LoRA), policy optimizer, reference
-(none with LoRA: the frozen weights are the reference), value model and its optimizer,
-reward encoder (R³'s MiniLM), rollout KV cache, activations. --hbm_gib gives the largest
-per-device minibatch that fits; --tpu suggests a mesh for a TPU type.
+--hbm_gib gives the largest per-device minibatch that fits; --tpu suggests a mesh for a
+TPU type.
 """
 
 import math
 import sys
 
 from absl import app, flags
-import jax
-import jax.numpy as jnp
 from ml_collections import config_flags
 
-from r3jax import lora, optim, sharding
-from r3jax.models import qwen
+from r3jax.core import cli, sharding
+from r3jax.core.errors import ConfigError
+from r3jax.trainers import memory
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path.py[:preset]).")
 _MESH = flags.DEFINE_string("mesh", "", "Mesh as in the config, e.g. \"(('data',1),('fsdp',8),('tensor',1))\".")
@@ -34,188 +24,36 @@ _HBM = flags.DEFINE_float("hbm_gib", 0.0, "Per-device memory in GiB (default: th
 _TPU = flags.DEFINE_string("tpu", "", "TPU type (v4-8, v5e-16, v5p-64, ...): suggests a mesh.")
 _REMAT = flags.DEFINE_bool("remat", None, "Override model.remat for the activation row.")
 
-# Devices (JAX devices, i.e. chips with megacore) per TensorCore count, and HBM per device.
-TPUS = {"v4": (2, 32.0), "v5e": (1, 16.0), "v5litepod": (1, 16.0), "v5p": (2, 95.0), "v6e": (1, 32.0)}
-GIB = 1 << 30
 
-
-def tpu_devices(tpu: str) -> tuple[int, float]:
-  """(devices, HBM GiB per device) of a TPU type such as v4-8 (8 TensorCores: 4 chips)."""
-  gen, _, cores = tpu.partition("-")
-  if gen not in TPUS or not cores.isdigit():
-    raise ValueError(f"--tpu={tpu}: expected <generation>-<cores> with a generation in {sorted(TPUS)}")
-  per, hbm = TPUS[gen]
-  return max(1, int(cores) // per), hbm
-
-
-def _bytes(tree, shardings=None) -> int:
-  """Bytes one device holds: each leaf's shard under its sharding (replicated without one)."""
-  leaves = jax.tree.leaves(tree)
-  shards = jax.tree.leaves(shardings) if shardings is not None else [None] * len(leaves)
-  total = 0
-  for x, s in zip(leaves, shards):
-    shape = s.shard_shape(x.shape) if s is not None else x.shape
-    total += math.prod(shape) * jnp.dtype(x.dtype).itemsize
-  return total
-
-
-def abstract_mesh(sizes: dict[str, int]):
-  return jax.sharding.AbstractMesh(tuple(sizes[a] for a in sharding.MESH_AXES), sharding.MESH_AXES)
-
-
-def abstract_state(cfg, tx, mesh, rules, scalar_head: bool = False):
-  """(abstract train state, its shardings): what trainers/common.init_state builds."""
-  import flax.linen as nn
-  from r3jax.trainers import common
-  boxed = jax.eval_shape(common.state_init_fn(cfg, tx, 0, scalar_head))
-  return nn.meta.unbox(boxed), nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, rules)
-
-
-def activation_bytes(cfg, length: int) -> int:
-  """Bytes per batch row that the policy's forward keeps for its backward pass (token
-  log-probs on [rows, length]): the residuals in `jax.vjp`'s closure at 2 rows minus those
-  at 1, so the weights (and their compute-dtype casts) it also closes over cancel out."""
-  from r3jax.losses import lm
-  params = jax.eval_shape(lambda k: qwen.init_params(cfg, k), jax.random.key(0))
-
-  def residuals(rows):
-    def loss(p, t):
-      logits, _, _ = qwen.Qwen(cfg).apply({"params": p}, t[:, :-1], kv_mask_BS=jnp.ones_like(t[:, :-1]))
-      return jnp.sum(lm.token_logprobs(logits, t[:, 1:]))
-    tokens = jax.ShapeDtypeStruct((rows, length), jnp.int32)
-    return _bytes(jax.eval_shape(lambda p, t: jax.vjp(lambda q: loss(q, t), p)[1], params, tokens))
-
-  return residuals(2) - residuals(1)
-
-
-def plan(config, sizes: dict[str, int], remat: bool | None = None) -> dict:
-  """Per-device bytes by component, and the per-row costs that scale with the batch.
-  `remat` overrides config.model.remat."""
-  mesh = abstract_mesh(sizes)
-  rules = sharding.rules_from_config(config.sharding.rules)
-  mcfg = config.model
-  cfg = qwen.preset(mcfg.preset, param_dtype=mcfg.param_dtype, dtype=mcfg.dtype,
-                    remat=mcfg.remat if remat is None else remat)
-  if mcfg.hf_dir:
-    from r3jax.models import hf
-    cfg = hf.load_config(mcfg.hf_dir, param_dtype=mcfg.param_dtype, dtype=mcfg.dtype, remat=cfg.remat)
-  steps = max(int(config.get("steps", 1)), 1)
-  tx = optim.make(config.optim, steps)
-  ppo = config.trainer == "ppo"
-  state, shard = abstract_state(cfg, tx, mesh, rules, scalar_head=config.trainer == "rm")
-  params, p_shard = state["params"], shard["params"]
-  policy_bytes = _bytes(params, p_shard)
-  n = qwen.param_count(params)
-  out = {"model": f"{mcfg.preset} ({n / 1e9:.2f}B params)" if n > 1e8 else f"{mcfg.preset} ({n / 1e6:.2f}M params)",
-         "mesh": sizes}
-  rows = {}
-  if ppo and config.lora.rank > 0:
-    # Adapters (and the value head) are replicated, as trainers/ppo.py places them.
-    ad = jax.eval_shape(lambda p: lora.init(jax.random.key(0), p, tuple(config.lora.targets),
-                                            config.lora.rank), params)
-    val = {"lora": ad, "head": qwen.init_scalar_head(cfg)}
-    rows["policy params (frozen base + adapters)"] = policy_bytes + _bytes(ad)
-    rows["policy optimizer"] = _bytes(jax.eval_shape(tx.init, ad))
-    rows["reference"] = 0  # The frozen base with the adapters off.
-    rows["value model and optimizer"] = _bytes(val) + _bytes(jax.eval_shape(tx.init, val))
-  else:
-    rows["policy params"] = policy_bytes
-    rows["policy optimizer"] = _bytes(state["opt_state"], shard["opt_state"])
-    if ppo or config.trainer == "dpo":
-      rows["reference"] = policy_bytes
-    if ppo:  # A {backbone, head} model, sharded like the policy.
-      v_state, v_shard = abstract_state(cfg, tx, mesh, rules, scalar_head=True)
-      rows["value model and optimizer"] = (_bytes(v_state["params"], v_shard["params"]) +
-                                           _bytes(v_state["opt_state"], v_shard["opt_state"]))
-  if ppo:
-    rows["reward encoder (replicated)"] = _encoder_bytes(config.reward.encoder)
-  dp = sizes["data"] * sizes["fsdp"]
-  if ppo:
-    n_roll = config.prompts_per_step * config.rollout.n
-    length = config.rollout.prompt_len + config.rollout.max_new_tokens
-    cache = jax.eval_shape(lambda: qwen.init_cache(cfg, n_roll, length))
-    kv_spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp"), "tensor"))
-    rows["rollout KV cache"] = _bytes(cache, [kv_spec] * len(jax.tree.leaves(cache)))
-    mb_rows = max(config.ppo.minibatch // dp, 1)
-  else:
-    length, mb_rows = config.seq_len, max((config.micro_batch_per_device or config.batch_size // dp), 1)
-  per_row = activation_bytes(cfg, length)
-  # PPO backpropagates through the policy and the value model; DPO and RM through (at
-  # least) two responses per row; the reference forward keeps nothing.
-  act_scale = 1 if config.trainer == "sft" else 2
-  rows[f"activations ({mb_rows} rows x {length} tokens{', remat' if cfg.remat else ''})"] = act_scale * per_row * mb_rows
-  out["rows"] = rows
-  out["total"] = sum(rows.values())
-  out["fixed"] = out["total"] - act_scale * per_row * mb_rows
-  out["per_row"] = act_scale * per_row
-  return out
-
-
-def _encoder_bytes(encoder_dir: str) -> int:
-  """The encoder's safetensors payload (it is loaded whole, replicated)."""
-  import json
-  import os
-  import struct
-  from r3jax.models import bert
-  path = os.path.join(encoder_dir or bert.minilm_dir(), "model.safetensors")
-  with open(path, "rb") as f:
-    header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
-  return sum(math.prod(v["shape"]) * 4 for k, v in header.items() if k != "__metadata__")
-
-
-def _fmt(b: float) -> str:
-  return f"{b / GIB:,.2f} GiB" if b >= GIB / 10 else f"{b / (1 << 20):,.1f} MiB"
-
-
-def table(p: dict, hbm_gib: float) -> str:
-  lines = [f"{p['model']} on mesh {p['mesh']}", "", "| per device | bytes |", "|---|---|"]
-  lines += [f"| {k} | {_fmt(v)} |" for k, v in p["rows"].items()]
-  lines.append(f"| **total** | **{_fmt(p['total'])}** |")
-  if hbm_gib:
-    room = hbm_gib * GIB - p["fixed"]
-    fits = int(room // p["per_row"]) if room > 0 else 0
-    lines.append(f"\nWith {hbm_gib:g} GiB per device: the fixed state takes {_fmt(p['fixed'])}; "
-                 f"at most {fits} minibatch rows per device fit ({_fmt(p['per_row'])} each).")
-  return "\n".join(lines)
-
-
-def suggest(config, devices: int, hbm_gib: float, remat: bool | None = None):
-  """The mesh with the least tensor parallelism whose fixed state fits with room for a
-  minibatch row: fsdp over everything first, tensor only when the weights need it."""
-  t = 1
-  while t <= devices and devices % t == 0:
-    sizes = {"data": 1, "fsdp": devices // t, "tensor": t}
-    p = plan(config, sizes, remat)
-    if p["fixed"] + p["per_row"] <= hbm_gib * GIB:
-      return sizes, p
-    t *= 2
-  return None, None
+def suggest_mesh(config) -> None:
+  devices, hbm = memory.tpu_devices(_TPU.value)
+  hbm = _HBM.value or hbm
+  sizes, p = memory.suggest(config, devices, hbm, _REMAT.value)
+  if sizes is None:
+    sys.exit(f"{config.model.preset}: no data/fsdp/tensor mesh of {devices} devices fits "
+             f"{hbm:g} GiB per device; use LoRA, remat or a larger slice")
+  print(f"{_TPU.value}: {devices} devices x {hbm:g} GiB; suggested mesh "
+        f"(('data', {sizes['data']}), ('fsdp', {sizes['fsdp']}), ('tensor', {sizes['tensor']}))\n")
+  print(memory.table(p, hbm))
 
 
 def main(argv):
   del argv
   config = _CONFIG.value
-  try:
-    if _TPU.value:
-      devices, hbm = tpu_devices(_TPU.value)
-      hbm = _HBM.value or hbm
-      sizes, p = suggest(config, devices, hbm, _REMAT.value)
-      if sizes is None:
-        sys.exit(f"{config.model.preset}: no data/fsdp/tensor mesh of {devices} devices fits "
-                 f"{hbm:g} GiB per device; use LoRA, remat or a larger slice")
-      print(f"{_TPU.value}: {devices} devices x {hbm:g} GiB; suggested mesh "
-            f"(('data', {sizes['data']}), ('fsdp', {sizes['fsdp']}), ('tensor', {sizes['tensor']}))\n")
-      print(table(p, hbm))
-      return
-    spec = eval(_MESH.value) if _MESH.value else tuple(config.mesh)  # pylint: disable=eval-used
-    if any(s == -1 for _, s in spec):
-      raise ValueError(f"--mesh={spec}: give every axis its size (no -1) to plan for it")
-    n = math.prod(s for _, s in spec)
-    sizes = sharding.mesh_shape(spec, n)
-    print(table(plan(config, sizes, _REMAT.value), _HBM.value))
-  except (ValueError, sharding.ConfigError) as e:
-    sys.exit(f"error: {e}")
+  if config is None:
+    sys.exit("error: --config=configs/<recipe>.py[:preset] is required")
+  with cli.user_errors():
+    try:
+      if _TPU.value:
+        return suggest_mesh(config)
+      spec = sharding.parse_mesh(_MESH.value) if _MESH.value else tuple(config.mesh)
+      if any(s == -1 for _, s in spec):
+        raise ConfigError(f"--mesh={spec}: give every axis its size (no -1) to plan for it")
+      sizes = sharding.mesh_shape(spec, math.prod(s for _, s in spec))
+      print(memory.table(memory.plan(config, sizes, _REMAT.value), _HBM.value))
+    except ValueError as e:  # memory.tpu_devices: a malformed --tpu.
+      raise ConfigError(str(e)) from None
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

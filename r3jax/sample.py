@@ -12,10 +12,9 @@ import sys
 
 from absl import app, flags
 import jax
-import jax.numpy as jnp
 
-from r3jax import chat, sampling, tokenizer as tokenizer_lib
-from r3jax.models import hf, qwen
+from r3jax.data import chat, tokenizer as tokenizer_lib
+from r3jax.models import hf, qwen, sampling
 
 _MODEL = flags.DEFINE_string("model", "tiny", "HF checkpoint dir or model preset name.")
 _PROMPT = flags.DEFINE_multi_string("prompt", ["Please tell me about Nivo."], "User message(s).")
@@ -55,16 +54,10 @@ def main(argv):
   else:
     prompts = [chat.tokenize(tok, chat.prompt_messages(p, _SYSTEM.value), True)[0]
                for p in _PROMPT.value]
-  tokens_BT, mask_BT = sampling.left_pad(prompts, tok.pad_token_id)
-  stop_ids = tuple(i for i in {tok.eos_token_id, tok.convert_tokens_to_ids(chat.IM_END),
-                               tok.convert_tokens_to_ids(chat.ENDOFTEXT)} if i is not None)
-  scfg = sampling.SampleConfig(
-      max_new_tokens=_MAX_NEW.value, temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
-      top_p=_TOP_P.value, greedy=_GREEDY.value, n=_N.value, stop_ids=stop_ids,
-      pad_id=tok.pad_token_id)
-  samples = sampling.generate(params, jnp.asarray(tokens_BT), jnp.asarray(mask_BT),
-                              jax.random.key(_SEED.value), model_cfg=cfg, cfg=scfg)
-  texts = sampling.decode(tok, samples)
+  scfg = sampling.sample_config(
+      tok, max_new_tokens=_MAX_NEW.value, temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
+      top_p=_TOP_P.value, greedy=_GREEDY.value, n=_N.value)
+  texts, _ = sampling.generate_text(params, cfg, tok, prompts, jax.random.key(_SEED.value), scfg)
   for i, text in enumerate(texts):
     prompt = _PROMPT.value[i // _N.value]
     print(f"### prompt {i // _N.value} sample {i % _N.value}: {prompt}\n{text}\n")

@@ -29,9 +29,9 @@ import ml_collections  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
 
-from r3jax import optim, sharding  # pylint: disable=g-import-not-at-top
+from r3jax.core import optim, sharding  # pylint: disable=g-import-not-at-top
 from r3jax.data import pipeline, synthetic  # pylint: disable=g-import-not-at-top
-from r3jax.trainers import common, preference, sft  # pylint: disable=g-import-not-at-top
+from r3jax.trainers import dpo, harness, sft, state as state_lib, step as step_lib  # pylint: disable=g-import-not-at-top
 
 
 def step(trainer):
@@ -40,9 +40,9 @@ def step(trainer):
   config.optim.update(warmup_steps=0, eps=1e-6, lr=3e-3)
   mesh = sharding.make_mesh((("data", 2), ("fsdp", 2), ("tensor", 1)))
   rules = sharding.rules_from_config(config.sharding.rules)
-  policy = common.build_policy(config.model, out_dir)  # The tiny tokenizer, cached in out_dir.
+  policy = state_lib.build_policy(config.model, out_dir)  # The tiny tokenizer, cached in out_dir.
   tx = optim.make(config.optim, 10)
-  state, shardings = common.init_state(policy, tx, mesh, rules, seed=0)
+  state, shardings = state_lib.init_state(policy, tx, mesh, rules, seed=0)
   idx = pipeline.process_slice(np.arange(config.batch_size))
   if trainer == "sft":
     rows = [ex["messages"] for ex in synthetic.generate(config.batch_size, seed=5)]
@@ -51,14 +51,14 @@ def step(trainer):
   else:  # dpo: the reference is the initial policy, its log-probs computed on the mesh.
     rows, p_len = synthetic.comparisons(config.batch_size, seed=5), 24  # The shared-prompt path.
     batch, _ = pipeline.ranked_batch(policy.tokenizer, [rows[i] for i in idx], config.seq_len, p_len)
-    ref = jax.jit(lambda p, b: preference.sequence_logprobs(p, policy.cfg, b, p_len)[0])
-    with common.mesh_rules(mesh, rules):
+    ref = jax.jit(lambda p, b: dpo.sequence_logprobs(p, policy.cfg, b, p_len)[0])
+    with harness.mesh_rules(mesh, rules):
       ref_logp = ref(state["params"], sharding.put_batch(batch, mesh))
     batch["ref_logp"] = np.asarray(multihost_utils.process_allgather(ref_logp, tiled=True))[idx]
     lcfg = ml_collections.ConfigDict(dict(type="sigmoid", beta=0.1, label_smoothing=0.0))
-    loss_fn = functools.partial(preference.dpo_loss, model_cfg=policy.cfg, lcfg=lcfg, prompt_len=p_len)
-  step_fn = common.make_train_step(loss_fn, tx, shardings, mesh)
-  with common.mesh_rules(mesh, rules):
+    loss_fn = functools.partial(dpo.dpo_loss, model_cfg=policy.cfg, lcfg=lcfg, prompt_len=p_len)
+  step_fn = step_lib.make_train_step(loss_fn, tx, shardings, mesh)
+  with harness.mesh_rules(mesh, rules):
     state, m = step_fn(state, sharding.put_batch(pipeline.microbatches(batch, 1), mesh, 1))
   params = multihost_utils.process_allgather(state["params"], tiled=True)
   loss = float(m["loss"].addressable_shards[0].data)  # Replicated: every process has it.

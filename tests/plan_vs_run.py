@@ -13,8 +13,7 @@ os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
 
 import jax  # pylint: disable=g-import-not-at-top
 
-from r3jax import plan  # pylint: disable=g-import-not-at-top
-from r3jax.trainers import ppo  # pylint: disable=g-import-not-at-top
+from r3jax.trainers import memory, ppo  # pylint: disable=g-import-not-at-top
 
 
 def device0_bytes(tree) -> int:
@@ -26,11 +25,11 @@ def device0_bytes(tree) -> int:
 def main(workdir, lora_rank):
   config = runpy.run_path("configs/ppo_qwen.py")["get_config"]("tiny")
   config.mesh = (("data", 2), ("fsdp", 4), ("tensor", 1))
-  config.init_from, config.model.allow_random_init = "random", True
+  config.init_from, config.model.allow_random_init = "", True  # "" in ppo.train: random weights.
   config.steps, config.prompts_per_step, config.ppo.minibatch = 1, 8, 8
   config.rollout.max_new_tokens, config.eval_prompts = 8, 1
   config.lora.rank = int(lora_rank)
-  planned = plan.plan(config, {"data": 2, "fsdp": 4, "tensor": 1})["rows"]
+  planned = memory.plan(config, {"data": 2, "fsdp": 4, "tensor": 1})["rows"]
   out = ppo.train(config, workdir)
   state, frozen = out["state"], out["frozen"]
   measured = {"policy": device0_bytes(state["policy"]) + (device0_bytes(frozen) if lora_rank != "0" else 0),

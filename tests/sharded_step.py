@@ -12,9 +12,10 @@ import sys
 import jax
 import numpy as np
 
-from r3jax import optim, sharding
+from r3jax.core import optim, sharding
 from r3jax.data import pipeline
-from r3jax.trainers import common, sft
+from r3jax.data import sources
+from r3jax.trainers import harness, sft, state as state_lib, step as step_lib
 
 MESHES = {
     "single": ((("data", 1), ("fsdp", 1), ("tensor", 1)), 1),
@@ -27,14 +28,14 @@ MESHES = {
 def one_step(config, spec, n_devices, workdir, rows):
   mesh = sharding.make_mesh(spec, jax.devices()[:n_devices])
   rules = sharding.rules_from_config(config.sharding.rules)
-  policy = common.build_policy(config.model, workdir)
+  policy = state_lib.build_policy(config.model, workdir)
   tx = optim.make(config.optim, 10)
-  state, shardings = common.init_state(policy, tx, mesh, rules, seed=0)
+  state, shardings = state_lib.init_state(policy, tx, mesh, rules, seed=0)
   accum = sharding.batch_split(config.batch_size, config.micro_batch_per_device, mesh)
-  step_fn = common.make_train_step(functools.partial(sft.loss_fn, model_cfg=policy.cfg),
+  step_fn = step_lib.make_train_step(functools.partial(sft.loss_fn, model_cfg=policy.cfg),
                                    tx, shardings, mesh)
   batch, _ = pipeline.sft_batch(policy.tokenizer, rows, config.seq_len)
-  with common.mesh_rules(mesh, rules):
+  with harness.mesh_rules(mesh, rules):
     state, m = step_fn(state, sharding.put_batch(pipeline.microbatches(batch, accum), mesh, 1))
   shards = {name: list(state["params"][name].addressable_shards[0].data.shape)
             for name in ("embed", "lm_head")}
@@ -46,7 +47,7 @@ def main(workdir):
   config = runpy.run_path("configs/sft_qwen.py")["get_config"]("tiny")
   config.batch_size, config.seq_len, config.micro_batch_per_device = 16, 48, 1
   config.optim.update(warmup_steps=0, eps=1e-6)
-  rows = [r["messages"] for r in common.conversations(config.data, workdir, 0)[0][:16]]
+  rows = [r["messages"] for r in sources.conversations(config.data, workdir, 0)[0][:16]]
   out, ref = {}, None
   for name, (spec, n) in MESHES.items():
     loss, params, shards = one_step(config, spec, n, workdir, rows)

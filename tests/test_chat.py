@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from r3jax import chat, tokenizer
-from conftest import shared_file
+from r3jax.data import chat, tokenizer
+from helpers import shared_file
 
 
 @pytest.fixture(scope="module")

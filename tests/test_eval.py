@@ -12,10 +12,11 @@ import jax
 import numpy as np
 import pytest
 
-from r3jax import frontier, text_metrics as tm, tokenizer as tokenizer_lib
+from r3jax.data import tokenizer as tokenizer_lib
+from r3jax.eval import frontier, text_metrics as tm
 from r3jax.data import readers, synrel
 from r3jax.models import hf, qwen
-from conftest import shared_file, write_jsonl
+from helpers import shared_file, write_jsonl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -5,8 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from r3jax import lora
-from r3jax.models import qwen
+from r3jax.models import lora, qwen
 
 
 def _base():

@@ -2,6 +2,8 @@
 the same sharded SFT and DPO step, the same loss and updated params; and the real PPO
 command across two processes, checkpointed once and resumed by one process."""
 
+import contextlib
+import io
 import json
 import os
 import runpy
@@ -13,8 +15,9 @@ import jax
 import numpy as np
 import pytest
 
-from r3jax import checkpoint, tokenizer as tokenizer_lib
-from conftest import metric_rows
+from r3jax.core import checkpoint
+from r3jax.data import tokenizer as tokenizer_lib
+from helpers import metric_rows
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "tests", "multiprocess_step.py")
@@ -109,12 +112,14 @@ def test_ppo_across_two_processes_then_resumed_by_one(tmp_path):
   assert abs(rows[1]["kl/seq_kl"]) < 1e-4
   for path in ("before_after.md", "plots/reward.png", "hf/model.safetensors", "sft/checkpoints"):
     assert (one / path).exists(), path
-  messages = []  # The SFT warm start is reused, not retrained, when the workdir has it.
-  from r3jax.trainers import sft
+  # The SFT warm start is reused, not retrained, when the workdir has it.
+  from r3jax.trainers import pipeline
   config = runpy.run_path(os.path.join(ROOT, "configs/ppo_qwen.py"))["get_config"]()
   config.sft.steps = 4
-  assert sft.warm_start(config, str(one), messages.append) == str(one / "sft")
-  assert messages and "reusing" in messages[0]
+  printed = io.StringIO()
+  with contextlib.redirect_stdout(printed):
+    assert pipeline.start(config, str(one)) == str(one / "sft")
+  assert "reusing" in printed.getvalue()
 
   tokenizer_lib.tiny(cache_dir=str(two / "tokenizer"))  # Shared by both processes.
   _train(two, 2, steps=1, init_from=one / "sft")

@@ -11,10 +11,10 @@ import jax
 import numpy as np
 import pytest
 
-from r3jax import metrics, paths, plot, tokenizer as tokenizer_lib
-from r3jax.data import readers
+from r3jax.core import metrics, paths, plots
+from r3jax.data import readers, tokenizer as tokenizer_lib
 from r3jax.models import qwen
-from r3jax.trainers import common
+from r3jax.trainers import harness
 
 
 @pytest.fixture
@@ -41,7 +41,7 @@ def test_writer_logs_flushes_and_resumes_like_on_a_uri(as_uri, tmp_path):
   w.close()
   assert [r["train/loss"] for r in metrics.read_jsonl(run / "metrics.jsonl")] == [2.0, 1.0, 0.5]
   assert json.loads((run / "samples.jsonl").read_text())["answer"] == "a"
-  out = plot.plot_workdir(str(run))
+  out = plots.plot_workdir(str(run))
   assert epath.Path(out[0]).read_bytes()[:4] == b"\x89PNG"
 
 
@@ -65,5 +65,5 @@ def test_tokenizer_cache_data_and_hf_export_like_on_a_uri(as_uri, tmp_path):
   assert metrics.read_jsonl(tmp_path / "data" / "rows.jsonl") == [{"a": 1}, {"a": 2}]
   cfg = qwen.preset("tiny", vocab_size=len(tok))
   params = nn.unbox(qwen.Qwen(cfg).init(jax.random.key(0), np.zeros((1, 4), np.int32))["params"])
-  path = common.export_hf(str(tmp_path / "run"), params, cfg, tok)
+  path = harness.export_hf(str(tmp_path / "run"), params, cfg, tok)
   assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(p.name for p in epath.Path(path).iterdir())

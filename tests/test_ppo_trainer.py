@@ -4,8 +4,8 @@ import os
 import subprocess
 import sys
 
-from r3jax import checkpoint
-from conftest import metric_rows, start_until_step
+from r3jax.core import checkpoint
+from helpers import metric_rows, start_until_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

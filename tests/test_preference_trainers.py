@@ -10,10 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from r3jax import checkpoint, chat, tokenizer as tokenizer_lib
-from r3jax.data import pipeline, readers, synthetic
+from r3jax.core import checkpoint
+from r3jax.data import chat, pipeline, readers, synthetic, tokenizer as tokenizer_lib
 from r3jax.models import qwen
-from conftest import metric_rows, shared_file, start_until_step, write_jsonl
+from helpers import metric_rows, shared_file, start_until_step, write_jsonl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -94,7 +94,7 @@ def test_ranked_batch_prompt_split_layout():
 def test_shared_prompt_logprobs_equal_whole_rows():
   """sequence_logprobs with the prompt run once equals running every row in full, in
   value and in gradient, on prompts and responses of mixed lengths."""
-  from r3jax.trainers import preference
+  from r3jax.trainers import dpo
   cfg = qwen.preset("tiny", num_layers=2)
   params = qwen.init_params(cfg, jax.random.key(0))
   tok = tokenizer_lib.tiny()
@@ -105,7 +105,7 @@ def test_shared_prompt_logprobs_equal_whole_rows():
   sign = jnp.array([[1.0, -1.0]])
 
   def objective(p, batch, prompt_len):
-    lp, n = preference.sequence_logprobs(p, cfg, batch, prompt_len)
+    lp, n = dpo.sequence_logprobs(p, cfg, batch, prompt_len)
     return jnp.sum(lp * sign), (lp, n)
 
   (_, (lp_ref, n_ref)), g_ref = jax.value_and_grad(objective, has_aux=True)(params, whole, 0)

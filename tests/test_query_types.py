@@ -3,10 +3,10 @@
 import numpy as np
 import torch
 
-from r3jax import chat, tokenizer as tokenizer_lib
+from r3jax.data import chat, tokenizer as tokenizer_lib
 from r3jax.models import hf
 from r3jax.rewards import query_types
-from tests.conftest import make_hf_qwen
+from helpers import make_hf_qwen
 
 
 def test_classifier_matches_torch_answer_logprobs(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from r3jax.models import hf, qwen
-from conftest import left_padded_batch, make_hf_qwen
+from helpers import left_padded_batch, make_hf_qwen
 
 
 def torch_logits(model, ids, mask):

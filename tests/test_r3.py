@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from r3jax import chat
+from r3jax.data import chat
 from r3jax.models import bert
+from r3jax.eval import text_metrics as tm
 from r3jax.rewards import r3
 
 
@@ -20,10 +21,10 @@ class FakeEncoder:
 
 def test_wordpunct_spec_example():
   text = "Good muffins cost $3.88\nin New York.  Please buy me\ntwo of them.\n\nThanks."
-  assert len(r3.wordpunct(text)) == 20
+  assert len(tm.wordpunct(text)) == 20
   assert r3.length_incentive(text) == pytest.approx(0.20)
   assert r3.repetition_penalty(text) == 1.0
-  assert r3.wordpunct("wait...!! what?!") == ["wait", "...!!", "what", "?!"]  # Punctuation runs.
+  assert tm.wordpunct("wait...!! what?!") == ["wait", "...!!", "what", "?!"]  # Punctuation runs.
 
 
 def test_repetition_penalty():

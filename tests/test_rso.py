@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from r3jax import rso
+from r3jax.rl import rso
 
 # Compiled once per (shape, k) and shared: tests stay fast with β traced.
 sample = jax.jit(rso.rejection_sample, static_argnames="k")

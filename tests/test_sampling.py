@@ -8,9 +8,9 @@ import pytest
 from scipy import stats
 import torch
 
-from r3jax import sampling
-from r3jax.models import hf, qwen
-from conftest import left_padded_batch, make_hf_qwen
+from r3jax.data import padding
+from r3jax.models import hf, qwen, sampling
+from helpers import left_padded_batch, make_hf_qwen
 
 
 def test_greedy_matches_hf_generate(tmp_path):
@@ -114,6 +114,6 @@ def test_deterministic_per_key(tiny):
 
 
 def test_left_pad_truncates_from_the_left():
-  toks, mask = sampling.left_pad([[1, 2, 3], [4], []], pad_id=9, length=2)
+  toks, mask = padding.left_pad([[1, 2, 3], [4], []], pad_id=9, length=2)
   np.testing.assert_array_equal(toks, [[2, 3], [9, 4], [9, 9]])
   np.testing.assert_array_equal(mask, [[1, 1], [0, 1], [0, 0]])

@@ -9,7 +9,7 @@ contiguous slice of every global batch.
 import jax
 import numpy as np
 
-from r3jax import chat
+from r3jax.data import chat
 
 
 class Order:

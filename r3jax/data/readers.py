@@ -20,11 +20,9 @@ import json
 
 from etils import epath
 
-from r3jax import chat, paths
-
-
-class DataError(ValueError):
-  """A bad input row; the message names file, line and problem."""
+from r3jax.core import paths
+from r3jax.core.errors import DataError
+from r3jax.data import chat
 
 
 @dataclasses.dataclass

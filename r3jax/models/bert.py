@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from safetensors import safe_open
 
+from r3jax.data import padding
+
 
 @dataclasses.dataclass(frozen=True)
 class BertConfig:
@@ -151,9 +153,9 @@ class Encoder:
       enc = self.tokenizer(chunk, truncation=True, max_length=self.max_len, padding=True,
                            return_tensors="np")
       t = enc["input_ids"].shape[1]
-      width = min(max(16, 1 << (t - 1).bit_length()), self.max_len)
+      width = padding.bucket(t, 16, self.max_len)
       # Rows too: R³ encodes a varying number of references per batch.
-      rows = min(max(8, 1 << (len(chunk) - 1).bit_length()), self.batch_size)
+      rows = padding.bucket(len(chunk), 8, self.batch_size)
       ids = np.zeros((rows, width), np.int32)
       mask = np.zeros((rows, width), np.int32)
       ids[:len(chunk), :t], mask[:len(chunk), :t] = enc["input_ids"], enc["attention_mask"]

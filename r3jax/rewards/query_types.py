@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from r3jax import chat, sampling
+from r3jax.data import chat, padding
 from r3jax.losses import lm
 from r3jax.models import qwen
 
@@ -50,8 +50,8 @@ def classify(params, cfg, tokenizer, queries, batch_size: int = 16, max_len: int
     for i in range(0, len(prompts), batch_size):
       rows = [(p + ans)[-max_len:] for p in prompts[i:i + batch_size]]
       # Power-of-two widths and a fixed batch: a handful of compiled shapes.
-      width = 1 << max(4, (max(len(r) for r in rows) - 1).bit_length())
-      tok_BT, mask_BT = sampling.left_pad(rows + [[tokenizer.pad_token_id]] * (batch_size - len(rows)),
+      width = padding.bucket(max(len(r) for r in rows), 16)
+      tok_BT, mask_BT = padding.left_pad(rows + [[tokenizer.pad_token_id]] * (batch_size - len(rows)),
                                           tokenizer.pad_token_id, width)
       lp = _answer_logprob(params, jnp.asarray(tok_BT), jnp.asarray(mask_BT), n_answer=len(ans), cfg=cfg)
       out.append(np.asarray(lp)[:len(rows)])

@@ -21,9 +21,9 @@ import re
 
 import numpy as np
 
-from r3jax import chat
+from r3jax.data import chat
+from r3jax.eval import text_metrics
 
-_WORDPUNCT = re.compile(r"\w+|[^\w\s]+")
 # Where a policy starts writing the next turn: ChatML markers, HH/plain role prefixes, or a
 # run of two or more blank lines.
 _STOP = re.compile(r"<\|im_start\|>|<\|im_end\|>|<\|endoftext\|>|\n\s*(?:Human|User|Assistant)\s*:"
@@ -32,16 +32,12 @@ MODES = ("r3", "relevance", "li_s", "no_branch", "li_only")
 CE_RELEVANCE_MAX = 3.5  # The top of f's input range.
 
 
-def wordpunct(text: str) -> list[str]:
-  return _WORDPUNCT.findall(text)
-
-
 def length_incentive(text: str) -> float:
-  return len(wordpunct(text)) / 100.0
+  return len(text_metrics.wordpunct(text)) / 100.0
 
 
 def repetition_penalty(text: str) -> float:
-  toks = wordpunct(text)
+  toks = text_metrics.wordpunct(text)
   if len(toks) < 3:
     return 1.0
   trigrams = list(zip(toks, toks[1:], toks[2:]))
@@ -130,14 +126,4 @@ class R3:
       reward = li
     return {"reward": reward, "length_incentive": li, "repetition_penalty": rp,
             "relevance": rel, "reference_relevance": ref_rel, "closed_ended": is_ce.astype(np.float64),
-            "copies_query": np.array([copies_query(q, y) for q, y in zip(queries, ys)], np.float64)}
-
-
-def copies_query(query: str, response: str) -> bool:
-  """The response is a copy of the query, the reward hacking of relevance alone (seed 002
-  §2.2): ROUGE-L F1 against the query >= 0.5, i.e. mostly the query's words in its order.
-  That also counts the near-copies a small model makes when it cannot reproduce a name
-  ("Describe Banzar." for "Describe Dorzarlo."); an answer that restates the question and
-  then answers it is far below (a 20-word answer after a 3-word question scores ~0.2)."""
-  from r3jax import text_metrics  # pylint: disable=g-import-not-at-top  (it imports this module)
-  return text_metrics.rouge_l(response, query) >= 0.5
+            "copies_query": np.array([text_metrics.copies_query(q, y) for q, y in zip(queries, ys)], np.float64)}

@@ -1,7 +1,9 @@
-"""One reward interface for RSO, best-of-N, eval_pairs and eval_gen (PPO calls rewards/r3.R3
-directly, for its components):
+"""One reward interface for PPO, RSO, best-of-N, eval_pairs and eval_gen:
 
-  score(prompts, responses, references=None, query_types=None) -> np.ndarray [N]
+  score(prompts, responses, references=None, query_types=None) -> {"reward": [N], ...}
+
+Every scorer returns its components: "reward" always, and R³ also its terms (relevance,
+length incentive, repetition penalty, copies_query, ...), which PPO logs.
 
 prompts are raw user texts or message lists. `make(spec)` builds one from a name:
   r3, relevance, li_s, no_branch, li_only   R³ and its ablations (SPEC §5), MiniLM by default;
@@ -18,8 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from r3jax import chat, checkpoint, sampling, tokenizer as tokenizer_lib
-from r3jax.models import bert, qwen
+from r3jax.data import chat, padding
+from r3jax.eval import text_metrics
+from r3jax.models import qwen
 from r3jax.rewards import r3
 
 
@@ -43,6 +46,10 @@ class RewardModel:
   """A trained reward model, read from its run directory."""
 
   def __init__(self, workdir: str, batch_size: int = 32, max_len: int = 2048):
+    # Local: the checkpoint and tokenizer libraries are slow to import, and config
+    # validation imports this module for NAMES and check().
+    from r3jax.core import checkpoint  # pylint: disable=g-import-not-at-top
+    from r3jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
     model_dir = os.path.join(workdir, "model")
     if not os.path.exists(os.path.join(model_dir, "config.json")):
       raise FileNotFoundError(f"{workdir}: not a reward-model run (no model/config.json)")
@@ -55,7 +62,7 @@ class RewardModel:
     self.params = jax.tree.map(jnp.asarray, params)
     self.batch_size, self.max_len = batch_size, max_len
 
-  def __call__(self, prompts, responses, references=None, query_types=None) -> np.ndarray:
+  def __call__(self, prompts, responses, references=None, query_types=None) -> dict:
     del references, query_types
     out = []
     for i in range(0, len(responses), self.batch_size):
@@ -63,17 +70,18 @@ class RewardModel:
              for p, r in zip(prompts[i:i + self.batch_size], responses[i:i + self.batch_size])]
       # Power-of-two widths and a fixed batch keep the number of compiled shapes small;
       # left padding is fine because the score is read at the last real token.
-      width = 1 << max(4, (max(len(x) for x in ids) - 1).bit_length())
+      width = padding.bucket(max(len(x) for x in ids), 16)
       pad = [[self.tokenizer.pad_token_id]] * (self.batch_size - len(ids))
-      tok_BT, mask_BT = sampling.left_pad(ids + pad, self.tokenizer.pad_token_id, width)
+      tok_BT, mask_BT = padding.left_pad(ids + pad, self.tokenizer.pad_token_id, width)
       out.append(np.asarray(_scores(self.params, jnp.asarray(tok_BT), jnp.asarray(mask_BT),
                                     cfg=self.cfg))[:len(ids)])
-    return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
+    return {"reward": np.concatenate(out).astype(np.float64) if out else np.zeros(0)}
 
 
 @functools.lru_cache(maxsize=4)
-def _encoder(path: str, normalize: bool) -> bert.Encoder:
+def _encoder(path: str, normalize: bool):
   """One loaded encoder per (path, normalize): several R³ modes, or best-of-N rounds, share it."""
+  from r3jax.models import bert  # pylint: disable=g-import-not-at-top
   return bert.Encoder.from_dir(path, normalize=normalize)
 
 
@@ -84,15 +92,27 @@ def make(spec: str, *, max_len: int = 512, encoder: str = "", normalize: bool | 
   R³'s encoder: `encoder` (an HF BERT dir, e.g. Contriever: dot product unless `normalize`)
   or the packaged MiniLM (cosine)."""
   if spec in r3.MODES:
+    from r3jax.models import bert  # pylint: disable=g-import-not-at-top
     enc = _encoder(encoder or bert.minilm_dir(), (not encoder) if normalize is None else normalize)
     reward = r3.R3(enc, max_len=max_len, mode=spec)
-    return lambda p, y, ref=None, qt=None: reward([as_text(x) for x in p], y, ref, qt)["reward"]
+    return lambda p, y, ref=None, qt=None: reward([as_text(x) for x in p], y, ref, qt)
   if spec == "length":
-    return lambda p, y, ref=None, qt=None: np.array([len(r3.wordpunct(r3.truncate_response(x))) for x in y], float)
+    return lambda p, y, ref=None, qt=None: {"reward": np.array(
+        [len(text_metrics.wordpunct(r3.truncate_response(x))) for x in y], float)}
   if spec == "random":
     rng = np.random.default_rng(seed)
-    return lambda p, y, ref=None, qt=None: rng.random(len(y))
-  if os.path.isdir(spec):
-    return RewardModel(spec)
-  raise FileNotFoundError(f"reward {spec!r}: not one of {r3.MODES + ('length', 'random')} "
-                          "and not a reward-model run directory")
+    return lambda p, y, ref=None, qt=None: {"reward": rng.random(len(y))}
+  check(spec)
+  return RewardModel(spec)
+
+
+NAMES = r3.MODES + ("length", "random")
+
+
+def check(spec: str) -> None:
+  """FileNotFoundError unless `spec` names a scorer: cheap, for config validation."""
+  if spec in NAMES:
+    return
+  if not os.path.exists(os.path.join(spec, "model", "config.json")):
+    raise FileNotFoundError(f"reward {spec!r}: not one of {', '.join(NAMES)} and not a "
+                            "reward-model run directory (no model/config.json)")

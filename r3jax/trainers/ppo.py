@@ -1,12 +1,23 @@
-"""PPO for RLHF with the R³ reward (SPEC §4–5): policy, value, frozen reference, reward.
+"""PPO for RLHF (SPEC §4) against any scorer, R³ by default (SPEC §5): policy, value,
+frozen reference, reward.
 
-One iteration: sample n responses per prompt with the jitted sampler; score them with
-R³; compute reference log-probs and values; shape per-token rewards with a KL penalty;
-run masked GAE; then several epochs of clipped policy and value updates over minibatches.
-The value model is a Qwen backbone (initialised from the SFT policy) with a scalar head.
+One iteration is five phases, each a module-level function over an explicit state:
+
+  rollout          sample n responses per prompt with the jitted sampler
+  score            the reward's components for each response (rewards/scorers)
+  reference_value  reference log-probs and values of the rollouts
+  advantages       per-token KL-shaped rewards, then `ppo.advantage` (rl/algorithms)
+  update           `ppo.epochs` passes of `ppo.policy_loss` + clipped value loss over
+                   minibatches, then the adaptive KL coefficient
+
+`Setup` holds what stays fixed during a run (models' configs, jitted functions, the frozen
+SFT weights); `state` holds what a checkpoint saves. The value model is a Qwen backbone
+(initialised from the SFT policy) with a scalar head.
 """
 
+import dataclasses
 import functools
+from typing import Any, Callable
 
 from etils import epath
 import jax
@@ -15,16 +26,29 @@ import ml_collections
 import numpy as np
 import optax
 
-from r3jax import chat, checkpoint, lora, metrics, optim, sampling, sharding
-from r3jax.data import pipeline, readers, synthetic
+from r3jax.core import optim, sharding
+from r3jax.data import chat, padding, pipeline, sources, tokenizer as tokenizer_lib
 from r3jax.losses import lm, ppo
-from r3jax import tokenizer as tokenizer_lib
-from r3jax.models import bert, hf, qwen
-from r3jax.rewards import query_types, r3
-from r3jax.trainers import common, sft
+from r3jax.models import hf, lora, qwen, sampling
+from r3jax.rewards import query_types, scorers
+from r3jax.rl import algorithms
+from r3jax.trainers import harness, state as state_lib, step as step_lib
 
 
-# ----------------------------------------------------------------------------- models
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """What stays fixed during a PPO run; every phase reads it."""
+  config: Any
+  cfg: qwen.QwenConfig
+  tok: Any
+  run: harness.Run
+  scorer: Callable
+  ptx: np.ndarray | None
+  scfg: sampling.SampleConfig
+  frozen: Any  # The SFT params: the KL reference, and with LoRA the adapters' base.
+  merged_policy: Callable  # (policy, frozen) -> full policy params
+  ref_value: Callable  # (value, frozen, seq, mask) -> (reference log-probs, values)
+  update_fn: Callable  # One jitted minibatch update.
 
 
 def response_logprobs(params, cfg, seq_BS, mask_BS, prompt_len: int):
@@ -34,98 +58,36 @@ def response_logprobs(params, cfg, seq_BS, mask_BS, prompt_len: int):
   return lm.token_logprobs(logits_BNV, seq_BS[:, prompt_len:]), lm.token_entropy(logits_BNV)
 
 
-# ----------------------------------------------------------------------------- data
+def policy_params(config, pol, frozen):
+  return lora.merge(frozen, pol, config.lora.alpha) if config.lora.rank > 0 else pol
 
 
-def prompt_rows(config, workdir: str):
-  """Prompts with references and query types: the synthetic set, or data.prompts in any of
-  readers.to_prompt's forms ({prompt, reference?, query_type?}, Vicuna, Alpaca, SuperNI)."""
-  if config.data.prompts:
-    rows = []
-    for r in readers.load_prompts(config.data.prompts).rows:
-      try:
-        qtype = r3.query_type(r.get("query_type"))
-      except ValueError as e:
-        raise readers.DataError(f"{r['where']}: field 'query_type': {e}") from None
-      rows.append({"prompt": r["prompt"], "reference": r.get("reference"), "query_type": qtype})
-    return rows
-  return synthetic.questions(config.data.synthetic_examples, seed=config.data.prompt_seed)
+def value_params(config, val, frozen):
+  backbone = (lora.merge(frozen, val["lora"], config.lora.alpha) if config.lora.rank > 0
+              else val["backbone"])
+  return {"backbone": backbone, "head": val["head"]}
 
 
-def label_query_types(config, rows, policy_params, cfg, tok, writer) -> None:
-  """reward.query_types: "field" (the data's own labels), "classifier" (zero-shot, with
-  reward.classifier = an HF chat model dir, or the SFT policy when empty), or "random"
-  (the ablation; drawn per rollout)."""
-  how = config.reward.query_types
-  if how not in ("field", "classifier", "random"):
-    raise sharding.ConfigError(f"reward.query_types={how!r}; expected field, classifier or random")
-  if how != "classifier":
-    return
-  if config.reward.classifier:
-    qcfg, qparams = hf.load(config.reward.classifier)
-    qtok = tokenizer_lib.load(config.reward.classifier)
-  else:
-    qcfg, qparams, qtok = cfg, policy_params, tok
-  labels, _ = query_types.classify(qparams, qcfg, qtok, [r["prompt"] for r in rows])
-  for r, label in zip(rows, labels):
-    r["query_type"] = label
-  writer.print(f"query types from the classifier: {labels.count('open_ended')} open-ended, "
-               f"{labels.count('closed_ended')} closed-ended")
+def optimizers(config):
+  """(policy, value) optimizers: the same schedule, each with its own learning rate."""
+  val_optim = ml_collections.ConfigDict({**config.optim.to_dict(), "lr": config.value_lr})
+  return optim.make(config.optim, config.steps), optim.make(val_optim, config.steps)
 
 
-# ----------------------------------------------------------------------------- trainer
+# ----------------------------------------------------------------------------- set-up
 
 
-def ptx_rows(config, tok) -> np.ndarray | None:
-  """PPO-ptx text packed into [rows, ptx.seq_len] token ids: ptx.data ({"text"} JSONL or
-  .txt), else documents about the embedded synthetic entities."""
-  if config.ptx.coef <= 0:
-    return None
-  if config.ptx.data:
-    texts = [r["text"] for r in readers.load_texts(config.ptx.data).rows]
-  else:
-    texts = [" ".join(synthetic.facts(e)) for e in synthetic.entities(config.ptx.synthetic_docs, seed=7)]
-  ids = np.concatenate([np.asarray(tok(t)["input_ids"] + [tok.eos_token_id], np.int32) for t in texts])
-  n = len(ids) // config.ptx.seq_len
-  if n < 1:
-    raise readers.DataError(f"ptx.data={config.ptx.data}: fewer than ptx.seq_len={config.ptx.seq_len} tokens")
-  return ids[:n * config.ptx.seq_len].reshape(n, config.ptx.seq_len)
-
-
-def train(config, workdir: str) -> dict:
-  common.check_paths(config)
-  mesh = sharding.make_mesh(config.mesh)
-  rules = sharding.rules_from_config(config.sharding.rules)
-  writer = metrics.Writer(workdir, config.steps)
-  init_dir = sft.warm_start(config, workdir, writer.print)
-  policy = common.build_policy(config.model, workdir, config.tokenizer)
-  cfg = policy.cfg.replace(dropout_rate=0.0)
-  tok = policy.tokenizer
-  rows = prompt_rows(config, workdir)
-  encoder = bert.Encoder.from_dir(config.reward.encoder or bert.minilm_dir(),
-                                  normalize=config.reward.normalize)
-  reward_fn = r3.R3(encoder, max_len=config.rollout.max_new_tokens, mode=config.reward.mode)
-  ptx = ptx_rows(config, tok)
-  n_rollouts = config.prompts_per_step * config.rollout.n
-  if config.prompts_per_step % jax.process_count():
-    raise sharding.ConfigError(f"prompts_per_step={config.prompts_per_step} does not divide over "
-                               f"{jax.process_count()} processes")
-  if n_rollouts % config.ppo.minibatch:
-    raise sharding.ConfigError(f"prompts_per_step x rollout.n = {n_rollouts} is not a multiple "
-                               f"of ppo.minibatch={config.ppo.minibatch}")
-
-  # `frozen` is the SFT policy: the KL reference, and with LoRA also the base that both
-  # the policy's and the value's adapters are added to. It is rebuilt from init_dir on
-  # resume, so it is never checkpointed.
-  pol_tx = optim.make(config.optim, config.steps)
-  val_tx = optim.make(ml_collections.ConfigDict({**config.optim.to_dict(), "lr": config.value_lr}),
-                      config.steps)
+def init_rl_state(config, run, cfg, tok, init_from: str):
+  """(state, frozen): the policy, the value model, their optimizers, the score moments and
+  the KL coefficient, on the mesh. `frozen` is rebuilt from init_from on resume, so it is
+  never checkpointed."""
+  pol_tx, val_tx = optimizers(config)
   use_lora = config.lora.rank > 0
   # With LoRA only the adapters are optimised: no full-size Adam state is built.
-  state, _ = common.init_state(common.Policy(cfg, tok, None), optax.set_to_zero() if use_lora else pol_tx,
-                               mesh, rules, config.seed, init_from=init_dir)
+  state, _ = state_lib.init_state(state_lib.Policy(cfg, tok, None),
+                                  optax.set_to_zero() if use_lora else pol_tx,
+                                  run.mesh, run.rules, config.seed, init_from=init_from)
   frozen = state["params"]
-  label_query_types(config, rows, frozen, cfg, tok, writer)
   head = qwen.init_scalar_head(cfg)
   if use_lora:
     lkey = jax.random.key(config.seed + 1)
@@ -134,63 +96,49 @@ def train(config, workdir: str) -> dict:
     val = {"lora": lora.init(jax.random.fold_in(lkey, 1), frozen, targets, config.lora.rank),
            "head": head}
     pol_opt = pol_tx.init(pol)
-    writer.print(f"LoRA rank {config.lora.rank} on {targets}: {qwen.param_count(pol):,} trainable "
-                 f"policy params of {qwen.param_count(frozen):,}")
+    run.writer.print(f"LoRA rank {config.lora.rank} on {targets}: {qwen.param_count(pol):,} "
+                     f"trainable policy params of {qwen.param_count(frozen):,}")
   else:
     pol, pol_opt = jax.tree.map(jnp.copy, frozen), state["opt_state"]
     val = {"backbone": jax.tree.map(jnp.copy, frozen), "head": head}
   state = {"step": state["step"], "policy": pol, "policy_opt": pol_opt,
            "value": val, "value_opt": val_tx.init(val), "rng": state["rng"],
            "moments": ppo.Moments.init()._asdict(), "beta": jnp.float32(config.kl.beta)}
-  state = sharding.on_mesh(state, mesh)
+  return sharding.on_mesh(state, run.mesh), frozen
 
-  def policy_params(pol, frozen):
-    return lora.merge(frozen, pol, config.lora.alpha) if use_lora else pol
 
-  def value_params(val, frozen):
-    backbone = lora.merge(frozen, val["lora"], config.lora.alpha) if use_lora else val["backbone"]
-    return {"backbone": backbone, "head": val["head"]}
-
-  mngr = checkpoint.manager(workdir, config.checkpoint.every, config.checkpoint.max_to_keep,
-                            config.checkpoint.async_save)
-  state, order = common.resume(mngr, state, len(rows), config.prompts_per_step, config.seed, writer)
-  start = int(state["step"])
-
-  scfg = sampling.SampleConfig(
-      max_new_tokens=config.rollout.max_new_tokens, temperature=config.rollout.temperature,
-      top_p=config.rollout.top_p, top_k=config.rollout.top_k, n=config.rollout.n,
-      stop_ids=(tok.convert_tokens_to_ids(chat.IM_END),), pad_id=tok.pad_token_id)
+def make_loss(config, cfg, with_ptx: bool):
+  """The PPO objective of one minibatch: `ppo.policy_loss` (gated by train_policy during the
+  value warm-up), the clipped value loss, the entropy bonus and the PPO-ptx LM term."""
   prompt_len = config.rollout.prompt_len
-  merged_policy = jax.jit(policy_params)
-
-  @jax.jit
-  def score_rollout(val, frozen, seq, mask):
-    """Reference log-probs and values; the behaviour log-probs come from the sampler."""
-    ref_logp, _ = response_logprobs(frozen, cfg, seq, mask, prompt_len)
-    values = qwen.scalar_outputs(value_params(val, frozen), cfg, seq, mask)[:, prompt_len - 1:-1]
-    return ref_logp, values
+  policy_loss = algorithms.POLICY_LOSSES[config.ppo.policy_loss]
 
   def loss_fn(both, frozen, mb, train_policy):
     pol, val = both
-    pol = policy_params(pol, frozen)  # Merged once, for the rollout log-probs and PPO-ptx.
+    pol = policy_params(config, pol, frozen)  # Merged once, for the rollout log-probs and PPO-ptx.
     logp, ent = response_logprobs(pol, cfg, mb["seq"], mb["mask"], prompt_len)
     resp_mask = mb["resp_mask"]
-    pl, pm = ppo.policy_loss(logp, mb["old_logp"], mb["adv"], resp_mask, config.ppo.clip_eps)
-    v = qwen.scalar_outputs(value_params(val, frozen), cfg, mb["seq"], mb["mask"])[:, prompt_len - 1:-1]
+    pl, pm = policy_loss(logp, mb["old_logp"], mb["adv"], resp_mask, config.ppo)
+    v = qwen.scalar_outputs(value_params(config, val, frozen), cfg, mb["seq"], mb["mask"])[:, prompt_len - 1:-1]
     vl, vm = ppo.value_loss(v, mb["old_values"], mb["returns"], resp_mask, config.ppo.value_clip)
     entropy = ppo.masked_mean(ent, resp_mask)
     aux = {"policy/loss": pl, "value/loss": vl, "policy/entropy": entropy, **pm, **vm}
     pol_loss = pl - config.ppo.entropy_coef * entropy
-    if ptx is not None:
+    if with_ptx:
       logits, _, _ = qwen.Qwen(cfg).apply({"params": pol}, mb["ptx"])
       nll, n = lm.masked_nll_sum(logits[:, :-1], mb["ptx"][:, 1:], jnp.ones_like(mb["ptx"][:, 1:]))
       aux["ptx/loss"] = nll / n
       pol_loss = pol_loss + config.ptx.coef * aux["ptx/loss"]
     return train_policy * pol_loss + config.ppo.vf_coef * vl, aux
 
-  # Fixed output layouts: the state a step returns is laid out like the state a resume
-  # restores, so both compile the same program and a resumed run stays bitwise equal.
-  lay = jax.tree.map(lambda x: x.sharding, state)
+  return loss_fn
+
+
+def make_update(config, loss_fn, lay):
+  """One jitted minibatch step of both models. Fixed output layouts: the state a step
+  returns is laid out like the state a resume restores, so both compile the same program
+  and a resumed run stays bitwise equal."""
+  pol_tx, val_tx = optimizers(config)
 
   @functools.partial(jax.jit, donate_argnums=(0, 1, 2, 3), out_shardings=(
       lay["policy"], lay["policy_opt"], lay["value"], lay["value_opt"], None))
@@ -203,103 +151,234 @@ def train(config, workdir: str) -> dict:
     pol = jax.tree.map(lambda a, b: jnp.where(train_policy > 0, a, b), pol2, pol)
     pol_opt = jax.tree.map(lambda a, b: jnp.where(train_policy > 0, a, b), pol_opt2, pol_opt)
     u, val_opt = val_tx.update(g_val, val_opt, val)
-    m["policy/grad_norm"] = common.global_norm(g_pol)
+    m["policy/grad_norm"] = step_lib.global_norm(g_pol)
     return pol, pol_opt, optax.apply_updates(val, u), val_opt, m
 
-  fixed = [{"role": "user", "content": r["prompt"]} for r in rows[:config.eval_prompts]]
-  with common.mesh_rules(mesh, rules):
-    before = sft.generate_samples(policy, frozen, [[m] for m in fixed], config.rollout.max_new_tokens, mesh)
-  timer = common.Timer()
-  preempt = checkpoint.Preemption()
-  rng = np.random.default_rng(config.seed)
-  try:
-    for it in range(start, config.steps):
-      with timer("time/rollout"), common.mesh_rules(mesh, rules):
-        idx = pipeline.process_slice(order.next())  # This process's prompts only.
-        batch_rows = [rows[i] for i in idx]
-        prompt_ids = [chat.tokenize(tok, chat.prompt_messages(r["prompt"]), True)[0] for r in batch_rows]
-        p_tok, p_mask = sampling.left_pad(prompt_ids, tok.pad_token_id, prompt_len)
-        prompts = sharding.put_batch({"tok": p_tok, "mask": p_mask}, mesh)
-        key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), it)
-        out = sampling.generate(merged_policy(state["policy"], frozen), prompts["tok"], prompts["mask"],
-                                key, model_cfg=cfg, cfg=scfg)
-        out_local = sampling.Samples(*(sharding.local_rows(x, mesh) for x in out))
-        resp, resp_mask = out_local.tokens_BN, out_local.mask_BN
+  return update
+
+
+def make_setup(config, run, cfg, tok, frozen, lay) -> Setup:
+  prompt_len = config.rollout.prompt_len
+
+  @jax.jit
+  def ref_value(val, frozen, seq, mask):
+    """Reference log-probs and values; the behaviour log-probs come from the sampler."""
+    ref_logp, _ = response_logprobs(frozen, cfg, seq, mask, prompt_len)
+    values = qwen.scalar_outputs(value_params(config, val, frozen), cfg, seq, mask)[:, prompt_len - 1:-1]
+    return ref_logp, values
+
+  ptx = sources.ptx_rows(config.ptx, tok)
+  scorer = scorers.make(config.reward.mode, max_len=config.rollout.max_new_tokens,
+                        encoder=config.reward.encoder, normalize=config.reward.normalize,
+                        seed=config.seed)
+  ro = config.rollout
+  scfg = sampling.sample_config(tok, max_new_tokens=ro.max_new_tokens, temperature=ro.temperature,
+                                top_p=ro.top_p, top_k=ro.top_k, n=ro.n)
+  update = make_update(config, make_loss(config, cfg, ptx is not None), lay)
+  return Setup(config, cfg, tok, run, scorer, ptx, scfg, frozen,
+               jax.jit(functools.partial(policy_params, config)), ref_value, update)
+
+
+def label_query_types(config, rows, policy_params_, cfg, tok, writer) -> None:
+  """reward.query_types: "field" (the data's own labels), "classifier" (zero-shot, with
+  reward.classifier = an HF chat model dir, or the SFT policy when empty), or "random"
+  (the ablation; drawn per rollout in `score`)."""
+  if config.reward.query_types != "classifier":
+    return
+  if config.reward.classifier:
+    qcfg, qparams = hf.load(config.reward.classifier)
+    qtok = tokenizer_lib.load(config.reward.classifier)
+  else:
+    qcfg, qparams, qtok = cfg, policy_params_, tok
+  labels, _ = query_types.classify(qparams, qcfg, qtok, [r["prompt"] for r in rows])
+  for r, label in zip(rows, labels):
+    r["query_type"] = label
+  writer.print(f"query types from the classifier: {labels.count('open_ended')} open-ended, "
+               f"{labels.count('closed_ended')} closed-ended")
+
+
+# ----------------------------------------------------------------------------- phases
+
+
+def rollout(s: Setup, state, batch_rows, it: int) -> dict:
+  """This process's prompts, left-padded to rollout.prompt_len, and n sampled responses
+  each: {rows, prompt_tok, prompt_mask, samples (this process's rows, host arrays)}."""
+  prompt_ids = [chat.tokenize(s.tok, chat.prompt_messages(r["prompt"]), True)[0] for r in batch_rows]
+  p_tok, p_mask = padding.left_pad(prompt_ids, s.tok.pad_token_id, s.config.rollout.prompt_len)
+  prompts = sharding.put_batch({"tok": p_tok, "mask": p_mask}, s.run.mesh)
+  key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), it)
+  out = sampling.generate(s.merged_policy(state["policy"], s.frozen), prompts["tok"], prompts["mask"],
+                          key, model_cfg=s.cfg, cfg=s.scfg)
+  out_local = sampling.Samples(*(sharding.local_rows(x, s.run.mesh) for x in out))
+  return {"rows": batch_rows, "prompt_tok": p_tok, "prompt_mask": p_mask, "samples": out_local}
+
+
+def repeat(ro: dict, values) -> list:
+  """One value per prompt -> one per response (rows are prompt-major)."""
+  return [v for v in values for _ in range(len(ro["samples"].tokens_BN) // len(ro["rows"]))]
+
+
+def score(s: Setup, ro: dict, it: int) -> dict:
+  """{texts, components}: the decoded responses and the scorer's components (reward, and
+  R³'s terms). With reward.query_types=random, each response's type is drawn afresh."""
+  texts = sampling.decode(s.tok, ro["samples"])
+  qtypes = repeat(ro, [r["query_type"] for r in ro["rows"]])
+  if s.config.reward.query_types == "random":
+    rng = np.random.default_rng([s.config.seed, it])  # Per iteration: resumes exactly.
+    qtypes = list(rng.choice(["open_ended", "closed_ended"], len(qtypes)))
+  comps = s.scorer(repeat(ro, [r["prompt"] for r in ro["rows"]]), texts,
+                   repeat(ro, [r["reference"] for r in ro["rows"]]), qtypes)
+  return {"texts": texts, "components": comps}
+
+
+def reference_value(s: Setup, state, ro: dict, scored: dict) -> dict:
+  """The rollout batch on the mesh: full sequences and masks, the behaviour log-probs, the
+  raw scores, and the reference log-probs and values of every response token."""
+  n, out = s.config.rollout.n, ro["samples"]
+  resp, resp_mask = out.tokens_BN, out.mask_BN
+  data = sharding.put_batch(dict(
+      seq=np.concatenate([np.repeat(ro["prompt_tok"], n, 0), resp], 1),
+      mask=np.concatenate([np.repeat(ro["prompt_mask"], n, 0), resp_mask], 1),
+      resp_mask=resp_mask.astype(np.float32),
+      old_logp=out.model_logprobs_BN * resp_mask,
+      score=np.asarray(scored["components"]["reward"], np.float32) * s.config.reward.scale), s.run.mesh)
+  data["ref_logp"], data["values"] = s.ref_value(state["value"], s.frozen, data["seq"], data["mask"])
+  return data
+
+
+def advantages(s: Setup, state, data: dict):
+  """(batch for the update, moments, stats): the score normalised by its running moments,
+  per-token rewards with the KL penalty at the last token's score, and the configured
+  advantage estimator's advantages and returns."""
+  c = s.config
+  rm = data["resp_mask"]
+  kl = ppo.kl_estimate(data["old_logp"], data["ref_logp"], c.kl.estimator) * rm
+  score = data["score"]
+  moments = ppo.Moments(**state["moments"])
+  if c.reward.normalize_score:
+    moments = ppo.update_moments(moments, score)
+    score = ppo.normalize_score(score, moments, clip=c.reward.clip)
+  rewards = ppo.token_rewards(score, kl, rm, state["beta"])
+  adv, returns = algorithms.ADVANTAGES[c.ppo.advantage].fn(
+      {"rewards": rewards, "values": data["values"], "resp_mask": rm, "score": score}, c.ppo)
+  batch = {k: data[k] for k in ("seq", "mask", "resp_mask", "old_logp")}
+  batch.update(adv=adv, returns=returns, old_values=data["values"])
+  return batch, moments, {"kl": kl, "score": score, "returns": returns}
+
+
+def update(s: Setup, state, batch: dict, it: int):
+  """(params and optimizer states after ppo.epochs passes over shuffled minibatches, the
+  minibatches' metrics)."""
+  c = s.config
+  n_rollouts = jax.tree.leaves(batch)[0].shape[0]
+  train_policy = jnp.float32(it >= c.ppo.value_warmup_steps)
+  models = (state["policy"], state["policy_opt"], state["value"], state["value_opt"])
+  ms = []
+  for epoch in range(c.ppo.epochs):
+    perm_rng = np.random.default_rng([c.seed, it, epoch])
+    perm = perm_rng.permutation(n_rollouts)
+    for j in range(0, n_rollouts, c.ppo.minibatch):
+      mb = {k: v[perm[j:j + c.ppo.minibatch]] for k, v in batch.items()}
+      if s.ptx is not None:
+        mb["ptx"] = jnp.asarray(s.ptx[perm_rng.integers(0, len(s.ptx), c.ptx.batch)])
+      *models, m = s.update_fn(*models, s.frozen, mb, train_policy)
+      ms.append(m)
+  return tuple(models), ms
+
+
+def next_state(s: Setup, state, models, moments, kl):
+  """The state after an iteration: new params, moments, step, and the KL coefficient
+  adapted to the observed sequence KL (kl.adaptive)."""
+  c = s.config
+  kl_seq = float(jnp.mean(jnp.sum(kl, -1)))
+  beta = state["beta"]
+  if c.kl.adaptive:
+    beta = ppo.adaptive_kl(beta, kl_seq, c.kl.target, c.kl.horizon, c.prompts_per_step * c.rollout.n)
+  pol, pol_opt, val, val_opt = models
+  return {**state, "step": state["step"] + 1, "policy": pol, "policy_opt": pol_opt,
+          "value": val, "value_opt": val_opt,
+          **sharding.on_mesh({"moments": moments._asdict(), "beta": beta}, s.run.mesh)}, kl_seq
+
+
+def iteration_metrics(state, ro, scored, data, stats, ms, kl_seq, times) -> dict:
+  upd = {k: float(np.mean([float(m[k]) for m in ms])) for k in ms[0]}
+  out = ro["samples"]
+  lengths = sharding.host_gather(out.mask_BN.sum(1))
+  rm = data["resp_mask"]
+  return {**{f"reward/{k}": float(np.mean(sharding.host_gather(v))) for k, v in scored["components"].items()},
+          "reward/score_normalized": float(jnp.mean(stats["score"])), "kl/seq_kl": kl_seq,
+          "kl/beta": float(state["beta"]), "rollout/length": float(lengths.mean()),
+          "rollout/truncated": float(1.0 - sharding.host_gather(out.stopped_B).mean()),
+          "value/explained_variance": float(ppo.explained_variance(data["values"], stats["returns"], rm)),
+          **upd, **times}
+
+
+# ----------------------------------------------------------------------------- loop
+
+
+def prepare(config, workdir: str):
+  """(setup, state, data order, prompt rows): everything before the first iteration, the
+  state resumed from the latest checkpoint if there is one."""
+  run = harness.open_run(config, workdir, config.steps)
+  policy = state_lib.build_policy(config.model, workdir, config.tokenizer)
+  cfg, tok = policy.cfg.replace(dropout_rate=0.0), policy.tokenizer
+  rows = sources.prompts(config.data)
+  state, frozen = init_rl_state(config, run, cfg, tok, config.init_from or config.model.hf_dir)
+  label_query_types(config, rows, frozen, cfg, tok, run.writer)
+  state, order = harness.resume(run, state, len(rows), config.prompts_per_step)
+  return make_setup(config, run, cfg, tok, frozen, jax.tree.map(lambda x: x.sharding, state)), state, order, rows
+
+
+def train(config, workdir: str) -> dict:
+  """PPO from config.init_from (the pipeline's SFT stage, an HF dir, or "" for random)."""
+  s, state, order, rows = prepare(config, workdir)
+  run, frozen = s.run, s.frozen
+  fixed = [[{"role": "user", "content": r["prompt"]}] for r in rows[:config.eval_prompts]]
+  before = greedy_answers(s, frozen, fixed)
+  timer = harness.Timer()
+  with harness.training(run):
+    for it in range(int(state["step"]), config.steps):
+      with timer("time/rollout"), harness.mesh_rules(run.mesh, run.rules):
+        ro = rollout(s, state, [rows[i] for i in pipeline.process_slice(order.next())], it)
       with timer("time/reward"):
-        texts = sampling.decode(tok, out_local)
-        rep = lambda xs: [x for x in xs for _ in range(config.rollout.n)]
-        qtypes = rep([r["query_type"] for r in batch_rows])
-        if config.reward.query_types == "random":
-          qtypes = list(rng.choice(["open_ended", "closed_ended"], len(qtypes)))
-        comps = reward_fn(rep([r["prompt"] for r in batch_rows]), texts,
-                          rep([r["reference"] for r in batch_rows]), qtypes)
-      with timer("time/reference_value"), common.mesh_rules(mesh, rules):
-        data = sharding.put_batch(dict(
-            seq=np.concatenate([np.repeat(p_tok, config.rollout.n, 0), resp], 1),
-            mask=np.concatenate([np.repeat(p_mask, config.rollout.n, 0), resp_mask], 1),
-            resp_mask=resp_mask.astype(np.float32),
-            old_logp=out_local.model_logprobs_BN * resp_mask,
-            score=np.asarray(comps["reward"], np.float32) * config.reward.scale), mesh)
-        ref_logp, values = score_rollout(state["value"], frozen, data["seq"], data["mask"])
-        rm = data["resp_mask"]
-        kl = ppo.kl_estimate(data["old_logp"], ref_logp, config.kl.estimator) * rm
-        score = data.pop("score")
-        moments = ppo.Moments(**state["moments"])
-        if config.reward.normalize_score:
-          moments = ppo.update_moments(moments, score)
-          score = ppo.normalize_score(score, moments, clip=config.reward.clip)
-        rewards = ppo.token_rewards(score, kl, rm, state["beta"])
-        adv, returns = ppo.gae(rewards, values * rm, rm, config.ppo.gamma, config.ppo.lam)
-        data.update(adv=ppo.masked_whiten(adv, rm) if config.ppo.whiten else adv,
-                    returns=returns, old_values=values)
-      with timer("time/update"), common.mesh_rules(mesh, rules):
-        train_policy = jnp.float32(it >= config.ppo.value_warmup_steps)
-        ms = []
-        pol, pol_opt, val, val_opt = state["policy"], state["policy_opt"], state["value"], state["value_opt"]
-        mbs = config.ppo.minibatch
-        for epoch in range(config.ppo.epochs):
-          perm_rng = np.random.default_rng([config.seed, it, epoch])
-          perm = perm_rng.permutation(n_rollouts)
-          for j in range(0, n_rollouts, mbs):
-            mb = {k: v[perm[j:j + mbs]] for k, v in data.items()}
-            if ptx is not None:
-              mb["ptx"] = jnp.asarray(ptx[perm_rng.integers(0, len(ptx), config.ptx.batch)])
-            pol, pol_opt, val, val_opt, m = update(pol, pol_opt, val, val_opt, frozen, mb, train_policy)
-            ms.append(m)
-        kl_seq = float(jnp.mean(jnp.sum(kl, -1)))
-        beta = state["beta"]
-        if config.kl.adaptive:
-          beta = ppo.adaptive_kl(beta, kl_seq, config.kl.target, config.kl.horizon, n_rollouts)
-        state = {**state, "step": state["step"] + 1, "policy": pol, "policy_opt": pol_opt,
-                 "value": val, "value_opt": val_opt,
-                 **sharding.on_mesh({"moments": moments._asdict(), "beta": beta}, mesh)}
-      done = it + 1
-      upd = {k: float(np.mean([float(m[k]) for m in ms])) for k in ms[0]}
-      lengths = sharding.host_gather(resp_mask.sum(1))
-      vals = {**{f"reward/{k}": float(np.mean(sharding.host_gather(v))) for k, v in comps.items()},
-              "reward/score_normalized": float(jnp.mean(score)), "kl/seq_kl": kl_seq,
-              "kl/beta": float(state["beta"]), "rollout/length": float(lengths.mean()),
-              "rollout/truncated": float(1.0 - sharding.host_gather(out_local.stopped_B).mean()),
-              "value/explained_variance": float(ppo.explained_variance(values, returns, rm)),
-              **upd, **timer.read()}
-      writer.scalars(done, vals, bar={"reward": vals["reward/reward"], "kl": kl_seq,
-                                      "len": vals["rollout/length"]})
-      writer.advance()
-      if done % config.log_samples_every == 0:
-        writer.texts(done, "rollouts", [{"prompt": p, "response": t, "reward": float(r)} for p, t, r in
-                                        zip(rep([r["prompt"] for r in batch_rows])[:4], texts[:4], comps["reward"][:4])])
-      common.save_step(mngr, done, state, {"order": order.state()}, preempt, writer,
-                       last=done == config.steps)
-    mngr.wait_until_finished()
-  finally:
-    preempt.restore_handler()
-  final = merged_policy(state["policy"], frozen)
-  with common.mesh_rules(mesh, rules):
-    after = sft.generate_samples(policy, final, [[m] for m in fixed], config.rollout.max_new_tokens, mesh)
-  write_before_after(workdir, fixed, before, after, reward_fn, rows[:config.eval_prompts])
-  common.export_hf(workdir, final, cfg, tok)
-  common.finish(writer, workdir, PLOTS)
+        scored = score(s, ro, it)
+      with timer("time/reference_value"), harness.mesh_rules(run.mesh, run.rules):
+        data = reference_value(s, state, ro, scored)
+      with timer("time/advantages"), harness.mesh_rules(run.mesh, run.rules):
+        batch, moments, stats = advantages(s, state, data)
+      with timer("time/update"), harness.mesh_rules(run.mesh, run.rules):
+        models, ms = update(s, state, batch, it)
+        state, kl_seq = next_state(s, state, models, moments, stats["kl"])
+      log_iteration(s, it + 1, state, ro, scored, data, stats, ms, kl_seq, timer.read())
+      harness.save(run, it + 1, state, order)
+  final = s.merged_policy(state["policy"], frozen)
+  after = greedy_answers(s, final, fixed)
+  write_before_after(workdir, [m[0] for m in fixed], before, after, s.scorer, rows[:config.eval_prompts])
+  harness.export_hf(workdir, final, s.cfg, s.tok)
+  harness.finish(run, PLOTS)
   return {"state": state, "frozen": frozen}
+
+
+def log_iteration(s: Setup, done: int, state, ro, scored, data, stats, ms, kl_seq, times) -> None:
+  vals = iteration_metrics(state, ro, scored, data, stats, ms, kl_seq, times)
+  writer = s.run.writer
+  writer.scalars(done, vals, bar={"reward": vals["reward/reward"], "kl": kl_seq,
+                                  "len": vals["rollout/length"]})
+  writer.advance()
+  if done % s.config.log_samples_every == 0:
+    prompts = repeat(ro, [r["prompt"] for r in ro["rows"]])
+    writer.texts(done, "rollouts", [{"prompt": p, "response": t, "reward": float(r)} for p, t, r in
+                                    zip(prompts[:4], scored["texts"][:4], scored["components"]["reward"][:4])])
+
+
+def greedy_answers(s: Setup, params, conversations) -> list[str]:
+  """Greedy answers to fixed prompts (before_after.md), replicated on the mesh."""
+  scfg = sampling.sample_config(s.tok, max_new_tokens=s.config.rollout.max_new_tokens, greedy=True)
+  with harness.mesh_rules(s.run.mesh, s.run.rules):
+    texts, _ = sampling.generate_text(params, s.cfg, s.tok, sampling.chat_ids(s.tok, conversations),
+                                      jax.random.key(0), scfg,
+                                      put=lambda x: sharding.replicate(x, s.run.mesh))
+  return texts
 
 
 PLOTS = {
@@ -307,19 +386,19 @@ PLOTS = {
                "reward/repetition_penalty", "reward/copies_query"],
     "kl_length": ["kl/seq_kl", "kl/beta", "rollout/length", "policy/entropy"],
     "losses": ["policy/loss", "value/loss", "policy/clipfrac", "value/explained_variance"],
-    "time": ["time/rollout", "time/reward", "time/reference_value", "time/update"],
+    "time": ["time/rollout", "time/reward", "time/reference_value", "time/advantages", "time/update"],
 }
 
 
-def write_before_after(workdir, prompts, before, after, reward_fn, rows):
+def write_before_after(workdir, prompts, before, after, scorer, rows):
   if jax.process_index() != 0:
     return
   q = [p["content"] for p in prompts]
   refs = [r["reference"] for r in rows]
   types = [r["query_type"] for r in rows]
-  rb, ra = reward_fn(q, before, refs, types)["reward"], reward_fn(q, after, refs, types)["reward"]
+  rb, ra = scorer(q, before, refs, types)["reward"], scorer(q, after, refs, types)["reward"]
   lines = ["| prompt | before (SFT) | R3 | after (PPO) | R3 |", "|---|---|---|---|---|"]
-  cell = lambda s: s.replace("|", "\\|").replace("\n", " ")
+  cell = lambda x: x.replace("|", "\\|").replace("\n", " ")
   for p, b, a, x, y in zip(q, before, after, rb, ra):
     lines.append(f"| {cell(p)} | {cell(b)} | {x:.3f} | {cell(a)} | {y:.3f} |")
   (epath.Path(workdir) / "before_after.md").write_text("\n".join(lines) + "\n")

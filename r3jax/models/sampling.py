@@ -16,8 +16,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from r3jax import sharding
+from r3jax.core import sharding
+from r3jax.data import chat, padding
 from r3jax.models import qwen
+
 
 @dataclasses.dataclass(frozen=True)
 class SampleConfig:
@@ -143,22 +145,6 @@ def generate(params, prompt_BT: jax.Array, prompt_mask_BT: jax.Array, key: jax.A
   return Samples(tokens, mask, logps, model_logps, done_B)
 
 
-def left_pad(sequences, pad_id: int, length: int | None = None):
-  """Left-pads token lists into (tokens_BT, mask_BT) int32 numpy arrays.
-
-  Longer sequences keep their last `length` tokens (the end of a prompt matters most).
-  """
-  length = length or max(len(s) for s in sequences)
-  tokens = np.full((len(sequences), length), pad_id, np.int32)
-  mask = np.zeros((len(sequences), length), np.int32)
-  for i, s in enumerate(sequences):
-    s = list(s)[-length:]
-    if s:
-      tokens[i, length - len(s):] = s
-      mask[i, length - len(s):] = 1
-  return tokens, mask
-
-
 def decode(tokenizer, samples: Samples) -> list[str]:
   """Response texts, with the stop token dropped."""
   out = []
@@ -169,3 +155,31 @@ def decode(tokenizer, samples: Samples) -> list[str]:
       ids = ids[:-1]
     out.append(tokenizer.decode(ids, skip_special_tokens=False))
   return out
+
+
+def stop_ids(tok) -> tuple[int, ...]:
+  """The one stop rule of every generation site: the end of a ChatML turn, and the
+  tokenizer's own end-of-sequence token (<|endoftext|> for Qwen2.5 base models; the tiny
+  tokenizer's and the instruct models' eos is <|im_end|> itself)."""
+  ids = {tok.convert_tokens_to_ids(chat.IM_END), tok.eos_token_id}
+  return tuple(sorted(i for i in ids if i is not None))
+
+
+def sample_config(tok, **kw) -> SampleConfig:
+  """A SampleConfig with the tokenizer's stop ids and pad id."""
+  return SampleConfig(stop_ids=stop_ids(tok), pad_id=tok.pad_token_id, **kw)
+
+
+def chat_ids(tok, conversations) -> list[np.ndarray]:
+  """Token ids of chat prompts (lists of messages), each ending in the assistant header."""
+  return [chat.tokenize(tok, m, add_generation_prompt=True)[0] for m in conversations]
+
+
+def generate_text(params, model_cfg, tok, prompt_ids, key, scfg: SampleConfig, *,
+                  length: int | None = None, put=jnp.asarray) -> tuple[list[str], Samples]:
+  """(texts, samples): `scfg.n` continuations of each prompt (token id lists), left-padded
+  to `length` (their longest without it) and placed with `put` (e.g. replicated on a mesh
+  when the params span several processes)."""
+  tokens_BT, mask_BT = padding.left_pad(prompt_ids, tok.pad_token_id, length)
+  samples = generate(params, put(tokens_BT), put(mask_BT), key, model_cfg=model_cfg, cfg=scfg)
+  return decode(tok, samples), samples

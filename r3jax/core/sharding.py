@@ -5,6 +5,7 @@ config's `sharding.rules` maps those names onto the mesh axes `data`, `fsdp` and
 `tensor`. Nothing here knows about a particular model.
 """
 
+import ast
 import math
 from typing import Any, Callable
 
@@ -12,6 +13,8 @@ import flax.linen as nn
 import jax
 from jax.experimental import mesh_utils
 import numpy as np
+
+from r3jax.core.errors import ConfigError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -33,8 +36,14 @@ DEFAULT_RULES = (
 )
 
 
-class ConfigError(ValueError):
-  """A configuration that cannot run; the message says what to change."""
+def parse_mesh(text: str):
+  """A mesh spec from the command line, e.g. "(('data',1),('fsdp',8),('tensor',1))": a
+  Python literal, never evaluated as code."""
+  try:
+    spec = ast.literal_eval(text)
+    return tuple((str(name), int(size)) for name, size in spec)
+  except (ValueError, TypeError, SyntaxError):
+    raise ConfigError(f"mesh={text!r}: expected ((\"data\", d), (\"fsdp\", f), (\"tensor\", t))") from None
 
 
 def mesh_shape(spec, n_devices: int) -> dict[str, int]:

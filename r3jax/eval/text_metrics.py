@@ -1,7 +1,7 @@
 """Text statistics of generated answers (SPEC §7): repetition, Self-BLEU, ROUGE-L, win rate.
 
 Pure Python on strings: these run once per evaluation, on host, over a few thousand texts.
-Tokens are R³'s word-punctuation tokens (rewards/r3.wordpunct), lower-cased, so "Paris." and
+Tokens are R³'s word-punctuation tokens (`wordpunct`, as R³ counts them), lower-cased, so "Paris." and
 "paris ." count alike; ROUGE-L alone uses rouge-score's alphanumeric words.
 """
 
@@ -11,11 +11,16 @@ import re
 
 import numpy as np
 
-from r3jax.rewards import r3
+_WORDPUNCT = re.compile(r"\w+|[^\w\s]+")
+
+
+def wordpunct(text: str) -> list[str]:
+  """NLTK's wordpunct_tokenize: runs of word characters, and runs of punctuation (SPEC §5)."""
+  return _WORDPUNCT.findall(text)
 
 
 def tokens(text: str) -> list[str]:
-  return [t.lower() for t in r3.wordpunct(text)]
+  return [t.lower() for t in wordpunct(text)]
 
 
 def ngrams(toks, n: int) -> list[tuple]:
@@ -88,7 +93,13 @@ def rouge_l(candidate: str, reference: str) -> float:
   return 2 * p * rec / (p + rec)
 
 
-copies_query = r3.copies_query  # The same test PPO logs.
+def copies_query(query: str, response: str) -> bool:
+  """The response is a copy of the query, the reward hacking of relevance alone (seed 002
+  §2.2): ROUGE-L F1 against the query >= 0.5, i.e. mostly the query's words in its order.
+  That also counts the near-copies a small model makes when it cannot reproduce a name
+  ("Describe Banzar." for "Describe Dorzarlo."); an answer that restates the question and
+  then answers it is far below (a 20-word answer after a 3-word question scores ~0.2)."""
+  return rouge_l(response, query) >= 0.5
 
 
 def sentences(text: str) -> list[str]:

@@ -10,7 +10,8 @@ import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 import transformers
 
-from r3jax import chat, paths
+from r3jax.core import paths
+from r3jax.data import chat
 
 
 def load(path: str) -> transformers.PreTrainedTokenizerFast:

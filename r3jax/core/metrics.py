@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import tqdm
 
-from r3jax import paths
+from r3jax.core import paths
 
 _FILES = ("metrics.jsonl", "samples.jsonl")
 

@@ -1,0 +1,110 @@
+"""Offline preference optimisation (the DPO family, SPEC §6) as a preference task: the
+policy's summed response log-probs against a frozen reference's; the loss is
+`config.loss.type` in losses/preference.LOSS_TYPES.
+
+Reference log-probs are computed per batch without gradient, or once for the whole
+dataset up front (`loss.precompute_ref`), after which the reference weights are dropped.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from r3jax.core.errors import DataError
+from r3jax.losses import lm, preference as losses
+from r3jax.models import qwen
+from r3jax.trainers import harness, preference, state as state_lib
+
+
+def sequence_logprobs(params, cfg, batch, prompt_len: int = 0):
+  """Summed log-probs of each response, [B, K], and their token counts.
+
+  prompt_len 0: every row runs in full. prompt_len P > 0: the batch is in the
+  prompt-split layout of `pipeline.ranked_batch`. The prompt then runs once per comparison,
+  into a KV cache that all K responses attend to, and the LM head runs on response
+  positions only. The result is the same; the FLOPs drop by (K-1)·P/(K·T) in the decoder
+  and by P/T in the head: a sixth and a third for pairs whose prompts take a third of T.
+  """
+  b, k, t = batch["tokens"].shape
+  flat = {n: v.reshape(b * k, t) for n, v in batch.items() if v.ndim == 3}
+  model = qwen.Qwen(cfg)
+  if not prompt_len:
+    _, hidden_NRD, _ = model.apply({"params": params}, flat["tokens"][:, :-1],
+                                   kv_mask_BS=flat["attn_mask"][:, :-1])
+    start = 1  # Position t predicts token t + 1.
+  else:
+    start = p = prompt_len
+    positions_NT = qwen.positions_from_mask(flat["attn_mask"])
+    # The prompt columns of row 0 stand for all K; slots past P are hidden by causality.
+    _, last_B1D, cache = model.apply(
+        {"params": params}, batch["tokens"][:, 0, :p], positions_BT=positions_NT[::k, :p],
+        kv_mask_BS=batch["attn_mask"][:, 0], cache=qwen.init_cache(cfg, b, t), last_only=True)
+    cache = jax.tree.map(lambda x: jnp.repeat(x, k, axis=0), cache)
+    _, hidden_NRD, _ = model.apply(
+        {"params": params}, flat["tokens"][:, p:-1], positions_BT=positions_NT[:, p:-1],
+        kv_mask_BS=flat["attn_mask"], cache=cache, cache_index=p)
+    # The prompt's last position predicts the first response token; the rest follow.
+    hidden_NRD = jnp.concatenate([jnp.repeat(last_B1D, k, axis=0), hidden_NRD], axis=1)
+  # The model's logits go unused (and XLA drops them): lm.head_logprobs is cheaper to train.
+  w_NR = flat["loss_mask"][:, start:].astype(jnp.float32)
+  lp_NR = lm.head_logprobs(hidden_NRD, qwen.head_kernel(params, cfg), flat["tokens"][:, start:])
+  return jnp.sum(lp_NR * w_NR, -1).reshape(b, k), jnp.sum(w_NR, -1).reshape(b, k)
+
+
+def dpo_loss(params, batch, rng, *, model_cfg, lcfg, prompt_len=0):
+  del rng
+  lp, n_tok = sequence_logprobs(params, model_cfg, batch, prompt_len)
+  ref = batch["ref_logp"]
+  losses_B, m = losses.dpo_loss(
+      lp[:, 0], lp[:, 1], ref[:, 0], ref[:, 1], loss_type=lcfg.type, beta=lcfg.beta,
+      label_smoothing=lcfg.label_smoothing, chosen_len_B=n_tok[:, 0], rejected_len_B=n_tok[:, 1])
+  b = lp.shape[0]
+  return jnp.sum(losses_B), (jnp.float32(b), {n: v * b for n, v in m.items()})
+
+
+def check_pairs(train_rows, eval_rows) -> None:
+  if any(len(r["responses"]) != 2 for r in train_rows + eval_rows):
+    raise DataError("DPO needs pairs: some comparison has more than 2 responses")
+
+
+def with_reference(ctx: preference.Context):
+  """fn(batch, split, idx) adding the reference's log-probs, [B, 2]. The reference is the
+  starting policy: a copy of the fresh state (the train step donates it), or loaded again
+  when the run resumes."""
+  config, cfg = ctx.run.config, ctx.policy.cfg
+  prompt_len = config.prompt_len
+  ref_params = (jax.tree.map(jnp.copy, ctx.state["params"]) if ctx.fresh else
+                state_lib.load_params(config.init_from or ctx.policy.hf_dir, cfg, ctx.state["params"],
+                                      ctx.shardings["params"]))
+  ref_fn = jax.jit(lambda p, b: sequence_logprobs(p, cfg, b, prompt_len)[0])
+  if not config.loss.precompute_ref:
+    return lambda batch, split, idx: {**batch, "ref_logp": np.asarray(ref_fn(ref_params, batch))}
+  cache = {}  # (split, row) -> [K] reference log-probs; the weights are dropped after.
+  ctx.run.writer.print(f"precomputing reference log-probs for {len(ctx.train_rows) + ctx.n_eval} comparisons")
+  with harness.mesh_rules(ctx.run.mesh, ctx.run.rules):
+    for split, rows in (("train", ctx.train_rows), ("eval", ctx.eval_rows[:ctx.n_eval])):
+      for i in range(0, len(rows), config.batch_size):
+        idx = range(i, min(i + config.batch_size, len(rows)))
+        batch, _ = ctx.batch_of([rows[j] for j in idx])
+        cache.update({(split, j): v for j, v in zip(idx, np.asarray(ref_fn(ref_params, batch)))})
+  return lambda batch, split, idx: {**batch, "ref_logp": np.stack([cache[(split, int(i))] for i in idx])}
+
+
+def export(run, params, cfg, tok, start: bool) -> None:
+  if not start:
+    harness.export_hf(run.workdir, params, cfg, tok)
+
+
+TASK = preference.Task(
+    name="dpo", scalar_head=False,
+    prompt_len=lambda config: config.prompt_len,  # The prompt-split layout (sequence_logprobs).
+    check=check_pairs,
+    make_loss=lambda config, cfg: functools.partial(dpo_loss, model_cfg=cfg, lcfg=config.loss,
+                                                    prompt_len=config.prompt_len),
+    prepare=with_reference,
+    export=export,
+    accuracy="rewards/accuracy",
+    plots={"dpo": ["train/loss", "eval/loss", "train/rewards/accuracy", "eval/rewards/accuracy",
+                   "train/rewards/margin", "train/rewards/chosen", "train/rewards/rejected"]})

@@ -1,0 +1,101 @@
+"""Runs a config: its warm-start stages, then its trainer. Trainers are peers and never call
+each other; everything that chains them is here.
+
+  config.stages = ("sft",)   the tiny SFT policy, trained in <workdir>/sft from config.sft
+                             (reused once finished), is the start of the main stage. It runs
+                             only when neither init_from nor model.hf_dir gives a start.
+  trainer "rso"              SFT stage -> sampled pairs (trainers/rso.build_pairs) -> DPO
+                             (the preference loop with the DPO task) on those pairs.
+  trainer "best_of_n"        SFT stage -> per round: best of N samples -> SFT on them.
+"""
+
+import copy
+import functools
+import os
+
+# The trainers are imported on use (`trainer`): validation reads only the names, and a bad
+# config must fail in well under two seconds.
+TRAINERS = ("sft", "ppo", "rm", "dpo", "rso", "best_of_n")
+STAGES = ("sft",)
+
+
+def trainer(name: str):
+  """The train(config, workdir) function registered under a trainer name."""
+  from r3jax.trainers import dpo, ppo, preference, rm, sft  # pylint: disable=g-import-not-at-top
+  return {"sft": sft.train, "ppo": ppo.train,
+          "rm": functools.partial(preference.train, task=rm.TASK),
+          "dpo": functools.partial(preference.train, task=dpo.TASK),
+          "rso": run_rso, "best_of_n": run_best_of_n}[name]
+
+
+def log(msg: str) -> None:
+  print(msg, flush=True)
+
+
+def with_fields(config, **fields):
+  """A copy of `config` with top-level fields replaced (the user's config stays as given)."""
+  c = copy.deepcopy(config)
+  with c.unlocked():
+    for k, v in fields.items():
+      setattr(c, k, v)
+  return c
+
+
+def sft_stage(config, workdir: str) -> str:
+  """The tiny SFT run in workdir/sft (trained, or reused once it reached sft.steps)."""
+  from r3jax.core import checkpoint  # pylint: disable=g-import-not-at-top
+  sft_dir = os.path.join(workdir, "sft")
+  if (checkpoint.exists(sft_dir) and
+      checkpoint.manager(sft_dir, 1, 1, False).latest_step() == config.sft.steps):
+    log(f"SFT warm start: reusing {sft_dir}")
+  else:
+    log(f"SFT warm start: training the tiny SFT policy in {sft_dir}")
+    trainer("sft")(config.sft, sft_dir)
+  return sft_dir
+
+
+def start(config, workdir: str) -> str:
+  """Where the main stage's weights come from: init_from ("" for "random"), the HF model,
+  or the warm-start stages' output ("" when there is none: random weights)."""
+  if config.init_from:
+    return "" if config.init_from == "random" else config.init_from
+  if config.model.hf_dir or "sft" not in config.stages:
+    return config.model.hf_dir
+  return sft_stage(config, workdir)
+
+
+def run(config, workdir: str):
+  """Runs the config's trainer after its stages; returns the trainer's result."""
+  if config.trainer in ("rso", "best_of_n"):  # Pipelines of their own, stages included.
+    return trainer(config.trainer)(config, workdir)
+  return trainer(config.trainer)(with_fields(config, init_from=start(config, workdir)), workdir)
+
+
+def run_rso(config, workdir: str):
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  from r3jax.trainers import rso  # pylint: disable=g-import-not-at-top
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+  init_dir = start(config, workdir)
+  pairs = rso.build_pairs(config, init_dir, workdir, log)
+  c = with_fields(config, trainer="dpo", init_from=init_dir)
+  with c.unlocked():
+    c.data.train = pairs
+  return trainer("dpo")(c, workdir)
+
+
+def run_best_of_n(config, workdir: str):
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  from r3jax.trainers import rso  # pylint: disable=g-import-not-at-top
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+  current, result = start(config, workdir), {}
+  for rnd in range(1, config.best_of_n.rounds + 1):
+    data = rso.best_of_n_round(config, current, workdir, rnd, log)
+    c = copy.deepcopy(config.sft)
+    with c.unlocked():
+      c.init_from, c.data.train, c.steps = current, data, config.best_of_n.sft_steps
+      c.tokenizer = config.tokenizer or os.path.join(workdir, "tokenizer")
+      c.optim.update(lr=config.best_of_n.lr, warmup_steps=0, schedule="constant")
+    rdir = os.path.join(workdir, f"round_{rnd}")
+    result = trainer("sft")(c, rdir)
+    current = rdir
+  return result

@@ -1,0 +1,48 @@
+"""Reward models (SPEC §3) as a preference task: {backbone, head} scores each response at its
+last real token; the loss is Bradley–Terry over every pair of a K-wise ranking."""
+
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+
+from r3jax.losses import preference as losses
+from r3jax.models import qwen
+from r3jax.trainers import preference
+
+
+def rm_loss(params, batch, rng, *, model_cfg, margin):
+  del rng
+  b, k, t = batch["tokens"].shape
+  r = qwen.sequence_scores(params, model_cfg, batch["tokens"].reshape(b * k, t),
+                           batch["attn_mask"].reshape(b * k, t)).reshape(b, k)
+  loss, m = losses.bradley_terry_ranked(r, margin)
+  # Sums over the microbatch; the train step divides by the total weight.
+  return loss * b, (jnp.float32(b), {n: v * b for n, v in m.items()})
+
+
+def save_model_dir(run, params, cfg, tok, start: bool) -> None:
+  """workdir/model: config.json and the tokenizer, what scorers.RewardModel reads with the
+  checkpoints. Written at the start, so a run that is still training can be scored."""
+  del params
+  if not start or jax.process_index() != 0:
+    return
+  path = os.path.join(run.workdir, "model")
+  os.makedirs(path, exist_ok=True)
+  with open(os.path.join(path, "config.json"), "w") as f:
+    json.dump(qwen.to_hf_config(cfg), f, indent=1)
+  tok.save_pretrained(path)
+
+
+TASK = preference.Task(
+    name="rm", scalar_head=True,
+    prompt_len=lambda config: 0,  # Reward models read whole rows.
+    check=lambda train_rows, eval_rows: None,
+    make_loss=lambda config, cfg: functools.partial(rm_loss, model_cfg=cfg, margin=config.loss.margin),
+    prepare=lambda ctx: lambda batch, split, idx: batch,
+    export=save_model_dir,
+    accuracy="rm/accuracy",
+    plots={"rm": ["train/loss", "eval/loss", "train/rm/accuracy", "eval/rm/accuracy",
+                  "train/rm/margin", "train/rm/reward_std"]})

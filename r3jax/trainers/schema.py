@@ -1,0 +1,169 @@
+"""The config schema: section builders holding every default, and `validate`.
+
+configs/<recipe>.py files build their presets from these sections with plain imports; no
+trainer reads a field that is not set here, so a config printed with --config shows
+everything a run uses. `validate(config)` runs in the entry point before any work: each
+option value against what the registries offer, and the cross-field constraints (batch
+splits over the mesh, rollout shapes, paths), each failure one line naming the field.
+"""
+
+import ml_collections
+
+from r3jax.core import sharding
+
+ConfigDict = ml_collections.ConfigDict
+
+
+def model(**kw) -> ConfigDict:
+  c = ConfigDict(dict(preset="tiny", hf_dir="", param_dtype="float32", dtype="float32",
+                      dropout_rate=0.0, remat=False, allow_random_init=False))
+  c.update(kw)
+  return c
+
+
+def optim(**kw) -> ConfigDict:
+  """AdamW (core/optim.py); warmup_steps=-1 takes warmup_ratio of the steps."""
+  c = ConfigDict(dict(lr=2e-6, schedule="constant", warmup_steps=0, warmup_ratio=0.0,
+                      min_lr_ratio=0.0, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, grad_clip=1.0))
+  c.update(kw)
+  return c
+
+
+def checkpoint(**kw) -> ConfigDict:
+  c = ConfigDict(dict(every=500, max_to_keep=3, async_save=True))
+  c.update(kw)
+  return c
+
+
+def run(trainer: str, name: str) -> ConfigDict:
+  """Fields every trainer has."""
+  c = ConfigDict()
+  c.trainer, c.name, c.seed = trainer, name, 0
+  c.stages = ()  # Warm-start stages run first when init_from is empty (trainers/pipeline.py).
+  c.mesh = (("data", -1), ("fsdp", 1), ("tensor", 1))
+  c.sharding = ConfigDict({"rules": sharding.DEFAULT_RULES})
+  c.model = model()
+  c.tokenizer = ""  # HF tokenizer dir; "": the model's, or the locally trained tiny one.
+  c.init_from = ""  # An HF dir, another run's workdir (its latest checkpoint), or "random".
+  c.checkpoint = checkpoint()
+  return c
+
+
+def supervised(trainer: str, name: str) -> ConfigDict:
+  """Fields of the trainers with a fixed dataset and a train step (SFT, RM, DPO)."""
+  c = run(trainer, name)
+  c.steps = 4000  # 0: derive from epochs.
+  c.epochs = 0
+  c.batch_size = 128  # Global, in conversations or comparisons.
+  c.micro_batch_per_device = 0  # 0: the whole per-device share at once (no accumulation).
+  c.seq_len = 2048
+  c.log_every = 10
+  c.eval_every = 500
+  c.eval_batches = 4
+  return c
+
+
+def sft() -> ConfigDict:
+  """SFT (SPEC §2) with the Qwen recipe's optimizer."""
+  c = supervised("sft", "sft")
+  c.model.dropout_rate = 0.1
+  c.data = ConfigDict(dict(
+      train="", eval="", format="auto", eval_fraction=0.05, skip_bad=False,
+      use_tfds=False,  # Read files through a TFDS array_record data source.
+      synthetic_examples=4000,
+      synthetic_restate=0.0))  # Share of synthetic answers that open by repeating the question.
+  c.optim = optim(warmup_steps=1430)
+  c.eval_prompts = 4  # Held-out prompts answered greedily at each eval.
+  c.sample_tokens = 48
+  return c
+
+
+def sft_tiny() -> ConfigDict:
+  """The embedded default's SFT: tiny model, local tokenizer, synthetic data. Also the
+  warm-start stage of the tiny RL and preference presets."""
+  c = sft()
+  c.name = "sft_tiny"
+  c.model.dropout_rate = 0.0
+  c.steps, c.batch_size, c.seq_len = 300, 32, 96
+  c.optim.update(lr=3e-3, warmup_steps=30, schedule="cosine", min_lr_ratio=0.1)
+  c.checkpoint.every, c.log_every, c.eval_every = 100, 10, 100
+  return c
+
+
+def preference(trainer: str, name: str) -> ConfigDict:
+  """RM (SPEC §3) and DPO (SPEC §6) on comparisons: Qwen's PMP schedule."""
+  c = supervised(trainer, name)
+  c.steps, c.epochs, c.batch_size = 0, 1, 64
+  c.data = ConfigDict(dict(train="", eval="", eval_fraction=0.05, skip_bad=False,
+                           synthetic_examples=6000, synthetic_seed=0))
+  c.optim = optim(lr=3e-6, weight_decay=0.0)
+  c.eval_every, c.eval_batches = 200, 8
+  if trainer == "rm":
+    c.loss = ConfigDict(dict(margin=0.0))
+  else:
+    c.loss = ConfigDict(dict(type="sigmoid", beta=0.1, label_smoothing=0.0, precompute_ref=False))
+    # Columns [0, prompt_len) of each row hold the prompt (its last prompt_len tokens), the
+    # rest the response: the prompt then runs once for both responses (pipeline.ranked_batch,
+    # trainers/dpo.sequence_logprobs). 0 runs each row in full instead.
+    c.prompt_len = c.seq_len // 2
+  return c
+
+
+def with_sft_stage(c: ConfigDict) -> ConfigDict:
+  """Adds the tiny SFT warm start (used when init_from and model.hf_dir are empty)."""
+  c.stages = ("sft",)
+  c.sft = sft_tiny()
+  return c
+
+
+def dpo_tiny(name: str = "dpo_tiny") -> ConfigDict:
+  """DPO from the tiny SFT policy on the embedded comparisons; RSO's training stage."""
+  c = with_sft_stage(preference("dpo", name))
+  c.steps, c.epochs, c.batch_size, c.seq_len, c.prompt_len = 150, 3, 32, 96, 32  # Prompts <= 20 tokens.
+  c.data.synthetic_examples = 3000
+  c.optim.update(lr=2e-4, warmup_steps=10, schedule="constant", warmup_ratio=0.0)
+  c.checkpoint.every, c.eval_every = 50, 50
+  return c
+
+
+def ppo() -> ConfigDict:
+  """PPO (SPEC §4) with the Qwen recipe's defaults."""
+  c = run("ppo", "ppo")
+  c.steps = 400  # PPO iterations.
+  c.prompts_per_step = 64
+  c.data = ConfigDict(dict(prompts="", synthetic_examples=2000, prompt_seed=1))
+  c.rollout = ConfigDict(dict(n=2, top_p=0.9, top_k=0, temperature=1.0, max_new_tokens=512,
+                              prompt_len=256))
+  # reward.mode: any scorer (rewards/scorers.make): r3 and its ablations, length, random, or
+  # a reward-model run directory.
+  c.reward = ConfigDict(dict(mode="r3", encoder="", normalize=True, query_types="field",
+                             classifier="", scale=1.0, normalize_score=True, clip=10.0))
+  c.kl = ConfigDict(dict(estimator="k1", beta=0.04, adaptive=False, target=6.0, horizon=10000))
+  # advantage and policy_loss name entries of rl/algorithms.ADVANTAGES and POLICY_LOSSES.
+  c.ppo = ConfigDict(dict(advantage="gae", policy_loss="ppo_clip", epochs=1, minibatch=16,
+                          clip_eps=0.2, value_clip=0.15, gamma=1.0, lam=0.95, vf_coef=1.0,
+                          entropy_coef=0.0, whiten=True, value_warmup_steps=50))
+  c.optim = optim(lr=1e-6, weight_decay=0.0)
+  c.value_lr = 5e-6
+  # LoRA (rank 0: off): the policy and the value train adapters on the frozen SFT weights,
+  # which double as the KL reference.
+  c.lora = ConfigDict(dict(rank=0, alpha=16.0, targets=("q_kernel", "v_kernel")))
+  # PPO-ptx: coef · LM loss on pretraining text (ptx.data, or synthetic documents).
+  c.ptx = ConfigDict(dict(coef=0.0, data="", batch=4, seq_len=64, synthetic_docs=500))
+  c.checkpoint = checkpoint(every=50, max_to_keep=2)
+  c.eval_prompts = 8
+  c.log_samples_every = 10
+  return c
+
+
+def rso(c: ConfigDict) -> ConfigDict:
+  """Adds RSO's sampling stage (trainers/rso.py) to a DPO config; best-of-N's too."""
+  c.data.prompts = ""  # {prompt, reference?, query_type?} rows, as for PPO.
+  c.data.synthetic_examples = 2000  # For `direct`.
+  c.rso = ConfigDict(dict(construction="rso", reward="r3", encoder="", n=64, k=8, beta=0.5,
+                          pairing="first_round", num_prompts=1000, prompts_per_batch=8))
+  c.rollout = ConfigDict(dict(temperature=0.7, top_k=40, top_p=1.0, max_new_tokens=512,
+                              prompt_len=256))
+  c.loss.update(type="sigmoid_norm", beta=0.05)  # β here is the paper's γ.
+  c.best_of_n = ConfigDict(dict(rounds=1, sft_steps=200, lr=1e-5))
+  return c

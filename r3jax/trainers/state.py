@@ -1,0 +1,84 @@
+"""The policy a run trains and its sharded train state: model config and tokenizer, where
+the initial weights come from, and the state {step, params, opt_state, rng} created
+directly into its shardings."""
+
+import dataclasses
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from r3jax.core import checkpoint, sharding
+from r3jax.core.errors import ConfigError
+from r3jax.data import tokenizer as tokenizer_lib
+from r3jax.models import hf, qwen
+
+
+@dataclasses.dataclass
+class Policy:
+  """A decoder's config and tokenizer, and where its initial weights come from."""
+  cfg: qwen.QwenConfig
+  tokenizer: Any
+  hf_dir: str | None  # Initial weights from an HF dir; None: random init.
+
+
+def build_policy(mcfg, workdir: str, tokenizer_dir: str = "") -> Policy:
+  """model.hf_dir: an HF Qwen2 checkpoint; else model.preset with the tiny tokenizer."""
+  overrides = dict(param_dtype=mcfg.param_dtype, dtype=mcfg.dtype,
+                   dropout_rate=mcfg.dropout_rate, remat=mcfg.remat)
+  if mcfg.hf_dir:
+    cfg = hf.load_config(mcfg.hf_dir, **overrides)
+    return Policy(cfg, tokenizer_lib.load(tokenizer_dir or mcfg.hf_dir), mcfg.hf_dir)
+  if mcfg.preset not in ("tiny", "bench") and not mcfg.allow_random_init:
+    raise ConfigError(
+        f"model.preset={mcfg.preset!r} is a full-size model: set --config.model.hf_dir=/path "
+        "to an HF checkpoint (or --config.model.allow_random_init=True)")
+  tok = (tokenizer_lib.load(tokenizer_dir) if tokenizer_dir else
+         tokenizer_lib.tiny(cache_dir=os.path.join(workdir, "tokenizer")))
+  cfg = qwen.preset(mcfg.preset, vocab_size=len(tok), **overrides)
+  return Policy(cfg, tok, None)
+
+
+def state_init_fn(cfg, tx, seed: int, scalar_head: bool = False):
+  """A function building the train state with logical-axis metadata on every param and
+  optimizer leaf: jit it into shardings (init_state), or eval_shape it (trainers/memory)."""
+  key = jax.random.key(seed)
+
+  def init_fn():
+    params = qwen.Qwen(cfg).init(key, jnp.zeros((1, 8), jnp.int32))["params"]
+    if scalar_head:
+      params = {"backbone": params, "head": qwen.init_scalar_head(cfg)}
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
+            "rng": jax.random.key_data(jax.random.fold_in(key, 1))}
+
+  return init_fn
+
+
+def init_state(policy: Policy, tx, mesh, rules, seed: int, init_from: str = "",
+               scalar_head: bool = False):
+  """Train state {step, params, opt_state, rng}, created directly into its shardings.
+
+  Initial params: `init_from` (an HF dir or another run's workdir), else policy.hf_dir,
+  else random. With `scalar_head` the params are a reward model's {backbone, head}: a
+  source with a head (a reward-model run) fills both, a plain decoder only the backbone.
+  """
+  state, shardings = sharding.create_sharded(state_init_fn(policy.cfg, tx, seed, scalar_head),
+                                             mesh, rules)
+  source = init_from or policy.hf_dir
+  if source and scalar_head and checkpoint.param_keys(source) == {"backbone", "head"}:
+    state["params"] = load_params(source, policy.cfg, state["params"], shardings["params"])
+  elif source and scalar_head:
+    state["params"]["backbone"] = load_params(source, policy.cfg, state["params"]["backbone"],
+                                              shardings["params"]["backbone"])
+  elif source:
+    state["params"] = load_params(source, policy.cfg, state["params"], shardings["params"])
+    with mesh:
+      state["opt_state"] = jax.jit(tx.init, out_shardings=shardings["opt_state"])(state["params"])
+  return state, shardings
+
+
+def load_params(source: str, cfg, like, param_shardings):
+  if os.path.exists(os.path.join(source, "config.json")):
+    return hf.load_params(source, cfg, shardings=param_shardings)
+  return checkpoint.restore_params_from(source, checkpoint.abstract_like(like, param_shardings))

@@ -1,0 +1,125 @@
+"""The PPO trainer's phases in-process, on a tiny random policy: rollout, score,
+reference_value, advantages, update and next_state, and the registries they draw from."""
+
+import os
+import runpy
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from r3jax.losses import ppo as ppo_losses
+from r3jax.rl import algorithms
+from r3jax.trainers import harness, ppo
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+N, NEW, PROMPTS = 2, 6, 4
+
+
+def tiny_config():
+  c = runpy.run_path(os.path.join(ROOT, "configs", "ppo_qwen.py"))["get_config"]("tiny")
+  c.unlock()
+  c.model.allow_random_init = True
+  c.steps, c.prompts_per_step, c.eval_prompts = 2, PROMPTS, 1
+  c.rollout.update(n=N, max_new_tokens=NEW, prompt_len=24)
+  c.ppo.update(minibatch=4, epochs=1, value_warmup_steps=1)
+  c.data.synthetic_examples = 16
+  c.checkpoint.async_save = False
+  return c
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+  s, state, order, rows = ppo.prepare(tiny_config(), str(tmp_path_factory.mktemp("ppo")))
+  return s, state, [rows[i] for i in order.next()]
+
+
+@pytest.fixture(scope="module")
+def phases(prepared):
+  """Every phase of iteration 0, in order, on a copy of the state (the update donates it)."""
+  s, state, batch_rows = prepared
+  state = jax.tree.map(jnp.copy, state)
+  with harness.mesh_rules(s.run.mesh, s.run.rules):
+    ro = ppo.rollout(s, state, batch_rows, 0)
+    scored = ppo.score(s, ro, 0)
+    data = ppo.reference_value(s, state, ro, scored)
+    batch, moments, stats = ppo.advantages(s, state, data)
+  return dict(s=s, state=state, ro=ro, scored=scored, data=data, batch=batch, moments=moments, stats=stats)
+
+
+def test_rollout_shapes_masks_and_logprobs(phases):
+  ro = phases["ro"]
+  out = ro["samples"]
+  assert ro["prompt_tok"].shape == (PROMPTS, 24) and out.tokens_BN.shape == (PROMPTS * N, NEW)
+  mask = np.asarray(out.mask_BN)
+  assert set(np.unique(mask)) <= {0, 1}
+  assert (np.diff(mask, axis=1) <= 0).all()  # Response tokens first, then padding.
+  assert (np.asarray(out.model_logprobs_BN)[mask == 0] == 0).all()
+  assert (np.asarray(out.model_logprobs_BN) <= 0).all()
+
+
+def test_score_gives_every_component_per_response(phases):
+  comps = phases["scored"]["components"]
+  assert len(phases["scored"]["texts"]) == PROMPTS * N
+  for k in ("reward", "relevance", "length_incentive", "repetition_penalty", "copies_query"):
+    assert np.asarray(comps[k]).shape == (PROMPTS * N,), k
+  assert np.isfinite(comps["reward"]).all()
+
+
+def test_random_query_types_are_drawn_per_iteration(prepared, phases):
+  s = phases["s"]
+  s2 = ppo.Setup(**{**vars(s), "config": s.config.copy_and_resolve_references()})
+  with s2.config.unlocked():
+    s2.config.reward.query_types = "random"
+  a, b = ppo.score(s2, phases["ro"], 3), ppo.score(s2, phases["ro"], 3)
+  np.testing.assert_array_equal(a["components"]["reward"], b["components"]["reward"])  # Resumable.
+
+
+def test_reference_equals_behaviour_before_any_update(phases):
+  data, mask = phases["data"], np.asarray(phases["data"]["resp_mask"])
+  # The policy is the reference at iteration 0: teacher-forced and sampled log-probs agree.
+  np.testing.assert_allclose(np.asarray(data["ref_logp"]) * mask, np.asarray(data["old_logp"]), atol=2e-4)
+  assert data["values"].shape == (PROMPTS * N, NEW)
+
+
+def test_advantages_are_the_registered_estimator(phases):
+  s, state, data, batch = phases["s"], phases["state"], phases["data"], phases["batch"]
+  rm = data["resp_mask"]
+  kl = ppo_losses.kl_estimate(data["old_logp"], data["ref_logp"], "k1") * rm
+  m = ppo_losses.update_moments(ppo_losses.Moments(**state["moments"]), data["score"])
+  score = ppo_losses.normalize_score(data["score"], m, clip=s.config.reward.clip)
+  rewards = ppo_losses.token_rewards(score, kl, rm, state["beta"])
+  adv, ret = ppo_losses.gae(rewards, data["values"] * rm, rm, s.config.ppo.gamma, s.config.ppo.lam)
+  np.testing.assert_allclose(batch["adv"], ppo_losses.masked_whiten(adv, rm), atol=1e-6)
+  np.testing.assert_allclose(batch["returns"], ret, atol=1e-6)
+  assert float(phases["moments"].count) == PROMPTS * N
+  assert abs(float(ppo_losses.masked_mean(batch["adv"], rm))) < 1e-5  # Whitened.
+  assert set(batch) == {"seq", "mask", "resp_mask", "old_logp", "adv", "returns", "old_values"}
+
+
+def test_update_warmup_trains_only_the_value_then_both(phases):
+  s, state, batch = phases["s"], phases["state"], phases["batch"]
+  before = jax.tree.map(np.asarray, (state["policy"], state["value"]))
+  models, ms = ppo.update(s, jax.tree.map(jnp.copy, state), batch, it=0)  # it < value_warmup_steps
+  assert len(ms) == PROMPTS * N // 4 and all(np.isfinite(float(m["value/loss"])) for m in ms)
+  for x, y in zip(jax.tree.leaves(before[0]), jax.tree.leaves(models[0])):
+    np.testing.assert_array_equal(x, y)  # Policy untouched during the warm-up.
+  assert any((x != np.asarray(y)).any() for x, y in zip(jax.tree.leaves(before[1]), jax.tree.leaves(models[2])))
+  models, _ = ppo.update(s, jax.tree.map(jnp.copy, state), batch, it=1)
+  assert any((x != np.asarray(y)).any() for x, y in zip(jax.tree.leaves(before[0]), jax.tree.leaves(models[0])))
+  new, kl_seq = ppo.next_state(s, state, models, phases["moments"], phases["stats"]["kl"])
+  assert int(new["step"]) == int(state["step"]) + 1 and np.isfinite(kl_seq)
+  assert float(new["beta"]) != float(state["beta"])  # kl.adaptive in the tiny preset.
+
+
+def test_registries_hold_todays_methods():
+  assert set(algorithms.ADVANTAGES) == {"gae"} and algorithms.ADVANTAGES["gae"].uses_value
+  assert set(algorithms.POLICY_LOSSES) == {"ppo_clip"}
+  rng = np.random.default_rng(0)
+  logp, old, adv = (jnp.asarray(rng.normal(size=(3, 5)), jnp.float32) for _ in range(3))
+  mask = jnp.ones((3, 5))
+  cfg = tiny_config().ppo
+  got = algorithms.POLICY_LOSSES["ppo_clip"](logp, old, adv, mask, cfg)
+  want = ppo_losses.policy_loss(logp, old, adv, mask, cfg.clip_eps)
+  np.testing.assert_allclose(got[0], want[0])
