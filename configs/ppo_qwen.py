@@ -13,8 +13,8 @@ Presets (`--config=configs/ppo_qwen.py:<preset>`):
   r3              the R³ recipe: adaptive KL from 0.2, ε 0.2, γ 1, λ 0.95, 4 PPO epochs,
                   constant LR 1e-5, 512 new tokens, score normalisation with clip 10.
 Full-size presets need --config.model.hf_dir=<HF dir> (architecture and tokenizer),
---config.init_from=<SFT run or HF dir> (the starting weights; without it PPO trains the tiny
-SFT warm start) and --config.data.prompts=FILE.jsonl with {prompt, reference?, query_type?} rows.
+--config.init_from=<SFT run or HF dir> (the starting weights; without it PPO starts from the
+hf_dir weights; the tiny SFT warm start runs only when neither is set) and --config.data.prompts=FILE.jsonl with {prompt, reference?, query_type?} rows.
 """
 
 from r3jax.trainers import schema

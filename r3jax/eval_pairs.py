@@ -38,7 +38,7 @@ def main(argv):
     acc = pairs.table(rewards, sets)
   except (readers.DataError, FileNotFoundError) as e:
     sys.exit(f"error: {e}")
-  print("Pairwise accuracy, 95% Wilson interval; ties count 1/2.\n\n" + "\n".join(pairs.markdown(acc)))
+  print("Pairwise accuracy, 95% Wilson interval; ties count 1/2.\n\n" + "\n".join(pairs.markdown(acc, sets)))
   if _OUT.value:
     print(f"wrote {pairs.write(acc, _OUT.value)}", file=sys.stderr)
 

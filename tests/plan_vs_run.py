@@ -25,7 +25,7 @@ def device0_bytes(tree) -> int:
 def main(workdir, lora_rank):
   config = runpy.run_path("configs/ppo_qwen.py")["get_config"]("tiny")
   config.mesh = (("data", 2), ("fsdp", 4), ("tensor", 1))
-  config.init_from, config.model.allow_random_init = "", True  # "" in ppo.train: random weights.
+  config.init_from, config.model.allow_random_init = "random", True
   config.steps, config.prompts_per_step, config.ppo.minibatch = 1, 8, 8
   config.rollout.max_new_tokens, config.eval_prompts = 8, 1
   config.lora.rank = int(lora_rank)

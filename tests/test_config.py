@@ -52,7 +52,7 @@ def test_every_preset_validates(name, preset):
     ("sft_qwen", "optim.schedule", "linear", "config.optim.schedule='linear': expected one of constant, cosine"),
     ("sft_qwen", "mesh", (("data", 1), ("fsdp", 1), ("tensor", 2)), "uses 2 devices, but 1 are available"),
     ("sft_qwen", "init_from", "random", "init_from=random needs --config.model.allow_random_init=True"),
-    ("rm_qwen", "sft.optim.schedule", "step", "config.optim.schedule='step'"),  # The warm-start stage's.
+    ("rm_qwen", "sft.optim.schedule", "step", "config.sft.optim.schedule='step'"),  # The warm-start stage's.
 ])
 def test_bad_values_fail_in_validation_naming_the_field(name, field, value, message):
   c = config(name)

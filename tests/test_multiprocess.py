@@ -117,7 +117,7 @@ def test_ppo_across_two_processes_then_resumed_by_one(tmp_path):
   config = runpy.run_path(os.path.join(ROOT, "configs/ppo_qwen.py"))["get_config"]()
   config.sft.steps = 4
   printed = io.StringIO()
-  with contextlib.redirect_stdout(printed):
+  with contextlib.redirect_stderr(printed):
     assert pipeline.start(config, str(one)) == str(one / "sft")
   assert "reusing" in printed.getvalue()
 

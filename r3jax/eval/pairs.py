@@ -67,8 +67,8 @@ def table(scorers_by_name: dict, sets: dict) -> dict:
           for name, scorer in scorers_by_name.items()}
 
 
-def markdown(acc: dict) -> list[str]:
-  sets = list(next(iter(acc.values())))
+def markdown(acc: dict, sets) -> list[str]:
+  sets = list(sets)
   cell = lambda w, n: f"{w / n:.1%} [{wilson(w, n)[0]:.1%}, {wilson(w, n)[1]:.1%}] (n={n})"
   lines = ["| reward | " + " | ".join(sets) + " |", "|---|" + "---|" * len(sets)]
   return lines + [f"| {r} | " + " | ".join(cell(*acc[r][s]) for s in sets) + " |" for r in acc]
@@ -78,7 +78,7 @@ def write(acc: dict, out: str) -> str:
   """pairs_accuracy.md / .csv / .png in `out`; returns the PNG's path."""
   os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, "pairs_accuracy.md"), "w") as f:
-    f.write("\n".join(markdown(acc)) + "\n")
+    f.write("\n".join(markdown(acc, next(iter(acc.values()), {}))) + "\n")
   with open(os.path.join(out, "pairs_accuracy.csv"), "w", newline="") as f:
     w = csv.writer(f)
     w.writerow(["reward", "set", "accuracy", "ci_low", "ci_high", "pairs"])

@@ -158,10 +158,11 @@ def decode(tokenizer, samples: Samples) -> list[str]:
 
 
 def stop_ids(tok) -> tuple[int, ...]:
-  """The one stop rule of every generation site: the end of a ChatML turn, and the
-  tokenizer's own end-of-sequence token (<|endoftext|> for Qwen2.5 base models; the tiny
-  tokenizer's and the instruct models' eos is <|im_end|> itself)."""
-  ids = {tok.convert_tokens_to_ids(chat.IM_END), tok.eos_token_id}
+  """The one stop rule of every generation site: the end of a ChatML turn, the end of a
+  document, and the tokenizer's own end-of-sequence token, as Qwen2.5's generation config
+  stops at both <|im_end|> and <|endoftext|>. A token the vocabulary lacks is left out."""
+  vocab = tok.get_vocab()
+  ids = {vocab.get(chat.IM_END), vocab.get(chat.ENDOFTEXT), tok.eos_token_id}
   return tuple(sorted(i for i in ids if i is not None))
 
 

@@ -75,9 +75,10 @@ def with_reference(ctx: preference.Context):
   when the run resumes."""
   config, cfg = ctx.run.config, ctx.policy.cfg
   prompt_len = config.prompt_len
+  run = ctx.run
   ref_params = (jax.tree.map(jnp.copy, ctx.state["params"]) if ctx.fresh else
-                state_lib.load_params(config.init_from or ctx.policy.hf_dir, cfg, ctx.state["params"],
-                                      ctx.shardings["params"]))
+                state_lib.initial_params(ctx.policy, config.init_from, ctx.state["params"],
+                                         ctx.shardings["params"], run.mesh, run.rules, config.seed))
   ref_fn = jax.jit(lambda p, b: sequence_logprobs(p, cfg, b, prompt_len)[0])
   if not config.loss.precompute_ref:
     return lambda batch, split, idx: {**batch, "ref_logp": np.asarray(ref_fn(ref_params, batch))}

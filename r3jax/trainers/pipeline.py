@@ -12,6 +12,7 @@ each other; everything that chains them is here.
 import copy
 import functools
 import os
+import sys
 
 # The trainers are imported on use (`trainer`): validation reads only the names, and a bad
 # config must fail in well under two seconds.
@@ -29,7 +30,10 @@ def trainer(name: str):
 
 
 def log(msg: str) -> None:
-  print(msg, flush=True)
+  """A stage's progress line, on stderr with the progress bars, from process 0 only."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_index() == 0:
+    print(msg, file=sys.stderr, flush=True)
 
 
 def with_fields(config, **fields):
@@ -55,10 +59,10 @@ def sft_stage(config, workdir: str) -> str:
 
 
 def start(config, workdir: str) -> str:
-  """Where the main stage's weights come from: init_from ("" for "random"), the HF model,
-  or the warm-start stages' output ("" when there is none: random weights)."""
+  """Where the main stage's weights come from: init_from (which may be "random"), the HF
+  model, or the warm-start stages' output ("" when there is none: random weights)."""
   if config.init_from:
-    return "" if config.init_from == "random" else config.init_from
+    return config.init_from
   if config.model.hf_dir or "sft" not in config.stages:
     return config.model.hf_dir
   return sft_stage(config, workdir)

@@ -330,7 +330,8 @@ def prepare(config, workdir: str):
 
 
 def train(config, workdir: str) -> dict:
-  """PPO from config.init_from (the pipeline's SFT stage, an HF dir, or "" for random)."""
+  """PPO from config.init_from (the pipeline's SFT stage, an HF dir, or "random"/"" for
+  random weights)."""
   s, state, order, rows = prepare(config, workdir)
   run, frozen = s.run, s.frozen
   fixed = [[{"role": "user", "content": r["prompt"]}] for r in rows[:config.eval_prompts]]

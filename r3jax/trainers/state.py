@@ -8,6 +8,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from r3jax.core import checkpoint, sharding
 from r3jax.core.errors import ConfigError
@@ -60,12 +61,12 @@ def init_state(policy: Policy, tx, mesh, rules, seed: int, init_from: str = "",
   """Train state {step, params, opt_state, rng}, created directly into its shardings.
 
   Initial params: `init_from` (an HF dir or another run's workdir), else policy.hf_dir,
-  else random. With `scalar_head` the params are a reward model's {backbone, head}: a
+  else random; init_from="random" is random whatever policy.hf_dir says. With `scalar_head` the params are a reward model's {backbone, head}: a
   source with a head (a reward-model run) fills both, a plain decoder only the backbone.
   """
   state, shardings = sharding.create_sharded(state_init_fn(policy.cfg, tx, seed, scalar_head),
                                              mesh, rules)
-  source = init_from or policy.hf_dir
+  source = weights_source(policy, init_from)
   if source and scalar_head and checkpoint.param_keys(source) == {"backbone", "head"}:
     state["params"] = load_params(source, policy.cfg, state["params"], shardings["params"])
   elif source and scalar_head:
@@ -76,6 +77,21 @@ def init_state(policy: Policy, tx, mesh, rules, seed: int, init_from: str = "",
     with mesh:
       state["opt_state"] = jax.jit(tx.init, out_shardings=shardings["opt_state"])(state["params"])
   return state, shardings
+
+
+def weights_source(policy: Policy, init_from: str) -> str:
+  """The directory the initial weights come from; "" for random ones."""
+  return "" if init_from == "random" else (init_from or policy.hf_dir or "")
+
+
+def initial_params(policy: Policy, init_from: str, like, param_shardings, mesh, rules, seed: int):
+  """The params a fresh run starts from, rebuilt (e.g. DPO's reference on a resume): loaded
+  from their source, or the same seeded random init."""
+  source = weights_source(policy, init_from)
+  if source:
+    return load_params(source, policy.cfg, like, param_shardings)
+  state, _ = sharding.create_sharded(state_init_fn(policy.cfg, optax.set_to_zero(), seed), mesh, rules)
+  return state["params"]
 
 
 def load_params(source: str, cfg, like, param_shardings):

@@ -38,7 +38,10 @@ def validate(config) -> None:
   {"sft": check_supervised, "rm": check_preference, "dpo": check_preference, "ppo": check_ppo,
    "rso": check_rso, "best_of_n": check_rso}[config.trainer](config)
   if "sft" in config.stages and not (config.init_from or config.model.hf_dir):
-    validate(config.sft)  # The warm-start stage runs: its config must run too.
+    try:  # The warm-start stage runs: its config must run too.
+      validate(config.sft)
+    except (ConfigError, FileNotFoundError) as e:
+      raise type(e)(str(e).replace("config.", "config.sft.", 1)) from None
 
 
 def check_common(config) -> None:
