@@ -51,6 +51,7 @@ def test_every_preset_validates(name, preset):
     ("sft_qwen", "steps", -5, "config.steps=-5: expected a non-negative integer"),
     ("sft_qwen", "optim.schedule", "linear", "config.optim.schedule='linear': expected one of constant, cosine"),
     ("sft_qwen", "mesh", (("data", 1), ("fsdp", 1), ("tensor", 2)), "uses 2 devices, but 1 are available"),
+    ("sft_qwen", "micro_batch_per_device", 7, "batch_size=32 is not a multiple of micro_batch_per_device (7)"),
     ("sft_qwen", "init_from", "random", "init_from=random needs --config.model.allow_random_init=True"),
     ("rm_qwen", "sft.optim.schedule", "step", "config.sft.optim.schedule='step'"),  # The warm-start stage's.
 ])
