@@ -7,30 +7,48 @@ import sys
 
 from absl import flags
 
-from r3jax.core.errors import ConfigError, DataError
+from r3jax.core.errors import ConfigError, DataError, TrainingError
+
+
+def fail(msg: str) -> None:
+  """A user mistake: one line on stderr, exit status 2."""
+  print(f"error: {msg}", file=sys.stderr)
+  sys.exit(2)
 
 
 def parse_flags(argv):
   """absl parsing, with config errors as one line instead of a traceback."""
+  for arg in argv:
+    if arg.startswith("--config=") and not os.path.exists(arg[len("--config="):].split(":")[0]):
+      fail(f"{arg}: no such config file")
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    sys.exit(f"error: {e}\nPass --helpfull to see the flags.")
-  except AttributeError as e:  # An override names a field the config does not have.
+    # A failing get_config arrives as a traceback in the message; its last line says why.
+    lines = [l for l in str(e).splitlines() if l.strip()]
+    why = lines[-1].split(": ", 1)[-1] if len(lines) > 1 else str(e)
+    flag = lines[0].removeprefix("flag ").split(": Error")[0] if len(lines) > 1 else ""
+    fail(f"{flag + ': ' if flag else ''}{why}\nPass --helpfull to see the flags.")
+  except (AttributeError, KeyError) as e:  # An override names a field the config does not have.
     bad = [a for a in argv if a.startswith("--config.")]
-    sys.exit(f"error: unknown config field {e} in {' '.join(bad)}")
-  except (ValueError, TypeError, KeyError, FileNotFoundError) as e:
-    sys.exit(f"error: bad --config: {e}")
+    name = str(e.args[0] if e.args else e).strip("'\"\\")
+    fail(f"unknown config field '{name}' in {' '.join(bad)}")
+  except (ValueError, TypeError, FileNotFoundError) as e:
+    fail(f"bad --config: {e}")
 
 
 @contextlib.contextmanager
 def user_errors():
-  """A ConfigError, DataError or missing file ends the command with its one-line message."""
+  """A ConfigError, DataError or missing file ends the command with its one-line message
+  and status 2; a TrainingError (the run diverged) with status 1."""
   try:
     yield
   except (ConfigError, DataError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  except TrainingError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
 
 
 def maybe_initialize_distributed():

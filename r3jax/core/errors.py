@@ -7,3 +7,7 @@ class ConfigError(ValueError):
 
 class DataError(ValueError):
   """A bad input row; the message names file, line and problem."""
+
+
+class TrainingError(RuntimeError):
+  """A run that cannot go on (a non-finite loss): it stops, saving nothing of the bad step."""

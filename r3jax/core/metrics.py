@@ -111,6 +111,21 @@ class Writer:
       self._tb.add_text(f"{tag}/{i}", "\n\n".join(f"**{k}**: {v}" for k, v in row.items()), step)
     self._append("samples.jsonl", [{"step": step, "tag": tag, **row} for row in rows])
 
+  def drop_after(self, step: int):
+    """Removes the rows of steps after `step`: a resumed run logs them again."""
+    if not self.enabled:
+      return
+    for name in _FILES:
+      if self._remote:
+        self._lines[name] = [l for l in self._lines[name] if json.loads(l)["step"] <= step]
+        continue
+      path = self._dir / name
+      if path.exists():
+        lines = path.read_text().splitlines(keepends=True)
+        kept = [l for l in lines if l.strip() and json.loads(l)["step"] <= step]
+        if len(kept) != len(lines):
+          paths.write_atomic(path, "".join(kept))
+
   def advance(self, n: int = 1):
     if self._bar is not None:
       self._bar.update(n)

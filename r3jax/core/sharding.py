@@ -51,7 +51,10 @@ def mesh_shape(spec, n_devices: int) -> dict[str, int]:
 
   At most one axis may be -1 (it takes the remaining devices).
   """
-  spec = [tuple(x) for x in spec]
+  try:
+    spec = [(str(n), int(s)) for n, s in spec]
+  except (TypeError, ValueError):
+    raise ConfigError(f"mesh={spec!r}: expected (('data', d), ('fsdp', f), ('tensor', t))") from None
   names = [n for n, _ in spec]
   if sorted(names) != sorted(MESH_AXES):
     raise ConfigError(f"mesh={spec}: needs exactly the axes {MESH_AXES}")

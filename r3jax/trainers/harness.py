@@ -10,6 +10,7 @@
 import collections
 import contextlib
 import dataclasses
+import math
 import os
 import sys
 import time
@@ -18,7 +19,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 
-from r3jax.core import checkpoint, metrics, paths, plots, sharding
+from r3jax.core import checkpoint, metrics, paths, plots, sharding, workdir_lock
+from r3jax.core.errors import TrainingError
 from r3jax.data import pipeline
 from r3jax.models import hf
 
@@ -33,16 +35,19 @@ class Run:
   rules: tuple
   writer: metrics.Writer
   mngr: Any  # orbax CheckpointManager
+  lock: str | None = None  # The workdir's lock file, held by process 0.
   preempt: checkpoint.Preemption | None = None
 
 
 def open_run(config, workdir: str, steps: int) -> Run:
+  """Locks the workdir (one run each), then opens its logs and checkpoints."""
+  lock = workdir_lock.acquire(workdir) if jax.process_index() == 0 else None
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.rules_from_config(config.sharding.rules)
   writer = metrics.Writer(workdir, steps)
   mngr = checkpoint.manager(workdir, config.checkpoint.every, config.checkpoint.max_to_keep,
                             config.checkpoint.async_save)
-  return Run(config, workdir, steps, mesh, rules, writer, mngr)
+  return Run(config, workdir, steps, mesh, rules, writer, mngr, lock)
 
 
 def fresh(run: Run) -> bool:
@@ -61,7 +66,8 @@ def resume(run: Run, state, n_rows: int, batch_size: int):
   restored = checkpoint.restore(run.mngr, abstract)
   if restored is None:
     return state, pipeline.Order(n_rows, batch_size, seed)
-  state, data_state, _ = restored
+  state, data_state, step = restored
+  run.writer.drop_after(step)  # Rows logged after the checkpoint are logged again.
   order = pipeline.Order(n_rows, batch_size, seed, data_state["order"])
   run.writer.print(f"resumed from step {int(state['step'])} (data epoch {order.epoch}, batch {order.index})")
   return state, order
@@ -74,9 +80,19 @@ def training(run: Run):
   run.preempt = checkpoint.Preemption()
   try:
     yield
-    run.mngr.wait_until_finished()
   finally:
+    run.mngr.wait_until_finished()  # Also when the loop failed: earlier saves complete.
     run.preempt.restore_handler()
+
+
+def check_finite(run: Run, step: int, values: dict) -> None:
+  """Stops the run at a non-finite loss or gradient norm, before that step is saved: a
+  diverged run never rotates its good checkpoints out."""
+  values = {k: float(v) for k, v in jax.device_get(values).items()}
+  bad = sorted(k for k, v in values.items() if not math.isfinite(v))
+  if bad:
+    raise TrainingError(f"non-finite {', '.join(bad)} at step {step}; stopped without saving it "
+                        f"(the newest checkpoint is step {run.mngr.latest_step()})")
 
 
 def save(run: Run, step: int, state, order) -> None:
@@ -120,6 +136,7 @@ def finish(run: Run, plot_groups=None, skipped=(), truncated: int = 0, what: str
   run.writer.close()
   if jax.process_index() == 0:
     plots.plot_workdir(run.workdir, plot_groups)
+  workdir_lock.release(run.lock)
 
 
 @contextlib.contextmanager

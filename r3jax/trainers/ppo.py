@@ -350,7 +350,8 @@ def train(config, workdir: str) -> dict:
       with timer("time/update"), harness.mesh_rules(run.mesh, run.rules):
         models, ms = update(s, state, batch, it)
         state, kl_seq = next_state(s, state, models, moments, stats["kl"])
-      log_iteration(s, it + 1, state, ro, scored, data, stats, ms, kl_seq, timer.read())
+      vals = log_iteration(s, it + 1, state, ro, scored, data, stats, ms, kl_seq, timer.read())
+      harness.check_finite(run, it + 1, {k: vals[k] for k in FINITE})
       harness.save(run, it + 1, state, order)
   final = s.merged_policy(state["policy"], frozen)
   after = greedy_answers(s, final, fixed)
@@ -360,7 +361,10 @@ def train(config, workdir: str) -> dict:
   return {"state": state, "frozen": frozen}
 
 
-def log_iteration(s: Setup, done: int, state, ro, scored, data, stats, ms, kl_seq, times) -> None:
+FINITE = ("policy/loss", "value/loss", "policy/grad_norm", "kl/seq_kl")  # Checked every iteration.
+
+
+def log_iteration(s: Setup, done: int, state, ro, scored, data, stats, ms, kl_seq, times) -> dict:
   vals = iteration_metrics(state, ro, scored, data, stats, ms, kl_seq, times)
   writer = s.run.writer
   writer.scalars(done, vals, bar={"reward": vals["reward/reward"], "kl": kl_seq,
@@ -370,6 +374,7 @@ def log_iteration(s: Setup, done: int, state, ro, scored, data, stats, ms, kl_se
     prompts = repeat(ro, [r["prompt"] for r in ro["rows"]])
     writer.texts(done, "rollouts", [{"prompt": p, "response": t, "reward": float(r)} for p, t, r in
                                     zip(prompts[:4], scored["texts"][:4], scored["components"]["reward"][:4])])
+  return vals
 
 
 def greedy_answers(s: Setup, params, conversations) -> list[str]:

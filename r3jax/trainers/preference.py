@@ -126,6 +126,7 @@ def train(config, workdir: str, *, task: Task) -> dict:
         last_eval = evaluate_at(done)
         run.writer.print(f"step {done}: eval loss {last_eval['eval/loss']:.4f}, pairwise accuracy "
                          f"{last_eval['eval/' + task.accuracy]:.3f}")
+      harness.check_finite(run, done, {"train/loss": m["loss"], "train/grad_norm": m["grad_norm"]})
       harness.save(run, done, state, order)
   task.export(run, state["params"], policy.cfg, policy.tokenizer, start=False)
   prompt_len = task.prompt_len(config)

@@ -1,0 +1,92 @@
+"""Faults that must not lose or hide work: a diverging run, a second run in the same
+workdir, replayed metrics after a resume, and user mistakes on the command line."""
+
+import os
+import runpy
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from r3jax.core import checkpoint, metrics, workdir_lock
+from r3jax.core.errors import ConfigError, TrainingError
+from r3jax.trainers import pipeline
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_cli(*args, module="r3jax.train"):
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True,
+                        text=True, timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+
+
+def test_a_diverging_run_stops_and_never_saves_non_finite_params(tmp_path):
+  c = runpy.run_path(os.path.join(ROOT, "configs", "sft_qwen.py"))["get_config"]("tiny")
+  c.unlock()
+  c.steps, c.batch_size, c.seq_len, c.eval_every, c.eval_prompts = 40, 8, 48, 1000, 0
+  c.data.synthetic_examples = 200
+  c.optim.update(lr=1e4, warmup_steps=0, grad_clip=0.0)
+  c.checkpoint.update(every=2, max_to_keep=2, async_save=False)
+  with pytest.raises(TrainingError, match=r"non-finite train/\S+ at step \d+; stopped without saving it \(the newest checkpoint is step \d+\)"):
+    pipeline.run(c, str(tmp_path))
+  latest = checkpoint.manager(str(tmp_path), 2, 2, False).latest_step()
+  assert latest is not None
+  for x in jax.tree.leaves(checkpoint.load_host(str(tmp_path), latest)["params"]):
+    assert np.isfinite(x).all()  # What was saved can be resumed from.
+  assert not (tmp_path / "hf").exists()  # Nothing exported.
+
+
+def test_one_run_per_workdir_and_stale_locks_are_taken_over(tmp_path):
+  path = workdir_lock.acquire(str(tmp_path))
+  assert workdir_lock.acquire(str(tmp_path)) == path  # Re-entrant within a process.
+  workdir_lock.release(path)
+  other = tmp_path / "other"
+  other.mkdir()
+  (other / workdir_lock.NAME).write_text(f"{socket.gethostname()} {os.getppid()}\n")  # Alive.
+  with pytest.raises(ConfigError, match=f"is in use by process {os.getppid()}"):
+    workdir_lock.acquire(str(other))
+  dead = subprocess.Popen([sys.executable, "-c", "pass"])
+  dead.wait()
+  (other / workdir_lock.NAME).write_text(f"{socket.gethostname()} {dead.pid}\n")  # Killed run.
+  assert workdir_lock.acquire(str(other))
+  assert (other / workdir_lock.NAME).read_text().split()[1] == str(os.getpid())
+
+
+def test_rows_after_the_restored_step_are_dropped(tmp_path):
+  w = metrics.Writer(str(tmp_path), 5, enabled=True)
+  for step in range(1, 6):
+    w.scalars(step, {"train/loss": float(step)})
+    w.texts(step, "eval_samples", [{"answer": "x"}])
+  w.close()
+  w = metrics.Writer(str(tmp_path), 5, enabled=True)
+  w.drop_after(3)
+  w.scalars(4, {"train/loss": 40.0})
+  w.close()
+  rows = metrics.read_jsonl(tmp_path / "metrics.jsonl")
+  assert [(r["step"], r["train/loss"]) for r in rows] == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 40.0)]
+  assert [r["step"] for r in metrics.read_jsonl(tmp_path / "samples.jsonl")] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("args,line", [
+    (["--config=configs/nope.py"], "error: --config=configs/nope.py: no such config file"),
+    (["--config=configs/sft_qwen.py:nope"],
+     "error: --config=configs/sft_qwen.py:nope: unknown preset 'nope'; see the docstring of configs/sft_qwen.py"),
+    (["--config=configs/sft_qwen.py", "--config.mesh=abc"], "error: mesh=('abc',): expected"),
+    (["--config=configs/ppo_qwen.py", "--config.rso.pairing=x"],
+     "error: unknown config field 'rso' in --config.rso.pairing=x"),
+])
+def test_command_line_mistakes_are_one_line_with_status_2(tmp_path, args, line):
+  out = run_cli(*args, f"--workdir={tmp_path / 'run'}")
+  assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+  assert out.stderr.splitlines()[0].startswith(line), out.stderr
+
+
+def test_plan_never_evaluates_the_mesh_as_code(tmp_path):
+  marker = tmp_path / "pwned"
+  out = run_cli("--config=configs/ppo_qwen.py:qwen-7b", f"--mesh=__import__('os').system('touch {marker}')",
+                module="r3jax.plan")
+  assert out.returncode == 2 and "error: mesh=" in out.stderr and "Traceback" not in out.stderr
+  assert not marker.exists()
