@@ -6,11 +6,12 @@ Presets (`--config=configs/ppo_qwen.py:<preset>`):
   tiny-relevance  the same with the relevance-only reward (the reward-hacking ablation).
   tiny-hacking    tiny, with 30% of the SFT answers opening by repeating the question, so
                   the policy can copy it (for python -m r3jax.compare; see the README).
-  qwen            the Qwen recipe: fixed β 0.04, value clip 0.15, policy LR 1e-6, value LR
+  qwen            (with model.hf_dir: its 256 + 512 tokens exceed the tiny model's 512
+                  positions) the Qwen recipe: fixed β 0.04, value clip 0.15, policy LR 1e-6, value LR
                   5e-6, 50 value warm-up steps, 2 samples per prompt, top-p 0.9.
   qwen-1.8b, qwen-7b, qwen-14b   the Qwen recipe at that size (bf16 compute), e.g. for
                   python -m r3jax.plan; training needs the paths below.
-  r3              the R³ recipe: adaptive KL from 0.2, ε 0.2, γ 1, λ 0.95, 4 PPO epochs,
+  r3              (with model.hf_dir, as qwen) the R³ recipe: adaptive KL from 0.2, ε 0.2, γ 1, λ 0.95, 4 PPO epochs,
                   constant LR 1e-5, 512 new tokens, score normalisation with clip 10.
 Full-size presets need --config.model.hf_dir=<HF dir> (architecture and tokenizer),
 --config.init_from=<SFT run or HF dir> (the starting weights; without it PPO starts from the

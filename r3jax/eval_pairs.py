@@ -17,6 +17,7 @@ import sys
 
 from absl import app, flags
 
+from r3jax.core import cli
 from r3jax.data import readers
 from r3jax.eval import pairs
 from r3jax.rewards import scorers
@@ -44,4 +45,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -9,6 +9,7 @@ import sys
 
 from absl import app, flags
 
+from r3jax.core import cli
 from r3jax.eval import frontier
 
 _RUN = flags.DEFINE_multi_string("run", [], "PPO or best-of-N run directories.")
@@ -31,4 +32,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -5,7 +5,7 @@ r"""Re-draws a run's PNG curves from its metrics.jsonl.
 
 from absl import app, flags
 
-from r3jax.core import plots
+from r3jax.core import cli, plots
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory holding metrics.jsonl.", required=True)
 
@@ -17,4 +17,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

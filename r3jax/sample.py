@@ -11,6 +11,8 @@ import os
 import sys
 
 from absl import app, flags
+
+from r3jax.core import cli
 import jax
 
 from r3jax.data import chat, tokenizer as tokenizer_lib
@@ -31,10 +33,12 @@ _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Param/c
 
 
 def load_model(name: str, dtype: str = "float32"):
-  """(cfg, params, tokenizer) from an HF dir, or a preset with random weights."""
+  """(cfg, params, tokenizer) from an HF dir or a run directory (its hf/ export), or a
+  preset with random weights."""
   if os.path.isdir(name):
-    cfg, params = hf.load(name, param_dtype=dtype, dtype=dtype)
-    return cfg, params, tokenizer_lib.load(name)
+    path = hf.model_dir(name)
+    cfg, params = hf.load(path, param_dtype=dtype, dtype=dtype)
+    return cfg, params, tokenizer_lib.load(path)
   if name not in qwen.PRESETS:
     raise ValueError(f"--model={name}: neither a directory nor a preset ({sorted(qwen.PRESETS)})")
   tok = tokenizer_lib.tiny()
@@ -64,4 +68,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -11,6 +11,7 @@ import sys
 
 from absl import app, flags
 
+from r3jax.core import cli
 from r3jax.data import readers
 from r3jax.models import bert
 from r3jax.rewards import r3
@@ -52,6 +53,9 @@ def main(argv):
     reward = r3.R3(bert.Encoder.from_dir(path, normalize=normalize), _MAX_LEN.value, _REWARD.value)
   except (readers.DataError, FileNotFoundError, ValueError) as e:
     sys.exit(f"error: {e}")
+  unlabelled = sum(r.get("query_type") is None for r in rows)
+  if unlabelled:
+    print(f"{unlabelled} of {len(rows)} rows have no query_type: scored as open-ended (where the reward branches on it)", file=sys.stderr)
   out = reward([r["prompt"] for r in rows], [r["response"] for r in rows],
                [r.get("reference") for r in rows], [r.get("query_type") for r in rows])
   with open(_OUTPUT.value, "w") as f:
@@ -61,4 +65,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -28,6 +28,10 @@ def test_every_preset_validates(name, preset):
   c = config(name, preset)
   if c.model.preset.startswith("qwen"):
     c.model.allow_random_init = True  # Full sizes validate; running them needs hf_dir.
+  if (name, preset) in (("ppo_qwen", "qwen"), ("ppo_qwen", "r3")):  # 256 + 512 tokens on the tiny model.
+    with pytest.raises(ConfigError, match="= 768 exceeds the model's context of 512 positions"):
+      validate.validate(c)
+    return
   validate.validate(c)
 
 
@@ -44,6 +48,7 @@ def test_every_preset_validates(name, preset):
     ("rso_qwen", "rso.k", 32, "config.rso.k=32: expected 1..rso.n=16"),
     ("dpo_qwen", "loss.type", "kto", "config.loss.type='kto': expected one of sigmoid, ipo, hinge"),
     ("dpo_qwen", "prompt_len", 96, "config.prompt_len=96: expected 0 (whole rows) or less than seq_len=96"),
+    ("ppo_qwen", "rollout.max_new_tokens", 480, "= 528 exceeds the model's context of 512 positions"),
     ("sft_qwen", "trainer", "ppo2", "config.trainer='ppo2': expected one of sft, ppo"),
     ("sft_qwen", "model.preset", "qwen-3b", "config.model.preset='qwen-3b': expected one of"),
     ("sft_qwen", "batch_size", 0, "config.batch_size=0: expected a positive integer"),

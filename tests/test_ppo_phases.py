@@ -123,3 +123,13 @@ def test_registries_hold_todays_methods():
   got = algorithms.POLICY_LOSSES["ppo_clip"](logp, old, adv, mask, cfg)
   want = ppo_losses.policy_loss(logp, old, adv, mask, cfg.clip_eps)
   np.testing.assert_allclose(got[0], want[0])
+
+
+def test_long_prompts_keep_their_end_and_are_counted(prepared):
+  s, state, batch_rows = prepared
+  rows = [dict(r) for r in batch_rows]
+  rows[0]["prompt"] = "Tell me everything. " * 40 + rows[0]["prompt"]
+  with harness.mesh_rules(s.run.mesh, s.run.rules):
+    ro = ppo.rollout(s, state, rows, 0)
+  assert ro["truncated"] == 1 and ro["prompt_tok"].shape == (PROMPTS, 24)
+  assert ro["prompt_mask"][0].all()  # The kept end fills the row.

@@ -251,7 +251,7 @@ def test_rso_on_8_devices_builds_ranked_pairs_and_resumes_exactly_after_sigkill(
   proc.kill()
   proc.wait(timeout=30)
   resumed = _run(cmd(killed), env=env)
-  assert "reusing" in resumed.stdout and "resumed from step" in resumed.stderr
+  assert "reusing" in resumed.stderr and "resumed from step" in resumed.stderr
   a, b = checkpoint.load_host(ref, 8), checkpoint.load_host(killed, 8)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(x, y)

@@ -1,7 +1,9 @@
 """Faults that must not lose or hide work: a diverging run, a second run in the same
 workdir, replayed metrics after a resume, and user mistakes on the command line."""
 
+import json
 import os
+import re
 import runpy
 import socket
 import subprocess
@@ -90,3 +92,70 @@ def test_plan_never_evaluates_the_mesh_as_code(tmp_path):
                 module="r3jax.plan")
   assert out.returncode == 2 and "error: mesh=" in out.stderr and "Traceback" not in out.stderr
   assert not marker.exists()
+
+
+def tiny_sft(steps: int):
+  c = runpy.run_path(os.path.join(ROOT, "configs", "sft_qwen.py"))["get_config"]("tiny")
+  c.unlock()
+  c.steps, c.batch_size, c.seq_len, c.eval_every, c.eval_prompts = steps, 8, 48, 1000, 0
+  c.data.synthetic_examples = 200
+  c.checkpoint.update(every=2, max_to_keep=5, async_save=False)
+  return c
+
+
+def test_a_corrupt_checkpoint_is_set_aside_and_a_changed_config_refused(tmp_path, capsys):
+  pipeline.run(tiny_sft(6), str(tmp_path))
+  files = sorted((p for p in (tmp_path / "checkpoints" / "6").rglob("*") if p.is_file()),
+                 key=lambda p: p.stat().st_size)
+  with open(files[-1], "r+b") as f:  # Truncate the largest file of the newest checkpoint.
+    f.truncate(files[-1].stat().st_size // 2)
+  capsys.readouterr()
+  pipeline.run(tiny_sft(8), str(tmp_path))  # More steps: a safe change.
+  err = capsys.readouterr().err
+  assert "checkpoint 6 does not restore (" in err and "resuming from checkpoint 4 instead" in err
+  assert "resuming with changed settings: steps: 6 -> 8" in err
+  assert (tmp_path / "checkpoints_corrupt" / "6").is_dir()  # Kept, not deleted.
+  assert checkpoint.manager(str(tmp_path), 2, 5, False).latest_step() == 8
+  c = tiny_sft(10)
+  c.optim.lr, c.seq_len = 1.0, 64
+  with pytest.raises(ConfigError, match=r"holds a run with another config \(optim.lr: 0.003 -> 1.0; "
+                                        r"seq_len: 48 -> 64\); resume with its values or use a new workdir"):
+    pipeline.run(c, str(tmp_path))
+
+
+def test_a_full_disk_is_one_line(tmp_path, monkeypatch):
+  import errno
+  from r3jax.trainers import harness
+
+  def full(*args, **kwargs):
+    raise RuntimeError("write failed") from OSError(errno.ENOSPC, "No space left on device")
+
+  monkeypatch.setattr(harness.checkpoint, "save", full)
+  with pytest.raises(TrainingError, match=r"^no space left on device while writing .*checkpoints/1$"):
+    pipeline.run(tiny_sft(2), str(tmp_path))
+
+
+def test_wrong_types_inside_rows_are_file_line_errors(tmp_path):
+  from r3jax.data import readers
+  bad = {"messages": [1, 2]}, {"conversations": ["hi", "there"]}, {"conversations": [{"from": ["h"], "value": "x"}]}
+  for row, message in zip(bad, ("field 'messages' item 0 should be an object", "turn 0 should be an object",
+                                "turn 0 has unknown speaker ['h']")):
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps(row) + "\n" + json.dumps({"messages": [
+        {"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}) + "\n")
+    with pytest.raises(readers.DataError, match=f"rows.jsonl:1: {re.escape(message)}"):
+      readers.load_conversations(str(path))
+    assert len(readers.load_conversations(str(path), skip_bad=True).rows) == 1
+  path.write_text(json.dumps({"prompt": [1, 2], "chosen": "a", "rejected": "b"}) + "\n" +
+                  json.dumps({"prompt": "q", "chosen": "a", "rejected": "b"}) + "\n")
+  loaded = readers.load_comparisons(str(path), skip_bad=True)
+  assert len(loaded.rows) == 1 and "field 'prompt' item 0 should be an object" in loaded.skipped[0]
+
+
+def test_comparisons_with_identical_responses_are_dropped_unless_kept():
+  from ml_collections import ConfigDict
+  from r3jax.trainers import preference
+  rows = [{"responses": ["a", "b"]}, {"responses": ["a", "a"]}, {"responses": ["x", "y", "x"]}]
+  (kept,), dropped = preference.drop_ties(ConfigDict({"keep_ties": False}), rows)
+  assert kept == rows[:1] and dropped == 2
+  assert preference.drop_ties(ConfigDict({"keep_ties": True}), rows) == ((rows,), 0)

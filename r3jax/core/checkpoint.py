@@ -5,9 +5,11 @@ pytree of arrays) and `data` (the iterator position as JSON). Restoring both mak
 restarted run consume the same batches in the same order as an uninterrupted one.
 """
 
+import contextlib
 import os
 import signal
 
+from absl import logging as absl_logging
 from etils import epath
 import jax
 import orbax.checkpoint as ocp
@@ -54,8 +56,9 @@ def restore_params_from(path: str, abstract_params):
     ckpt_dir = ckpt_dir / "checkpoints"
   if not ckpt_dir.exists():
     raise FileNotFoundError(f"init_from={path}: no such checkpoint directory")
-  mngr = ocp.CheckpointManager(ckpt_dir, item_names=("state", "data"),
-                               options=ocp.CheckpointManagerOptions(read_only=True))
+  with quiet_logs():  # Read-only managers warn that they will not save.
+    mngr = ocp.CheckpointManager(ckpt_dir, item_names=("state", "data"),
+                                 options=ocp.CheckpointManagerOptions(read_only=True))
   step = mngr.latest_step()
   if step is None:
     raise FileNotFoundError(f"init_from={path}: no checkpoint in {ckpt_dir}")
@@ -68,9 +71,22 @@ def restore_params_from(path: str, abstract_params):
 
 
 def _reader(ckpt_dir):
-  return ocp.CheckpointManager(ckpt_dir, item_handlers={"state": ocp.StandardCheckpointHandler(),
-                                                        "data": ocp.JsonCheckpointHandler()},
-                               options=ocp.CheckpointManagerOptions(read_only=True))
+  with quiet_logs():  # Read-only managers warn that they will not save.
+    return ocp.CheckpointManager(ckpt_dir, item_handlers={"state": ocp.StandardCheckpointHandler(),
+                                                          "data": ocp.JsonCheckpointHandler()},
+                                 options=ocp.CheckpointManagerOptions(read_only=True))
+
+
+@contextlib.contextmanager
+def quiet_logs():
+  """Silences orbax's and tensorstore's absl logging: its read-only notices, and the
+  traceback it logs per failed read (callers report a bad checkpoint in one line)."""
+  previous = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.FATAL)
+  try:
+    yield
+  finally:
+    absl_logging.set_verbosity(previous)
 
 
 def param_keys(path: str) -> set[str]:
@@ -110,6 +126,22 @@ class Preemption:
 
   def restore_handler(self):
     signal.signal(signal.SIGTERM, self._previous)
+
+
+def move_aside(workdir: str, step: int) -> str:
+  """Moves checkpoints/<step> to checkpoints_corrupt/<step> (process 0; the others wait), so
+  the manager no longer sees it and nothing is deleted."""
+  src = _absolute(workdir) / "checkpoints" / str(step)
+  dst = _absolute(workdir) / "checkpoints_corrupt" / str(step)
+  if jax.process_index() == 0:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.exists():  # An earlier copy of the same step: keep both.
+      dst = dst.parent / f"{step}.{len(list(dst.parent.iterdir()))}"
+    src.rename(dst)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(f"move_aside_{step}")
+  return str(dst)
 
 
 def exists(workdir: str) -> bool:

@@ -7,6 +7,10 @@ import sys
 
 from absl import flags
 
+# Quiet by default: transformers' advisory messages ("PyTorch was not found") are not
+# actionable here (the library never needs torch); a user may still set their own level.
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
 from r3jax.core.errors import ConfigError, DataError, TrainingError
 
 
@@ -17,7 +21,11 @@ def fail(msg: str) -> None:
 
 
 def parse_flags(argv):
-  """absl parsing, with config errors as one line instead of a traceback."""
+  """absl parsing, with config errors as one line instead of a traceback; --help exits 0."""
+  if any(a in ("--help", "-h", "--helpshort", "--helpfull", "-?") for a in argv[1:]):
+    flags.FLAGS(argv[:1], known_only=True)
+    print(flags.FLAGS.main_module_help() if "--helpfull" not in argv else flags.FLAGS)
+    sys.exit(0)
   for arg in argv:
     if arg.startswith("--config=") and not os.path.exists(arg[len("--config="):].split(":")[0]):
       fail(f"{arg}: no such config file")

@@ -69,8 +69,7 @@ class Writer:
                           if self._remote and (self._dir / name).exists() else []) for name in _FILES}
     self._flush_secs = (30.0 if self._remote else 0.0) if flush_secs is None else flush_secs
     self._flushed = time.monotonic()
-    self._bar = tqdm.tqdm(total=total_steps, initial=initial_step, dynamic_ncols=True,
-                          unit="step", smoothing=0.1, mininterval=1.0)
+    self._bar = Progress(total_steps, initial_step)
 
   def _append(self, name: str, rows: list[dict]):
     self._lines[name] += [json.dumps(r) + "\n" for r in rows]
@@ -102,7 +101,7 @@ class Writer:
       self._tb.add_scalar(k, v, step)
     self._append("metrics.jsonl", [{"step": step, "time": time.time(), **values}])
     if bar is not None and self._bar is not None:
-      self._bar.set_postfix({k: f"{values.get(k, v):.4g}" for k, v in bar.items()}, refresh=False)
+      self._bar.postfix = {k: f"{values.get(k, v):.4g}" for k, v in bar.items()}
 
   def texts(self, step: int, tag: str, rows: list[dict]):
     if not self.enabled:
@@ -130,6 +129,15 @@ class Writer:
     if self._bar is not None:
       self._bar.update(n)
 
+  def at_step(self, step: int):
+    """Where a resumed run's progress starts."""
+    if self._bar is not None:
+      self._bar.start_at(step)
+
+  def summary(self) -> str:
+    """'<n> steps in <time>' and the last figures shown beside the bar."""
+    return self._bar.summary() if self._bar is not None else ""
+
   def print(self, msg: str):
     """A message above the progress bar, on stderr with it."""
     if self.enabled:
@@ -141,6 +149,61 @@ class Writer:
     self._bar.close()
     self.flush()
     self._tb.close()
+
+
+def clock(seconds: float) -> str:
+  m, s = divmod(int(round(seconds)), 60)
+  return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m:02d}:{s:02d}"
+
+
+class Progress:
+  """A progress bar whose ETA is true: the rate is measured from the end of the first step
+  (which includes compilation). On a terminal a tqdm bar; otherwise (logs, CI) a plain
+  line at the first step, then every 30 s and at the end, with no cursor codes."""
+
+  def __init__(self, total: int, initial: int = 0, every_s: float = 30.0):
+    self.total, self.n, self.postfix, self.every_s = total, initial, {}, every_s
+    self.t0 = self.t_first = time.monotonic()
+    self.n_first, self.printed = None, 0.0
+    self.bar = (tqdm.tqdm(total=total, initial=initial, dynamic_ncols=True, unit="step",
+                          smoothing=0.1, mininterval=1.0) if sys.stderr.isatty() else None)
+
+  def start_at(self, step: int):
+    self.n = step
+    if self.bar is not None:
+      self.bar.n = self.bar.last_print_n = self.bar.initial = step
+      self.bar.refresh()
+
+  def update(self, n: int = 1):
+    self.n += n
+    now = time.monotonic()
+    if self.n_first is None:  # The first step compiled: time the rest from here.
+      self.n_first, self.t_first = self.n, now
+      if self.bar is not None:
+        self.bar.reset(self.total)
+        self.bar.n = self.bar.last_print_n = self.bar.initial = self.n
+    if self.bar is not None:
+      self.bar.set_postfix(self.postfix, refresh=False)
+      self.bar.update(0 if self.n == self.n_first else n)
+    elif now - self.printed >= self.every_s or self.n in (self.n_first, self.total):
+      self.printed = now
+      print(self.line(now), file=sys.stderr, flush=True)
+
+  def line(self, now: float) -> str:
+    done = self.n - self.n_first
+    rate = done / (now - self.t_first) if done else 0.0
+    eta = f", ETA {clock((self.total - self.n) / rate)}" if rate and self.n < self.total else ""
+    figures = "".join(f", {k}={v}" for k, v in self.postfix.items())
+    return (f"{self.n}/{self.total} steps ({self.n / max(self.total, 1):.0%}), "
+            f"{clock(now - self.t0)} elapsed{eta}{figures}")
+
+  def summary(self) -> str:
+    figures = ", ".join(f"{k} {v}" for k, v in self.postfix.items())
+    return f"{self.n} steps in {clock(time.monotonic() - self.t0)}" + (f"; last {figures}" if figures else "")
+
+  def close(self):
+    if self.bar is not None:
+      self.bar.close()
 
 
 def read_jsonl(path) -> list[dict]:

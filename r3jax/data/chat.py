@@ -18,6 +18,9 @@ def _check(messages, where: str = "conversation"):
   if not messages:
     raise ValueError(f"{where}: empty conversation")
   for i, m in enumerate(messages):
+    if not isinstance(m, dict):
+      raise ValueError(f"{where}: turn {i} should be an object with 'role' and 'content', "
+                       f"got {type(m).__name__}")
     if m.get("role") not in ROLES:
       raise ValueError(f"{where}: turn {i} has role {m.get('role')!r}; expected one of {ROLES}")
     if not isinstance(m.get("content"), str):
@@ -105,9 +108,12 @@ def parse_sharegpt(turns, where: str = "ShareGPT turns"):
   """ShareGPT `[{from, value}]` (or OpenAI `[{role, content}]`) turns into a conversation."""
   out = []
   for i, t in enumerate(turns):
+    if not isinstance(t, dict):
+      raise ValueError(f"{where}: turn {i} should be an object with 'from' and 'value', "
+                       f"got {type(t).__name__}")
     speaker = t.get("from", t.get("role"))
     text = t.get("value", t.get("content"))
-    if speaker not in _SHAREGPT_ROLE:
+    if not isinstance(speaker, str) or speaker not in _SHAREGPT_ROLE:
       raise ValueError(f"{where}: turn {i} has unknown speaker {speaker!r}")
     if not isinstance(text, str):
       raise ValueError(f"{where}: turn {i} has no text ('value' or 'content')")

@@ -84,6 +84,16 @@ def field(obj, key, where, kind=str):
   return obj[key]
 
 
+def messages(obj, key, where) -> list[dict]:
+  """A list field of chat turns, each an object (checked fully by chat.render)."""
+  turns = field(obj, key, where, list)
+  for i, m in enumerate(turns):
+    if not isinstance(m, dict):
+      raise DataError(f"{where}: field '{key}' item {i} should be an object with 'role' and "
+                      f"'content', got {type(m).__name__}")
+  return [dict(m) for m in turns]
+
+
 def to_conversation(obj, fmt: str, where: str) -> list[dict]:
   """A conversation that ends with a non-empty assistant turn."""
   if not isinstance(obj, dict):
@@ -91,7 +101,7 @@ def to_conversation(obj, fmt: str, where: str) -> list[dict]:
   fmt = detect_format(obj) if fmt == "auto" else fmt
   try:
     if fmt == "messages":
-      conv = [dict(m) for m in field(obj, "messages", where, list)]
+      conv = messages(obj, "messages", where)
     elif fmt == "sharegpt":
       conv = chat.parse_sharegpt(field(obj, "conversations", where, list), where)
       if "chosen" in obj:
@@ -153,7 +163,7 @@ def to_comparison(obj, where: str) -> dict:
                    for k in ("chosen", "rejected")]
     elif "prompt" in obj:
       p = obj["prompt"]
-      prompt = chat.prompt_messages(p) if isinstance(p, str) else [dict(m) for m in field(obj, "prompt", where, list)]
+      prompt = chat.prompt_messages(p) if isinstance(p, str) else messages(obj, "prompt", where)
       responses = (field(obj, "responses", where, list) if "responses" in obj else
                    [field(obj, "chosen", where), field(obj, "rejected", where)])
     elif "chosen" in obj:

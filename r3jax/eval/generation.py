@@ -33,15 +33,6 @@ class Options:
 _POSITIONS = 8  # Sentence positions shown in the relevance plot.
 
 
-def model_dir(path: str) -> str:
-  """The HF directory of a run (its hf/ export) or the path itself."""
-  for d in (os.path.join(path, "hf"), path):
-    if os.path.exists(os.path.join(d, "config.json")) and os.path.exists(os.path.join(d, "tokenizer.json")):
-      return d
-  raise FileNotFoundError(f"{path}: neither a run with an exported hf/ directory nor an HF "
-                          "model directory (config.json + tokenizer.json)")
-
-
 def generate(cfg, params, tok, rows, n: int, greedy: bool, seed: int, opts: Options):
   """(texts [P][n], token counts [P][n], truncated prompt count): answers to each row's
   prompt; a count is of the generated tokens, the stop token excluded."""
@@ -61,14 +52,16 @@ def generate(cfg, params, tok, rows, n: int, greedy: bool, seed: int, opts: Opti
     texts = [t.strip() for t in texts]
     lens = np.asarray(s.mask_BN).sum(-1) - np.asarray(s.stopped_B)
     out += [texts[j * n:(j + 1) * n] for j in range(len(chunk))]
+    print(f"{'greedy' if greedy else f'{n} samples'}: {len(out)}/{len(rows)} prompts answered",
+          file=sys.stderr, flush=True)
     counts += [list(lens[j * n:(j + 1) * n]) for j in range(len(chunk))]
   return out, counts, truncated
 
 
 def model_stats(name, path, rows, encoder, reward, opts: Options):
   """Answers and per-answer statistics of one model."""
-  cfg, params = hf.load(model_dir(path), dropout_rate=0.0)
-  tok = tokenizer_lib.load(model_dir(path))
+  cfg, params = hf.load(hf.model_dir(path), dropout_rate=0.0)
+  tok = tokenizer_lib.load(hf.model_dir(path))
   greedy, counts, truncated = generate(cfg, params, tok, rows, 1, True, opts.seed, opts)
   answers = [g[0] for g in greedy]
   samples, _, _ = generate(cfg, params, tok, rows, opts.samples, False, opts.seed + 1, opts)

@@ -5,6 +5,7 @@ import csv
 import math
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -62,9 +63,16 @@ def set_name(spec: str) -> str:
 
 
 def table(scorers_by_name: dict, sets: dict) -> dict:
-  """{reward: {set: (wins, pairs)}}."""
-  return {name: {s: pair_accuracy(scorer, rows) for s, rows in sets.items()}
-          for name, scorer in scorers_by_name.items()}
+  """{reward: {set: (wins, pairs)}}, with a progress line per reward and set (on stderr)."""
+  out = {}
+  for name, scorer in scorers_by_name.items():
+    out[name] = {}
+    for s, rows in sets.items():
+      t0 = time.monotonic()
+      out[name][s] = pair_accuracy(scorer, rows)
+      print(f"{name} on {s}: {out[name][s][1]} pairs scored in {time.monotonic() - t0:.0f} s",
+            file=sys.stderr, flush=True)
+  return out
 
 
 def markdown(acc: dict, sets) -> list[str]:

@@ -165,3 +165,12 @@ def export(params, cfg: qwen.QwenConfig, path: str, tokenizer=None,
     tokenizer.save_pretrained(path)
   with open(os.path.join(path, "config.json"), "w") as f:
     json.dump(hf_cfg, f, indent=2)
+
+
+def model_dir(path: str) -> str:
+  """The HF directory of a run (its hf/ export) or the path itself."""
+  for d in (os.path.join(path, "hf"), path):
+    if os.path.exists(os.path.join(d, "config.json")) and os.path.exists(os.path.join(d, "tokenizer.json")):
+      return d
+  raise FileNotFoundError(f"{path}: neither a run with an exported hf/ directory nor an HF "
+                          "model directory (config.json + tokenizer.json)")

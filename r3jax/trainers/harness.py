@@ -10,17 +10,20 @@
 import collections
 import contextlib
 import dataclasses
+import errno
+import json
 import math
 import os
 import sys
 import time
 from typing import Any
 
+from etils import epath
 import flax.linen as nn
 import jax
 
 from r3jax.core import checkpoint, metrics, paths, plots, sharding, workdir_lock
-from r3jax.core.errors import TrainingError
+from r3jax.core.errors import ConfigError, TrainingError
 from r3jax.data import pipeline
 from r3jax.models import hf
 
@@ -47,7 +50,41 @@ def open_run(config, workdir: str, steps: int) -> Run:
   writer = metrics.Writer(workdir, steps)
   mngr = checkpoint.manager(workdir, config.checkpoint.every, config.checkpoint.max_to_keep,
                             config.checkpoint.async_save)
-  return Run(config, workdir, steps, mesh, rules, writer, mngr, lock)
+  run = Run(config, workdir, steps, mesh, rules, writer, mngr, lock)
+  check_config(run)
+  return run
+
+
+# Fields a resumed run may change: how long it runs and what it logs, not what it computes.
+SAFE_CHANGES = ("name", "steps", "epochs", "log_every", "eval_every", "eval_batches", "eval_prompts",
+                "sample_tokens", "log_samples_every", "checkpoint.")
+
+
+def flat(tree, prefix=""):
+  out = {}
+  for k, v in tree.items():
+    out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+  return out
+
+
+def check_config(run: Run) -> None:
+  """Saves the run's config as <workdir>/run_config.json; on a resume, refuses a change that
+  would make the restored state mean something else (one line with the diff), and notes
+  the safe ones."""
+  path = epath.Path(run.workdir) / "run_config.json"  # Not config.json: that names an HF dir.
+  current = json.loads(json.dumps(run.config.to_dict(), default=str))  # Tuples as lists.
+  if not fresh(run) and path.exists():
+    old, new = flat(json.loads(path.read_text())), flat(current)
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    unsafe = [k for k in changed if not k.startswith(SAFE_CHANGES)]
+    diff = lambda keys: "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys[:4])
+    if unsafe:
+      raise ConfigError(f"{run.workdir} holds a run with another config ({diff(unsafe)}"
+                        f"{', ...' if len(unsafe) > 4 else ''}); resume with its values or use a new workdir")
+    if changed:
+      run.writer.print(f"resuming with changed settings: {diff(changed)}")
+  if jax.process_index() == 0:
+    paths.write_atomic(path, json.dumps(current, indent=1) + "\n")
 
 
 def fresh(run: Run) -> bool:
@@ -63,14 +100,44 @@ def resume(run: Run, state, n_rows: int, batch_size: int):
   """
   seed = run.config.seed
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
-  restored = checkpoint.restore(run.mngr, abstract)
+  restored = restore_newest(run, abstract)
   if restored is None:
     return state, pipeline.Order(n_rows, batch_size, seed)
   state, data_state, step = restored
   run.writer.drop_after(step)  # Rows logged after the checkpoint are logged again.
+  run.writer.at_step(step)
   order = pipeline.Order(n_rows, batch_size, seed, data_state["order"])
   run.writer.print(f"resumed from step {int(state['step'])} (data epoch {order.epoch}, batch {order.index})")
   return state, order
+
+
+def restore_newest(run: Run, abstract):
+  """(state, data_state, step) of the newest checkpoint that restores, or None without any.
+
+  A newer one that does not (a truncated file, a lost manifest) is moved to
+  <workdir>/checkpoints_corrupt/<step>, kept for inspection, and named in one line. When no
+  checkpoint restores (e.g. the code changed the state's layout) nothing is moved: the
+  run stops with the newest one's error.
+  """
+  steps, errors = sorted(run.mngr.all_steps(), reverse=True), []
+  for step in steps:
+    try:
+      with checkpoint.quiet_logs():
+        restored = checkpoint.restore(run.mngr, abstract, step)
+    except Exception as e:  # pylint: disable=broad-except  (every way a checkpoint can be bad)
+      errors.append((step, f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"))
+      continue
+    if errors:
+      for bad, why in errors:
+        run.writer.print(f"checkpoint {bad} does not restore ({why}); moved it to "
+                         f"{checkpoint.move_aside(run.workdir, bad)}")
+      run.writer.print(f"resuming from checkpoint {step} instead")
+      run.mngr.reload()
+    return restored
+  if errors:
+    raise TrainingError(f"no checkpoint in {run.workdir}/checkpoints restores; the newest, "
+                        f"{errors[0][0]}: {errors[0][1]}")
+  return None
 
 
 @contextlib.contextmanager
@@ -81,8 +148,25 @@ def training(run: Run):
   try:
     yield
   finally:
-    run.mngr.wait_until_finished()  # Also when the loop failed: earlier saves complete.
+    with disk_errors(f"{run.workdir}/checkpoints"):
+      run.mngr.wait_until_finished()  # Also when the loop failed: earlier saves complete.
     run.preempt.restore_handler()
+
+
+@contextlib.contextmanager
+def disk_errors(what: str):
+  """A full disk is one line, not a traceback per writer thread; the checkpoints written
+  before it stay intact (orbax commits a step only once it is complete)."""
+  try:
+    yield
+  except Exception as e:  # pylint: disable=broad-except  (orbax wraps the OSError)
+    chain, cause = [], e
+    while cause is not None and len(chain) < 10:
+      chain.append(cause)
+      cause = cause.__cause__ or cause.__context__
+    if any(getattr(c, "errno", None) == errno.ENOSPC or "No space left on device" in str(c) for c in chain):
+      raise TrainingError(f"no space left on device while writing {what}") from None
+    raise
 
 
 def check_finite(run: Run, step: int, values: dict) -> None:
@@ -99,9 +183,10 @@ def save(run: Run, step: int, state, order) -> None:
   """Checkpoints on the manager's interval, on the last step, and on SIGTERM; after a
   SIGTERM it waits for the save and exits with status 143."""
   preempt = run.preempt.requested
-  if checkpoint.save(run.mngr, step, state, {"order": order.state()},
-                     force=preempt or step == run.steps):
-    run.writer.flush()  # The logs reach the workdir (a URI may lag) at least as far as a checkpoint.
+  with disk_errors(f"{run.workdir}/checkpoints/{step}"):
+    if checkpoint.save(run.mngr, step, state, {"order": order.state()},
+                       force=preempt or step == run.steps):
+      run.writer.flush()  # The logs reach the workdir (a URI may lag) at least as far as a checkpoint.
   if preempt:
     run.mngr.wait_until_finished()
     run.writer.print(f"SIGTERM: saved a checkpoint at step {step}; exiting")
@@ -117,6 +202,8 @@ def export_hf(workdir: str, params, cfg, tok) -> str:
   if jax.process_index() == 0:
     with paths.local_dir(path) as local:
       hf.export(params, cfg, local, tokenizer=tok)
+      for name in os.listdir(local):  # safetensors writes 600; others read the export too.
+        os.chmod(os.path.join(local, name), 0o644)
   return path
 
 
@@ -133,9 +220,12 @@ def finish(run: Run, plot_groups=None, skipped=(), truncated: int = 0, what: str
   if skipped or truncated:
     run.writer.print(f"data: {len(skipped)} bad rows skipped, {truncated} {what} truncated "
                      f"to {limit}")
+  summary = run.writer.summary()
   run.writer.close()
   if jax.process_index() == 0:
     plots.plot_workdir(run.workdir, plot_groups)
+    print(f"{run.config.name}: {summary}; logs, plots and checkpoints in {run.workdir}",
+          file=sys.stderr, flush=True)
   workdir_lock.release(run.lock)
 
 

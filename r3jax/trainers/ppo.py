@@ -204,13 +204,16 @@ def rollout(s: Setup, state, batch_rows, it: int) -> dict:
   """This process's prompts, left-padded to rollout.prompt_len, and n sampled responses
   each: {rows, prompt_tok, prompt_mask, samples (this process's rows, host arrays)}."""
   prompt_ids = [chat.tokenize(s.tok, chat.prompt_messages(r["prompt"]), True)[0] for r in batch_rows]
+  # Longer prompts keep their last prompt_len tokens (the question and the assistant header).
+  truncated = sum(len(x) > s.config.rollout.prompt_len for x in prompt_ids)
   p_tok, p_mask = padding.left_pad(prompt_ids, s.tok.pad_token_id, s.config.rollout.prompt_len)
   prompts = sharding.put_batch({"tok": p_tok, "mask": p_mask}, s.run.mesh)
   key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), it)
   out = sampling.generate(s.merged_policy(state["policy"], s.frozen), prompts["tok"], prompts["mask"],
                           key, model_cfg=s.cfg, cfg=s.scfg)
   out_local = sampling.Samples(*(sharding.local_rows(x, s.run.mesh) for x in out))
-  return {"rows": batch_rows, "prompt_tok": p_tok, "prompt_mask": p_mask, "samples": out_local}
+  return {"rows": batch_rows, "prompt_tok": p_tok, "prompt_mask": p_mask, "samples": out_local,
+          "truncated": truncated}
 
 
 def repeat(ro: dict, values) -> list:
@@ -309,6 +312,7 @@ def iteration_metrics(state, ro, scored, data, stats, ms, kl_seq, times) -> dict
           "reward/score_normalized": float(jnp.mean(stats["score"])), "kl/seq_kl": kl_seq,
           "kl/beta": float(state["beta"]), "rollout/length": float(lengths.mean()),
           "rollout/truncated": float(1.0 - sharding.host_gather(out.stopped_B).mean()),
+          "rollout/prompts_truncated": float(sharding.host_gather(np.array([ro["truncated"]])).sum()),
           "value/explained_variance": float(ppo.explained_variance(data["values"], stats["returns"], rm)),
           **upd, **times}
 
@@ -336,7 +340,7 @@ def train(config, workdir: str) -> dict:
   run, frozen = s.run, s.frozen
   fixed = [[{"role": "user", "content": r["prompt"]}] for r in rows[:config.eval_prompts]]
   before = greedy_answers(s, frozen, fixed)
-  timer = harness.Timer()
+  timer, truncated = harness.Timer(), 0
   with harness.training(run):
     for it in range(int(state["step"]), config.steps):
       with timer("time/rollout"), harness.mesh_rules(run.mesh, run.rules):
@@ -351,13 +355,15 @@ def train(config, workdir: str) -> dict:
         models, ms = update(s, state, batch, it)
         state, kl_seq = next_state(s, state, models, moments, stats["kl"])
       vals = log_iteration(s, it + 1, state, ro, scored, data, stats, ms, kl_seq, timer.read())
+      truncated += int(vals["rollout/prompts_truncated"])
       harness.check_finite(run, it + 1, {k: vals[k] for k in FINITE})
       harness.save(run, it + 1, state, order)
   final = s.merged_policy(state["policy"], frozen)
   after = greedy_answers(s, final, fixed)
   write_before_after(workdir, [m[0] for m in fixed], before, after, s.scorer, rows[:config.eval_prompts])
   harness.export_hf(workdir, final, s.cfg, s.tok)
-  harness.finish(run, PLOTS)
+  harness.finish(run, PLOTS, truncated=truncated, what="prompts",
+                 limit=f"their last rollout.prompt_len={config.rollout.prompt_len} tokens")
   return {"state": state, "frozen": frozen}
 
 

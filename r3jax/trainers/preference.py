@@ -66,17 +66,30 @@ def evaluate(run, eval_loss, params, with_ref, batch_of, eval_rows, n_eval, step
   return out
 
 
+def drop_ties(dcfg, *splits):
+  """(splits without the comparisons that repeat a response, how many were dropped); with
+  data.keep_ties nothing is dropped."""
+  if dcfg.keep_ties:
+    return splits, 0
+  kept = [[r for r in rows if len(set(r["responses"])) == len(r["responses"])] for rows in splits]
+  return kept, sum(len(a) - len(b) for a, b in zip(splits, kept))
+
+
 def setup(config, workdir, task: Task):
   """(run, optimizer, skipped rows, context) before the first step."""
   policy = state_lib.build_policy(config.model, workdir, config.tokenizer)
   prompt_len = task.prompt_len(config)
   batch_of = lambda rows: pipeline.ranked_batch(policy.tokenizer, rows, config.seq_len, prompt_len)
   train_rows, eval_rows, skipped = sources.comparisons(config.data, config.seed)
+  (train_rows, eval_rows), ties = drop_ties(config.data, train_rows, eval_rows)
   task.check(train_rows, eval_rows)
   steps = config.steps or config.epochs * (len(train_rows) // config.batch_size)
   run = harness.open_run(config, workdir, steps)
   tx = optim.make(config.optim, steps)
   harness.log_skipped(run, skipped)
+  if ties:
+    run.writer.print(f"dropped {ties} comparisons whose responses are identical: they carry no "
+                     "preference and train at the loss of a coin flip (data.keep_ties=True keeps them)")
   fresh = harness.fresh(run)
   state, shardings = state_lib.init_state(policy, tx, run.mesh, run.rules, config.seed,
                                           config.init_from if fresh else "", scalar_head=task.scalar_head)

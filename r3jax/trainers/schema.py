@@ -95,7 +95,8 @@ def preference(trainer: str, name: str) -> ConfigDict:
   c = supervised(trainer, name)
   c.steps, c.epochs, c.batch_size = 0, 1, 64
   c.data = ConfigDict(dict(train="", eval="", eval_fraction=0.05, skip_bad=False,
-                           synthetic_examples=6000, synthetic_seed=0))
+                           synthetic_examples=6000, synthetic_seed=0,
+                           keep_ties=False))  # Comparisons whose responses are all equal.
   c.optim = optim(lr=3e-6, weight_decay=0.0)
   c.eval_every, c.eval_batches = 200, 8
   if trainer == "rm":

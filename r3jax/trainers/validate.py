@@ -2,6 +2,9 @@
 before any work. Each failure is a ConfigError (or FileNotFoundError for a missing path)
 whose one-line message names the field and what it may be."""
 
+import json
+import os
+
 from etils import epath
 import jax
 
@@ -136,10 +139,24 @@ def check_ppo(config) -> None:
   if n_rollouts % config.ppo.minibatch:
     raise ConfigError(f"config.prompts_per_step x rollout.n = {n_rollouts} is not a multiple "
                       f"of ppo.minibatch={config.ppo.minibatch}")
+  check_context(config)
   sizes = sharding.mesh_shape(config.mesh, jax.device_count())
   if config.prompts_per_step % (sizes["data"] * sizes["fsdp"]):
     raise ConfigError(f"config.prompts_per_step={config.prompts_per_step} does not split over the "
                       f"{sizes['data'] * sizes['fsdp']} data-parallel devices")
+
+
+def check_context(config) -> None:
+  """Prompt plus response within the model's context (its config.json, or the preset's)."""
+  if config.model.hf_dir:
+    path = os.path.join(config.model.hf_dir, "config.json")
+    context = json.load(open(path)).get("max_position_embeddings") if os.path.exists(path) else None
+  else:
+    context = qwen.preset(config.model.preset).max_position_embeddings
+  total = config.rollout.prompt_len + config.rollout.max_new_tokens
+  if context and total > context:
+    raise ConfigError(f"config.rollout.prompt_len + rollout.max_new_tokens = {total} exceeds the "
+                      f"model's context of {context} positions")
 
 
 def check_rso(config) -> None:
