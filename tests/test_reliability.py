@@ -159,3 +159,19 @@ def test_comparisons_with_identical_responses_are_dropped_unless_kept():
   (kept,), dropped = preference.drop_ties(ConfigDict({"keep_ties": False}), rows)
   assert kept == rows[:1] and dropped == 2
   assert preference.drop_ties(ConfigDict({"keep_ties": True}), rows) == ((rows,), 0)
+
+
+def test_a_checkpoint_of_another_architecture_is_named_not_a_traceback(tmp_path):
+  from helpers import make_hf_qwen
+  from r3jax.models import bert, qwen
+  from r3jax.trainers import state
+  cfg = qwen.preset("tiny", vocab_size=2048)
+  with pytest.raises(ConfigError, match="a 'bert' checkpoint, not a Qwen2 decoder"):
+    state.check_architecture(bert.minilm_dir(), cfg)
+  make_hf_qwen(tmp_path / "qwen")  # hidden 64 like tiny, but vocab 128 and MLP 96.
+  with pytest.raises(ConfigError, match=r"architecture does not match the config's model \(vocab_size 128 "
+                                        r"vs 2048; intermediate_size 96 vs 176, checkpoint vs config\); "
+                                        r"set --config.model.hf_dir="):
+    state.check_architecture(str(tmp_path / "qwen"), cfg)
+  state.check_architecture(str(tmp_path / "qwen"), hf_cfg := qwen.config_from_hf(str(tmp_path / "qwen" / "config.json")))
+  assert hf_cfg.vocab_size == 128

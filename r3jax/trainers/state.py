@@ -94,7 +94,30 @@ def initial_params(policy: Policy, init_from: str, like, param_shardings, mesh, 
   return state["params"]
 
 
+SHAPE_FIELDS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads",
+                "intermediate_size", "tie_embeddings")
+
+
+def check_architecture(source: str, cfg) -> None:
+  """A ConfigError, before any tensor is read, when an HF checkpoint is not the config's
+  model (another family, or a Qwen2 of another size)."""
+  import json  # pylint: disable=g-import-not-at-top
+  hf_cfg = json.load(open(os.path.join(source, "config.json")))
+  kind = hf_cfg.get("model_type", "?")
+  if kind != "qwen2":
+    raise ConfigError(f"{source}: a {kind!r} checkpoint, not a Qwen2 decoder; init_from and "
+                      "model.hf_dir take Qwen2 checkpoints (or an r3jax run directory)")
+  theirs = qwen.config_from_hf(hf_cfg)
+  diff = [f"{f} {getattr(theirs, f)} vs {getattr(cfg, f)}" for f in SHAPE_FIELDS
+          if hasattr(cfg, f) and getattr(theirs, f) != getattr(cfg, f)]
+  if diff:
+    raise ConfigError(f"{source}: the checkpoint's architecture does not match the config's model "
+                      f"({'; '.join(diff)}, checkpoint vs config); set --config.model.hf_dir={source} "
+                      "to take its architecture")
+
+
 def load_params(source: str, cfg, like, param_shardings):
   if os.path.exists(os.path.join(source, "config.json")):
+    check_architecture(source, cfg)
     return hf.load_params(source, cfg, shardings=param_shardings)
   return checkpoint.restore_params_from(source, checkpoint.abstract_like(like, param_shardings))
