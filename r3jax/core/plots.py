@@ -2,6 +2,8 @@
 
 import collections
 import io
+import json
+import math
 
 from etils import epath
 import matplotlib
@@ -9,42 +11,241 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
-from r3jax.core import metrics
-
-# Plotted when present; each group is one PNG with one panel per metric.
+# Every trainer's groups: each group is one PNG, one panel per metric. The lists are copies
+# of the trainers' own (sft.py passes None, ppo.PLOTS, rm/dpo TASK.plots), kept here so that
+# `python -m r3jax.plot` can re-draw any run without importing the trainers (and JAX).
 GROUPS = {
-    "train": ["train/loss", "eval/loss", "train/lr", "train/grad_norm"],
-    "throughput": ["perf/tokens_per_s", "perf/steps_per_s"],
+    "sft": {
+        "train": ["train/loss", "eval/loss", "train/lr", "train/grad_norm"],
+        "throughput": ["perf/tokens_per_s", "perf/steps_per_s"],
+    },
+    "ppo": {
+        "reward": ["reward/reward", "reward/relevance", "reward/length_incentive",
+                   "reward/repetition_penalty", "reward/copies_query"],
+        "kl_length": ["kl/seq_kl", "kl/beta", "rollout/length", "policy/entropy"],
+        "losses": ["policy/loss", "value/loss", "policy/clipfrac", "value/explained_variance"],
+        "time": ["time/rollout", "time/reward", "time/reference_value", "time/advantages", "time/update"],
+    },
+    "rm": {
+        "rm": ["train/loss", "eval/loss", "train/rm/accuracy", "eval/rm/accuracy",
+               "train/rm/margin", "train/rm/reward_std"],
+    },
+    "dpo": {
+        "dpo": ["train/loss", "eval/loss", "train/rewards/accuracy", "eval/rewards/accuracy",
+                "train/rewards/margin", "train/rewards/chosen", "train/rewards/rejected"],
+    },
 }
 
+# The x axis of a PPO run counts iterations (rollout + update), not optimizer steps.
+XLABELS = {"ppo": "PPO iteration"}
 
-def plot_workdir(workdir: str, groups=None) -> list[str]:
+# Y-axis labels; a metric not listed falls back to its last path component's rule in
+# _SUFFIX_UNITS, then to its short name.
+UNITS = {
+    "train/grad_norm": "gradient L2 norm",
+    "perf/tokens_per_s": "tokens / s",
+    "perf/steps_per_s": "steps / s",
+    "eval/perplexity": "perplexity",
+    "kl/seq_kl": "nats / sequence",
+    "kl/beta": "KL coefficient β",
+    "rollout/length": "tokens",
+    "policy/entropy": "nats / token",
+    "policy/loss": "clipped surrogate",
+    "value/loss": "squared error",
+    "value/explained_variance": "explained variance",
+    "train/rm/margin": "reward (chosen − rejected)",
+    "train/rm/reward_std": "reward std",
+    "train/rewards/margin": "β·log-ratio (chosen − rejected)",
+    "train/rewards/chosen": "β·log-ratio vs reference",
+    "train/rewards/rejected": "β·log-ratio vs reference",
+}
+_SUFFIX_UNITS = {"loss": "nats", "lr": "learning rate", "accuracy": "fraction", "clipfrac": "fraction"}
+_PREFIX_UNITS = {"time/": "seconds", "reward/": "reward"}
+
+SMOOTH_ABOVE = 20  # Points; fewer are drawn raw, where an EMA would mostly show its lag.
+CHANCE = 0.5  # Pairwise accuracy of a coin flip.
+
+
+def unit_label(metric: str) -> str:
+  if metric in UNITS:
+    return UNITS[metric]
+  short = metric.rsplit("/", 1)[-1]
+  if short in _SUFFIX_UNITS:
+    return _SUFFIX_UNITS[short]
+  for prefix, unit in _PREFIX_UNITS.items():
+    if metric.startswith(prefix):
+      return unit
+  return short
+
+
+def read_series(path) -> dict[str, tuple[list, list]]:
+  """{metric: (steps, values)} sorted by step, the last value kept where a step repeats
+  (a resumed run re-logs it). A torn last line, from a run killed mid-write, is skipped:
+  a crashed run is when its plots are wanted most."""
+  rows = collections.defaultdict(dict)
+  for line in epath.Path(path).read_text().splitlines():
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError:
+      continue
+    if not isinstance(row, dict) or "step" not in row:
+      continue
+    for k, v in row.items():
+      # bool is an int; a flag is not a curve.
+      if k not in ("step", "time") and isinstance(v, (int, float)) and not isinstance(v, bool):
+        rows[k][row["step"]] = float(v)
+  return {k: tuple(map(list, zip(*sorted(d.items())))) for k, d in rows.items()}
+
+
+def ema(values, alpha: float | None = None) -> list[float]:
+  """Exponential moving average; alpha defaults to ~10 windows per run (clipped to
+  [0.02, 0.2]) so long runs are smoothed as much, relative to their length, as short ones.
+  Non-finite values are passed over, so one NaN does not blank the rest of the curve."""
+  if alpha is None:
+    alpha = min(0.2, max(0.02, 20.0 / max(len(values), 1)))
+  out, acc = [], None
+  for v in values:
+    if math.isfinite(v):
+      acc = v if acc is None else acc + alpha * (v - acc)
+    out.append(math.nan if acc is None else acc)
+  return out
+
+
+def kl_target(workdir) -> float | None:
+  """The adaptive-KL controller's target from the run's saved config, if any. The harness
+  saves run_config.json; config.json is accepted too. A fixed beta has no target to show."""
+  for name in ("run_config.json", "config.json"):
+    path = epath.Path(workdir) / name
+    try:
+      kl = json.loads(path.read_text()).get("kl") if path.exists() else None
+    except (OSError, ValueError, AttributeError):
+      continue
+    if isinstance(kl, dict) and isinstance(kl.get("target"), (int, float)) and kl.get("adaptive", True):
+      return float(kl["target"])
+  return None
+
+
+def _finite_range(*lists) -> tuple[float, float] | None:
+  vals = [v for vals in lists for v in vals if math.isfinite(v)]
+  return (min(vals), max(vals)) if vals else None
+
+
+def _set_ylim(ax, lo: float, hi: float) -> None:
+  pad = 0.05 * (hi - lo) if hi > lo else max(abs(hi) * 0.05, 1e-3)
+  ax.set_ylim(lo - pad, hi + pad)
+
+
+def draw_baseline(ax, values, value: float, label: str) -> None:
+  """A dashed reference line, drawn only where it fits within twice the data's span; else
+  the y-range stays on the data and the legend names the value, so a far-off baseline (a
+  unigram loss of 7 under a curve at 2.1-2.3) does not flatten the curve."""
+  rng = _finite_range(values)
+  if rng is None or not math.isfinite(value):
+    return
+  lo, hi = rng
+  span = max(hi - lo, 1e-12)
+  if max(hi, value) - min(lo, value) <= 2 * span:
+    ax.axhline(value, color="gray", ls="--", lw=1, label=f"{label} {value:.3g}")
+    _set_ylim(ax, min(lo, value), max(hi, value))
+  else:
+    ax.plot([], [], color="gray", ls="--", lw=1, label=f"{label} {value:.3g} (off scale)")
+    _set_ylim(ax, lo, hi)
+  ax.legend(fontsize=7)
+
+
+def draw_panel(ax, metric: str, steps, values, xlabel: str = "step",
+               hline: float | None = None, hline_label: str = "reference") -> None:
+  """One metric: the raw series, with an EMA over it when there are enough points to need
+  one; a dashed reference line (chance on accuracies, or `hline`)."""
+  if len(values) > SMOOTH_ABOVE:
+    line, = ax.plot(steps, values, lw=0.7, alpha=0.3)
+    ax.plot(steps, ema(values), lw=1.6, color=line.get_color())
+  else:
+    ax.plot(steps, values, lw=1.2, marker=".", ms=5)
+  ax.set_title(metric, fontsize=10)
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(unit_label(metric))
+  ax.grid(alpha=0.3)
+  if hline is not None:
+    draw_baseline(ax, values, hline, hline_label)
+  elif metric.endswith("accuracy"):
+    # Accuracies are fractions; keep 0.5 in view so the distance from chance reads at a glance.
+    ax.axhline(CHANCE, color="gray", ls="--", lw=1, label="chance")
+    lo, hi = _finite_range(values, [CHANCE]) or (0.0, 1.0)
+    _set_ylim(ax, max(0.0, lo), min(1.0, hi))
+    ax.legend(fontsize=7)
+
+
+_HLINE_LABELS = {"kl/seq_kl": "KL target"}
+
+
+def _grid(n: int) -> tuple[int, int]:
+  cols = 2 if n == 4 else min(n, 3)  # 2x2 rather than 3 + 1.
+  return -(-n // cols), cols
+
+
+def group_figure(name: str, keys, series: dict, xlabel: str = "step",
+                 hlines: dict | None = None, title: str = ""):
+  """The figure of one group (panels for the keys with data, in a grid of <= 3 columns),
+  returned unsaved so tests and notebooks can inspect it; None when no key has data."""
+  keys = [k for k in keys if series.get(k) and series[k][0]]
+  if not keys:
+    return None
+  hlines, labels = dict(hlines or {}), dict(_HLINE_LABELS)
+  if "eval/unigram_loss" in series and "eval/loss" not in hlines:
+    hlines["eval/loss"], labels["eval/loss"] = series["eval/unigram_loss"][1][-1], "unigram"
+  rows, cols = _grid(len(keys))
+  fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.3 * rows + 0.4), squeeze=False)
+  flat = axes.ravel()
+  for ax, k in zip(flat, keys):
+    draw_panel(ax, k, *series[k], xlabel=xlabel, hline=hlines.get(k), hline_label=labels.get(k, "reference"))
+  for ax in flat[len(keys):]:
+    ax.set_visible(False)
+  smoothed = any(len(series[k][1]) > SMOOTH_ABOVE for k in keys)
+  note = "  (faint: raw, solid: EMA)" if smoothed else ""
+  fig.suptitle(f"{title + ': ' if title else ''}{name}{note}", fontsize=11)
+  fig.tight_layout()
+  return fig
+
+
+def _trainer_of(group: str) -> str | None:
+  return next((t for t, groups in GROUPS.items() if group in groups), None)
+
+
+def detected_groups(series: dict) -> dict:
+  """The registered groups a run's metrics belong to. A group counts when it has data for a
+  metric that no other trainer's groups list: train/loss alone is in the SFT, RM and DPO
+  groups, and should not give an SFT run an rm.png."""
+  out = {}
+  for trainer, groups in GROUPS.items():
+    others = {k for t, gs in GROUPS.items() if t != trainer for ks in gs.values() for k in ks}
+    for name, keys in groups.items():
+      own = [k for k in keys if k not in others] or keys
+      if any(series.get(k) for k in own):
+        out[name] = keys
+  return out
+
+
+def plot_workdir(workdir: str, groups: dict | None = None,
+                 hlines: dict[str, float] | None = None) -> list[str]:
+  """Draws <workdir>/plots/<group>.png from <workdir>/metrics.jsonl and returns the paths.
+  groups: {name: [metric, ...]}, or None for every registered group the run has data for.
+  hlines: {metric: value} dashed reference lines, over the KL target from the run's config."""
   path = epath.Path(workdir) / "metrics.jsonl"
   if not path.exists():
     raise FileNotFoundError(f"{path}: no metrics to plot")
-  series = collections.defaultdict(list)
-  for row in metrics.read_jsonl(path):
-    for k, v in row.items():
-      if k not in ("step", "time"):
-        series[k].append((row["step"], v))
+  series = read_series(path)
+  target = kl_target(workdir)
+  lines = {**({"kl/seq_kl": target} if target is not None else {}), **(hlines or {})}
   out_dir = epath.Path(workdir) / "plots"
   out_dir.mkdir(parents=True, exist_ok=True)
   written = []
-  for name, keys in (groups or GROUPS).items():
-    keys = [k for k in keys if series.get(k)]
-    if not keys:
+  run = epath.Path(workdir).name
+  for name, keys in (detected_groups(series) if groups is None else groups).items():
+    xlabel = XLABELS.get(_trainer_of(name), "step")
+    fig = group_figure(name, keys, series, xlabel=xlabel, hlines=lines, title=run)
+    if fig is None:
       continue
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.2), squeeze=False)
-    for ax, k in zip(axes[0], keys):
-      steps, values = zip(*sorted(dict(series[k]).items()))
-      ax.plot(steps, values, marker="." if len(steps) < 30 else None)
-      if k == "eval/loss" and series.get("eval/unigram_loss"):
-        ax.axhline(series["eval/unigram_loss"][-1][1], color="gray", ls="--", label="unigram")
-        ax.legend()
-      ax.set_title(k)
-      ax.set_xlabel("step")
-      ax.grid(alpha=0.3)
-    fig.tight_layout()
     out = out_dir / f"{name}.png"
     save_png(fig, out)
     written.append(str(out))

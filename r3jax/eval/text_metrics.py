@@ -3,10 +3,21 @@
 Pure Python on strings: these run once per evaluation, on host, over a few thousand texts.
 Tokens are R³'s word-punctuation tokens (`wordpunct`, as R³ counts them), lower-cased, so "Paris." and
 "paris ." count alike; ROUGE-L alone uses rouge-score's alphanumeric words.
+
+Which package each metric matches, so the numbers compare with papers
+(tests/test_text_metrics.py checks it on ~100 generated pairs, tolerance 1e-9):
+- `bleu` / `self_bleu`: nltk's `sentence_bleu` with uniform weights and
+  `SmoothingFunction().method1` (epsilon 0.1), the call Texygen's Self-BLEU makes. They call
+  nltk itself (nltk==3.10.4, no downloaded data needed). The earlier hand-written version
+  differed from nltk for hypotheses shorter than max_n tokens (it dropped the missing orders
+  instead of smoothing them to 0.1 counts) and for no unigram match (nltk gives 0): on 403
+  synthetic answer pairs 67 BLEU scores differed, by up to 0.31, and Self-BLEU by up to 28
+  points on 100 groups.
+- `rouge_l`: rouge-score's `RougeScorer(['rougeL']).score(reference, candidate)['rougeL']
+  .fmeasure` (use_stemmer=False): identical (max |difference| 0.0 on 404 pairs), so the
+  hand-written LCS stays; it runs in the reward (copies_query) and needs no package.
 """
 
-import collections
-import math
 import re
 
 import numpy as np
@@ -34,31 +45,17 @@ def ngram_repetition(text: str, n: int = 4) -> float:
 
 
 def bleu(hypothesis: list[str], references: list[list[str]], max_n: int = 4) -> float:
-  """Sentence BLEU in [0, 1]: clipped n-gram precisions against all references, their
-  geometric mean, and the brevity penalty for the closest reference length. A precision
-  with no match counts 0.1 matches (Chen & Cherry's smoothing 1, as Texygen's Self-BLEU),
-  so short or diverse texts get a small, not a zero, score."""
+  """Sentence BLEU in [0, 1]: nltk's sentence_bleu with weights 1/max_n and Chen & Cherry's
+  smoothing 1 (SmoothingFunction().method1: a precision with no match counts 0.1 matches,
+  orders longer than the hypothesis included), as Texygen's Self-BLEU. Clipped n-gram
+  precisions against all references, their geometric mean, and the brevity penalty for the
+  closest reference length; 0 without any matched unigram."""
   if not hypothesis:
     return 0.0
-  log_p = 0.0
-  for n in range(1, max_n + 1):
-    hyp = collections.Counter(ngrams(hypothesis, n))
-    total = sum(hyp.values())
-    if total == 0:  # Shorter than n: this order says nothing; BLEU keeps it at zero weight.
-      return 0.0 if n == 1 else math.exp(log_p / (n - 1)) * _brevity(hypothesis, references)
-    most = collections.Counter()
-    for ref in references:
-      for g, c in collections.Counter(ngrams(ref, n)).items():
-        most[g] = max(most[g], c)
-    matched = sum(min(c, most[g]) for g, c in hyp.items())
-    log_p += math.log((matched or 0.1) / total)
-  return math.exp(log_p / max_n) * _brevity(hypothesis, references)
-
-
-def _brevity(hypothesis, references) -> float:
-  h = len(hypothesis)
-  r = min((len(x) for x in references), key=lambda length: (abs(length - h), length))
-  return 1.0 if h >= r else math.exp(1 - r / h)
+  from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu  # nltk imports slowly.
+  weights = tuple(1.0 / max_n for _ in range(max_n))
+  return float(sentence_bleu(references, hypothesis, weights,
+                             smoothing_function=SmoothingFunction().method1))
 
 
 def self_bleu(samples: list[str], max_n: int = 4) -> float:
