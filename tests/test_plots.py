@@ -32,10 +32,11 @@ def sft_rows():
   for s in range(1, STEPS + 1):
     # Train and eval land in separate rows of the same step, as the trainer logs them.
     rows.append({"step": s, "time": s * 1.0, "train/loss": noisy(rng, 6.0, 2.5, s), "train/lr": 3e-4,
-                 "train/grad_norm": noisy(rng, 2.0, 0.5, s), "perf/tokens_per_s": noisy(rng, 9e3, 9e3, s, noise=300),
+                 "train/grad_norm": noisy(rng, 2.0, 0.5, s),
+                 "perf/tokens_per_s": noisy(rng, 9e3, 9e3, s, noise=300),
                  "perf/steps_per_s": noisy(rng, 2.0, 2.0, s)})
     if s % 10 == 0:
-      rows.append({"step": s, "time": s * 1.0, "eval/loss": 6.0 - 3.5 * s / STEPS, "eval/unigram_loss": 7.5,
+      rows.append({"step": s, "time": s * 1.0, "eval/loss": 6.0 - 3.5 * s / STEPS, "eval/unigram_loss": 10.0,
                    "eval/perplexity": math.exp(6.0 - 3.5 * s / STEPS)})
   return rows
 
@@ -59,8 +60,10 @@ def dpo_rows():
   rng, rows = random.Random(2), []
   for s in range(1, STEPS + 1):
     rows.append({"step": s, "time": float(s), "train/loss": noisy(rng, 0.69, 0.45, s), "train/lr": 1e-6,
-                 "train/grad_norm": noisy(rng, 5.0, 3.0, s), "train/rewards/accuracy": noisy(rng, 0.5, 0.75, s),
-                 "train/rewards/margin": noisy(rng, 0.0, 1.0, s), "train/rewards/chosen": noisy(rng, 0.0, 0.3, s),
+                 "train/grad_norm": noisy(rng, 5.0, 3.0, s),
+                 "train/rewards/accuracy": noisy(rng, 0.5, 0.75, s),
+                 "train/rewards/margin": noisy(rng, 0.0, 1.0, s),
+                 "train/rewards/chosen": noisy(rng, 0.0, 0.3, s),
                  "train/rewards/rejected": noisy(rng, 0.0, -0.7, s)})
     if s % 15 == 0:
       rows.append({"step": s, "time": float(s), "eval/loss": 0.69 - 0.2 * s / STEPS,
@@ -147,8 +150,8 @@ def test_far_unigram_baseline_keeps_the_curve_readable(tmp_path):
   fig = plots.group_figure("train", ["eval/loss"], series)
   ax = fig.axes[0]
   lo, hi = ax.get_ylim()
-  # Data spans 2.5..5.4 and the baseline 7.5 would stretch the span past 2x: legend only.
-  assert hi < 7.5 and 7.5 not in hline_ys(ax)
+  # Data spans 2.5..5.4 and the baseline 10 would stretch the span past 2x: legend only.
+  assert hi < 6.0 and 10.0 not in hline_ys(ax)
   assert any("unigram" in t.get_text() for t in ax.get_legend().get_texts())
   plots.plt.close(fig)
   fig = plots.group_figure("train", ["eval/loss"], series, hlines={"eval/loss": 5.8})
@@ -165,7 +168,30 @@ def test_torn_last_line_and_missing_file(tmp_path):
     plots.plot_workdir(str(tmp_path / "empty"))
 
 
-def test_ema_starts_at_first_value_and_skips_nan():
+def test_smoothing_follows_a_trend_skips_nan_and_schedules():
   assert plots.ema([1.0, 1.0, 1.0]) == [1.0, 1.0, 1.0]
-  out = plots.ema([math.nan, 2.0, math.nan, 2.0], alpha=0.5)
-  assert math.isnan(out[0]) and out[1:] == [2.0, 2.0, 2.0]
+  assert plots.ema([math.nan, 2.0, math.nan, 2.0], alpha=0.5) == [2.0] * 4
+  line = [float(i) for i in range(100)]
+  # A causal EMA would lag it by (1 - alpha) / alpha = 4 points everywhere.
+  assert all(abs(a - b) < 0.1 for a, b in list(zip(plots.ema(line), line))[25:75])
+  rng = random.Random(3)
+  assert plots.is_noisy([rng.gauss(0, 1) for _ in range(50)])
+  cosine = [3e-4 * 0.5 * (1 + math.cos(math.pi * i / 50)) for i in range(50)]
+  assert not plots.is_noisy(cosine) and not plots.is_noisy([3e-4] * 50)
+  assert not plots.is_noisy([rng.gauss(0, 1) for _ in range(plots.SMOOTH_ABOVE)])  # Too short.
+
+
+def test_a_spike_does_not_set_the_y_range():
+  rng = random.Random(4)
+  values = [1.0 + rng.gauss(0, 0.1) for _ in range(1000)]
+  values[500] = 20.0
+  fig, ax = plots.plt.subplots()
+  plots.draw_panel(ax, "train/grad_norm", list(range(1000)), values)
+  assert ax.get_ylim()[1] < 3.0 and ax.get_ylabel() == "gradient L2 norm"
+  assert any("max 20" in t.get_text() for t in ax.texts)  # The clipped spike is named.
+  plots.plt.close(fig)
+
+
+def test_shared_metrics_only_are_drawn_once(tmp_path):
+  run = write_run(tmp_path / "run", [{"step": s, "time": 0.0, "train/loss": 1.0 / s} for s in range(1, 5)])
+  assert png_names(plots.plot_workdir(str(run))) == ["train.png"]

@@ -62,7 +62,7 @@ UNITS = {
 _SUFFIX_UNITS = {"loss": "nats", "lr": "learning rate", "accuracy": "fraction", "clipfrac": "fraction"}
 _PREFIX_UNITS = {"time/": "seconds", "reward/": "reward"}
 
-SMOOTH_ABOVE = 20  # Points; fewer are drawn raw, where an EMA would mostly show its lag.
+SMOOTH_ABOVE = 20  # Points; fewer (an eval every 500 steps) are each worth seeing as logged.
 CHANCE = 0.5  # Pairwise accuracy of a coin flip.
 
 
@@ -98,17 +98,40 @@ def read_series(path) -> dict[str, tuple[list, list]]:
 
 
 def ema(values, alpha: float | None = None) -> list[float]:
-  """Exponential moving average; alpha defaults to ~10 windows per run (clipped to
-  [0.02, 0.2]) so long runs are smoothed as much, relative to their length, as short ones.
-  Non-finite values are passed over, so one NaN does not blank the rest of the curve."""
+  """Two-sided exponential smoothing: each point is the (1-alpha)^|i-j|-weighted mean of
+  its neighbours on both sides, so the curve does not lag a falling loss as a causal EMA
+  does; at the ends it becomes the one-sided EMA. alpha defaults to 20/len clipped to
+  [0.02, 0.2], so long runs are smoothed as much, relative to their length, as short
+  ones. Non-finite values get no weight: one NaN does not blank a curve."""
   if alpha is None:
     alpha = min(0.2, max(0.02, 20.0 / max(len(values), 1)))
-  out, acc = [], None
-  for v in values:
-    if math.isfinite(v):
-      acc = v if acc is None else acc + alpha * (v - acc)
-    out.append(math.nan if acc is None else acc)
+  keep = [math.isfinite(v) for v in values]
+
+  def passes(order):  # Running weighted sums and weights, in that order.
+    sums, weights, acc, w = [0.0] * len(values), [0.0] * len(values), 0.0, 0.0
+    for i in order:
+      acc, w = (1 - alpha) * acc + (values[i] if keep[i] else 0.0), (1 - alpha) * w + keep[i]
+      sums[i], weights[i] = acc, w
+    return sums, weights
+
+  (fs, fw), (bs, bw) = passes(range(len(values))), passes(reversed(range(len(values))))
+  out = []
+  for i, v in enumerate(values):  # Point i is in both passes; count it once.
+    w = fw[i] + bw[i] - keep[i]
+    out.append((fs[i] + bs[i] - (v if keep[i] else 0.0)) / w if w > 0 else math.nan)
   return out
+
+
+def is_noisy(values) -> bool:
+  """Whether a series has step-to-step noise worth smoothing. A schedule (lr, a fixed beta)
+  or a clean trend has second differences much smaller than its first differences; noise
+  has them larger. Smoothing a schedule would only shift its corners."""
+  vals = [v for v in values if math.isfinite(v)]
+  if len(vals) <= SMOOTH_ABOVE:
+    return False
+  d1 = sorted(abs(b - a) for a, b in zip(vals, vals[1:]))
+  d2 = sorted(abs(a - 2 * b + c) for a, b, c in zip(vals, vals[1:], vals[2:]))
+  return d1[len(d1) // 2] > 0 and d2[len(d2) // 2] > 0.5 * d1[len(d1) // 2]
 
 
 def kl_target(workdir) -> float | None:
@@ -130,48 +153,77 @@ def _finite_range(*lists) -> tuple[float, float] | None:
   return (min(vals), max(vals)) if vals else None
 
 
+def data_range(values, smooth=None) -> tuple[float, float] | None:
+  """The y-range to show: all of a raw-only series; for a smoothed one, the smoothed curve
+  plus the raw values' 0.5-99.5% quantiles, so one grad-norm spike leaves the panel at the
+  top instead of flattening the other 2000 points."""
+  vals = sorted(v for v in values if math.isfinite(v))
+  if not vals or smooth is None:
+    return _finite_range(vals)
+  k = len(vals) // 200
+  return _finite_range([vals[k], vals[-1 - k]], smooth)
+
+
 def _set_ylim(ax, lo: float, hi: float) -> None:
   pad = 0.05 * (hi - lo) if hi > lo else max(abs(hi) * 0.05, 1e-3)
   ax.set_ylim(lo - pad, hi + pad)
 
 
-def draw_baseline(ax, values, value: float, label: str) -> None:
-  """A dashed reference line, drawn only where it fits within twice the data's span; else
-  the y-range stays on the data and the legend names the value, so a far-off baseline (a
-  unigram loss of 7 under a curve at 2.1-2.3) does not flatten the curve."""
-  rng = _finite_range(values)
-  if rng is None or not math.isfinite(value):
-    return
+def draw_baseline(ax, rng: tuple[float, float], value: float, label: str) -> None:
+  """A dashed reference line, drawn only where it fits within twice the data's span `rng`;
+  else the y-range stays on the data and the legend names the value, so a far-off baseline
+  (a unigram loss of 7 under a curve at 2.1-2.3) does not flatten the curve."""
   lo, hi = rng
-  span = max(hi - lo, 1e-12)
-  if max(hi, value) - min(lo, value) <= 2 * span:
+  if not math.isfinite(value):
+    return
+  if max(hi, value) - min(lo, value) <= 2 * max(hi - lo, 1e-12):
     ax.axhline(value, color="gray", ls="--", lw=1, label=f"{label} {value:.3g}")
     _set_ylim(ax, min(lo, value), max(hi, value))
   else:
     ax.plot([], [], color="gray", ls="--", lw=1, label=f"{label} {value:.3g} (off scale)")
-    _set_ylim(ax, lo, hi)
   ax.legend(fontsize=7)
+
+
+def _note_clipped(ax, values) -> None:
+  """Names the extremes that data_range left outside the axis, so a clipped spike is
+  still read off the panel."""
+  lo, hi = ax.get_ylim()
+  vals = [v for v in values if math.isfinite(v)]
+  notes = [f"max {max(vals):.3g}"] if vals and max(vals) > hi else []
+  notes += [f"min {min(vals):.3g}"] if vals and min(vals) < lo else []
+  if notes:
+    ax.text(0.99, 0.98, ", ".join(notes) + " (off scale)", transform=ax.transAxes, ha="right", va="top",
+            fontsize=7, color="dimgray", bbox={"facecolor": "white", "alpha": 0.7, "lw": 0})
 
 
 def draw_panel(ax, metric: str, steps, values, xlabel: str = "step",
                hline: float | None = None, hline_label: str = "reference") -> None:
-  """One metric: the raw series, with an EMA over it when there are enough points to need
-  one; a dashed reference line (chance on accuracies, or `hline`)."""
-  if len(values) > SMOOTH_ABOVE:
+  """One metric: the raw series, with a smoothed curve over it when it is long and noisy
+  enough to need one; a dashed reference line (chance on accuracies, or `hline`)."""
+  smooth = ema(values) if is_noisy(values) else None
+  if smooth is not None:
     line, = ax.plot(steps, values, lw=0.7, alpha=0.3)
-    ax.plot(steps, ema(values), lw=1.6, color=line.get_color())
+    ax.plot(steps, smooth, lw=1.6, color=line.get_color())
   else:
-    ax.plot(steps, values, lw=1.2, marker=".", ms=5)
+    ax.plot(steps, values, lw=1.2, marker="." if len(values) <= SMOOTH_ABOVE else None, ms=5)
   ax.set_title(metric, fontsize=10)
   ax.set_xlabel(xlabel)
   ax.set_ylabel(unit_label(metric))
+  # A power of ten over the axis for lr-sized or throughput-sized values; no offset, so a
+  # flat 9000 tokens/s does not read as "+9e3" plus noise.
+  ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 5), useOffset=False, useMathText=True)
   ax.grid(alpha=0.3)
+  rng = data_range(values, smooth)
+  if rng is None:
+    return
+  _set_ylim(ax, *rng)
+  _note_clipped(ax, values)
   if hline is not None:
-    draw_baseline(ax, values, hline, hline_label)
+    draw_baseline(ax, rng, hline, hline_label)
   elif metric.endswith("accuracy"):
     # Accuracies are fractions; keep 0.5 in view so the distance from chance reads at a glance.
     ax.axhline(CHANCE, color="gray", ls="--", lw=1, label="chance")
-    lo, hi = _finite_range(values, [CHANCE]) or (0.0, 1.0)
+    lo, hi = _finite_range(rng, [CHANCE])
     _set_ylim(ax, max(0.0, lo), min(1.0, hi))
     ax.legend(fontsize=7)
 
@@ -201,8 +253,8 @@ def group_figure(name: str, keys, series: dict, xlabel: str = "step",
     draw_panel(ax, k, *series[k], xlabel=xlabel, hline=hlines.get(k), hline_label=labels.get(k, "reference"))
   for ax in flat[len(keys):]:
     ax.set_visible(False)
-  smoothed = any(len(series[k][1]) > SMOOTH_ABOVE for k in keys)
-  note = "  (faint: raw, solid: EMA)" if smoothed else ""
+  smoothed = any(is_noisy(series[k][1]) for k in keys)
+  note = "  (faint: raw, solid: smoothed)" if smoothed else ""
   fig.suptitle(f"{title + ': ' if title else ''}{name}{note}", fontsize=11)
   fig.tight_layout()
   return fig
@@ -223,6 +275,14 @@ def detected_groups(series: dict) -> dict:
       own = [k for k in keys if k not in others] or keys
       if any(series.get(k) for k in own):
         out[name] = keys
+  if not out:
+    # Only shared metrics (a run that logged train/loss alone): the first group holding
+    # each, so it is drawn once rather than in train.png, rm.png and dpo.png alike.
+    seen = set()
+    for name, keys in ((n, ks) for gs in GROUPS.values() for n, ks in gs.items()):
+      if any(series.get(k) and k not in seen for k in keys):
+        out[name] = keys
+        seen.update(keys)
   return out
 
 

@@ -139,7 +139,10 @@ def train(config, workdir: str, *, task: Task) -> dict:
         last_eval = evaluate_at(done)
         run.writer.print(f"step {done}: eval loss {last_eval['eval/loss']:.4f}, pairwise accuracy "
                          f"{last_eval['eval/' + task.accuracy]:.3f}")
-      harness.check_finite(run, done, {"train/loss": m["loss"], "train/grad_norm": m["grad_norm"]})
+      if done % config.log_every == 0 or done == steps or run.mngr.should_save(done):
+        # At logged and saved steps only (each check waits for the step): a diverged run's
+        # params stay non-finite, so it is caught before any checkpoint of them.
+        harness.check_finite(run, done, {"train/loss": m["loss"], "train/grad_norm": m["grad_norm"]})
       harness.save(run, done, state, order)
   task.export(run, state["params"], policy.cfg, policy.tokenizer, start=False)
   prompt_len = task.prompt_len(config)

@@ -98,7 +98,10 @@ def train(config, workdir: str) -> dict:
         last_eval = evaluate(run, policy, state["params"], eval_fn, eval_rows, eval_prompts, unigram, done)
         run.writer.print(f"step {done}: eval loss {last_eval['eval/loss']:.3f} "
                          f"(unigram {unigram:.3f}), perplexity {last_eval['eval/perplexity']:.2f}")
-      harness.check_finite(run, done, {"train/loss": m["loss"], "train/grad_norm": m["grad_norm"]})
+      if done % config.log_every == 0 or done == steps or run.mngr.should_save(done):
+        # At logged and saved steps only (each check waits for the step): a diverged run's
+        # params stay non-finite, so it is caught before any checkpoint of them.
+        harness.check_finite(run, done, {"train/loss": m["loss"], "train/grad_norm": m["grad_norm"]})
       harness.save(run, done, state, order)
   harness.export_hf(workdir, state["params"], policy.cfg, policy.tokenizer)
   harness.finish(run, None, skipped, truncated, "conversations", f"seq_len={config.seq_len}")
