@@ -26,12 +26,9 @@ def run_cli(*args, module="r3jax.train"):
 
 
 def test_a_diverging_run_stops_and_never_saves_non_finite_params(tmp_path):
-  c = runpy.run_path(os.path.join(ROOT, "configs", "sft_qwen.py"))["get_config"]("tiny")
-  c.unlock()
-  c.steps, c.batch_size, c.seq_len, c.eval_every, c.eval_prompts = 40, 8, 48, 1000, 0
-  c.data.synthetic_examples = 200
+  c = tiny_sft(40)
   c.optim.update(lr=1e4, warmup_steps=0, grad_clip=0.0)
-  c.checkpoint.update(every=2, max_to_keep=2, async_save=False)
+  c.checkpoint.max_to_keep = 2
   with pytest.raises(TrainingError, match=r"non-finite train/\S+ at step \d+; stopped without saving it \(the newest checkpoint is step \d+\)"):
     pipeline.run(c, str(tmp_path))
   latest = checkpoint.manager(str(tmp_path), 2, 2, False).latest_step()

@@ -216,21 +216,21 @@ def rollout(s: Setup, state, batch_rows, it: int) -> dict:
           "truncated": truncated}
 
 
-def repeat(ro: dict, values) -> list:
-  """One value per prompt -> one per response (rows are prompt-major)."""
-  return [v for v in values for _ in range(len(ro["samples"].tokens_BN) // len(ro["rows"]))]
+def repeat(n: int, values) -> list:
+  """One value per prompt -> one per response: n each, prompt-major like the sampler's rows."""
+  return [v for v in values for _ in range(n)]
 
 
 def score(s: Setup, ro: dict, it: int) -> dict:
   """{texts, components}: the decoded responses and the scorer's components (reward, and
   R³'s terms). With reward.query_types=random, each response's type is drawn afresh."""
   texts = sampling.decode(s.tok, ro["samples"])
-  qtypes = repeat(ro, [r["query_type"] for r in ro["rows"]])
+  qtypes = repeat(s.config.rollout.n, [r["query_type"] for r in ro["rows"]])
   if s.config.reward.query_types == "random":
     rng = np.random.default_rng([s.config.seed, it])  # Per iteration: resumes exactly.
     qtypes = list(rng.choice(["open_ended", "closed_ended"], len(qtypes)))
-  comps = s.scorer(repeat(ro, [r["prompt"] for r in ro["rows"]]), texts,
-                   repeat(ro, [r["reference"] for r in ro["rows"]]), qtypes)
+  comps = s.scorer(repeat(s.config.rollout.n, [r["prompt"] for r in ro["rows"]]), texts,
+                   repeat(s.config.rollout.n, [r["reference"] for r in ro["rows"]]), qtypes)
   return {"texts": texts, "components": comps}
 
 
@@ -377,7 +377,7 @@ def log_iteration(s: Setup, done: int, state, ro, scored, data, stats, ms, kl_se
                                   "len": vals["rollout/length"]})
   writer.advance()
   if done % s.config.log_samples_every == 0:
-    prompts = repeat(ro, [r["prompt"] for r in ro["rows"]])
+    prompts = repeat(s.config.rollout.n, [r["prompt"] for r in ro["rows"]])
     writer.texts(done, "rollouts", [{"prompt": p, "response": t, "reward": float(r)} for p, t, r in
                                     zip(prompts[:4], scored["texts"][:4], scored["components"]["reward"][:4])])
   return vals
