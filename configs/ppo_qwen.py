@@ -27,10 +27,16 @@ def get_config(arg=None):
   c.name = f"ppo_{preset}"
   if preset in ("tiny", "tiny-relevance", "tiny-hacking"):
     c.steps, c.prompts_per_step = 120, 32
-    c.rollout.update(max_new_tokens=48, prompt_len=48)
-    c.kl.update(adaptive=True, beta=0.05, target=8.0, horizon=1000)
+    # 40 new tokens: a complete answer (all six facts) is 35-39 tokens, so R³'s length
+    # incentive pays for completeness, not for padding; at 48 the policy learns to pad.
+    c.rollout.update(max_new_tokens=40, prompt_len=48)
+    # KL target 1.5 and policy LR 1e-4: the gold judge's precision holds near KL 1.5 and
+    # falls beyond, as R³'s length incentive turns into padding (stray "1903." sentences,
+    # answers run to the token limit); at LR 3e-4 or target 8 it falls within 120
+    # iterations (README, the main job's paragraph).
+    c.kl.update(adaptive=True, beta=0.05, target=1.5, horizon=1000)
     c.ppo.update(epochs=2, minibatch=16, value_warmup_steps=5, value_clip=0.2)
-    c.optim.lr, c.value_lr = 3e-4, 1e-3
+    c.optim.lr, c.value_lr = 1e-4, 1e-3
     c.checkpoint.every = 20
     if preset == "tiny-relevance":
       c.reward.mode = "relevance"

@@ -13,8 +13,12 @@ For each model, one greedy answer per prompt gives: average tokens (the policy t
 by default), the copy-the-query rate, and, where rows have reference answers, ROUGE-L
 against them (the alignment tax: compare the SFT baseline with the tuned policy). --samples
 nucleus samples per prompt (top-p 0.9) give Self-BLEU by query type (the row's query_type
-field; "unlabelled" without one). With a baseline, --judge (a reward, see
-rewards/scorers.make) gives the adjusted win rate (wins + ties/2)/all, judged in both orders.
+field; "unlabelled" without one). Distinct-2 and the most common sentence's share measure
+collapse across prompts. On the synthetic questions the gold judge (eval/gold.py) checks
+every answer against the embedded world's facts: precision, recall, repeats. With a
+baseline, each of --judge's judges (gold, and/or rewards/scorers.make specs) gives the
+adjusted win rate (wins + ties/2)/all, judged in both orders, with a 95% interval; the
+report names the judge of each number, so a win rate is never only the optimised reward's.
 
 Writes <out>/report.md (tables), answers.jsonl, and PNGs: the length histogram, relevance
 by sentence position (seed 002 Fig. 3) and Self-BLEU by query type. Prompts longer than
@@ -29,7 +33,7 @@ from r3jax.core import cli
 from r3jax.data import readers
 from r3jax.eval import generation
 from r3jax.models import bert
-from r3jax.rewards import r3, scorers
+from r3jax.rewards import r3
 
 _POLICY = flags.DEFINE_string("policy", None, "Run directory or HF directory.", required=True)
 _BASELINE = flags.DEFINE_string("baseline", "", "Run directory or HF directory to compare with.")
@@ -40,7 +44,8 @@ _TOP_P = flags.DEFINE_float("top_p", 0.9, "Nucleus mass of the Self-BLEU samples
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 128, "Answer length limit.")
 _MAX_PROMPT = flags.DEFINE_integer("max_prompt_len", 256, "Prompt tokens kept (the last ones).")
 _BATCH = flags.DEFINE_integer("batch", 16, "Prompts per generation batch.")
-_JUDGE = flags.DEFINE_string("judge", "r3", "Reward judging the win rate (scorers.make spec).")
+_JUDGE = flags.DEFINE_string("judge", "gold,r3", "Comma-separated judges of the win rate: gold "
+                             "(the embedded world's facts) and/or scorers.make specs.")
 _ENCODER = flags.DEFINE_string("encoder", "", "Relevance encoder dir (default: packaged MiniLM).")
 _LIMIT = flags.DEFINE_integer("limit", 0, "First N prompts only (0: all).")
 _SKIP_BAD = flags.DEFINE_bool("skip_bad", False, "Skip (and count) malformed prompt rows.")
@@ -61,10 +66,10 @@ def main(argv):
     models = {"policy": _POLICY.value, **({"baseline": _BASELINE.value} if _BASELINE.value else {})}
     stats = {name: generation.model_stats(name, path, rows, encoder, reward, opts)
              for name, path in models.items()}
-    judge = scorers.make(opts.judge, max_len=opts.max_new_tokens) if _BASELINE.value else None
+    judges = generation.judges(opts.judge, rows, opts.max_new_tokens) if _BASELINE.value else {}
   except (readers.DataError, FileNotFoundError, ValueError) as e:
     sys.exit(f"error: {e}")
-  win = generation.judged_win_rate(judge, rows, stats) if judge is not None else None
+  win = {name: generation.judged_win_rate(j, rows, stats) for name, j in judges.items()}
   generation.write_answers(_OUT.value, rows, stats)
   generation.write_plots(_OUT.value, stats, types)
   print(generation.report(_OUT.value, rows, stats, win, types, skipped, opts))

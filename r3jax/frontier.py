@@ -2,7 +2,8 @@ r"""Proxy reward against √KL for PPO and best-of-N runs (see r3jax/eval/fronti
 
   python -m r3jax.frontier --run=runs/ppo_tiny --run=runs/bon_tiny --out=runs/frontier
 
-Writes <out>/frontier.png and frontier.csv.
+Writes <out>/frontier.png and frontier.csv, and proxy_vs_gold.png for PPO runs on the
+embedded world.
 """
 
 import sys
@@ -29,6 +30,8 @@ def main(argv):
   for label, x, y, _ in curves:
     print(f"{label}: √KL {x[0]:.3f} -> {x[-1]:.3f}, reward {y[0]:.4f} -> {y[-1]:.4f}")
   print(f"wrote {out}")
+  gold = frontier.write_gold(_RUN.value, _OUT.value)
+  print(f"wrote {gold}" if gold else "no run logged gold figures: no proxy_vs_gold.png")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """A tiny PPO run on 8 simulated devices against the planner; run by test_plan.py.
 
-Prints JSON: the planner's per-device bytes for the state rows, and the bytes one device
-actually holds for the same arrays after the run.
+Prints one JSON line per LoRA rank given: the planner's per-device bytes for the state
+rows, and the bytes one device actually holds for the same arrays after the run. Both
+ranks run in one process, so the JAX start-up and the tokenizer are paid once.
 """
 
 import json
@@ -22,7 +23,12 @@ def device0_bytes(tree) -> int:
   return sum(s.data.nbytes for x in jax.tree.leaves(tree) for s in x.addressable_shards if s.device == dev)
 
 
-def main(workdir, lora_rank):
+def main(workdir, *lora_ranks):
+  for rank in lora_ranks:
+    one_rank(os.path.join(workdir, f"lora{rank}"), rank)
+
+
+def one_rank(workdir, lora_rank):
   config = runpy.run_path("configs/ppo_qwen.py")["get_config"]("tiny")
   config.mesh = (("data", 2), ("fsdp", 4), ("tensor", 1))
   config.init_from, config.model.allow_random_init = "random", True
@@ -39,8 +45,8 @@ def main(workdir, lora_rank):
   by_prefix = lambda prefix: next(v for k, v in planned.items() if k.startswith(prefix))
   names = {"policy": "policy params", "policy_opt": "policy optimizer", "reference": "reference",
            "value": "value model"}
-  print("PLAN_VS_RUN " + json.dumps({"planned": {k: by_prefix(p) for k, p in names.items()},
-                                     "measured": measured}))
+  print(f"PLAN_VS_RUN {lora_rank} " + json.dumps({"planned": {k: by_prefix(p) for k, p in names.items()},
+                                                 "measured": measured}), flush=True)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,8 @@ def one_step(config, spec, n_devices, workdir, rows):
   policy = state_lib.build_policy(config.model, workdir)
   tx = optim.make(config.optim, 10)
   state, shardings = state_lib.init_state(policy, tx, mesh, rules, seed=0)
-  accum = sharding.batch_split(config.batch_size, config.micro_batch_per_device, mesh)
+  accum = sharding.batch_split(config.batch_size, config.micro_batch_per_device,
+                               sharding.data_parallel(mesh.shape))
   step_fn = step_lib.make_train_step(functools.partial(sft.loss_fn, model_cfg=policy.cfg),
                                    tx, shardings, mesh)
   batch, _ = pipeline.sft_batch(policy.tokenizer, rows, config.seq_len)

@@ -5,24 +5,26 @@ import os
 import subprocess
 import sys
 
-import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize("lora_rank", ["0", "4"])
-def test_planned_state_bytes_match_a_real_run(tmp_path, lora_rank):
-  out = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "plan_vs_run.py"), str(tmp_path), lora_rank],
+def test_planned_state_bytes_match_a_real_run(tmp_path):
+  """Full fine-tuning and LoRA rank 4, each a real tiny PPO run on 8 simulated devices."""
+  out = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "plan_vs_run.py"), str(tmp_path), "0", "4"],
                        cwd=ROOT, capture_output=True, text=True, timeout=600,
                        env={**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"})
   assert out.returncode == 0, out.stderr[-3000:]
-  res = json.loads(out.stdout.split("PLAN_VS_RUN ")[-1])
-  planned, measured = res["planned"], res["measured"]
-  for k in ("policy", "policy_opt", "value"):
-    assert measured[k] > 0
-    # The acceptance allows 10%; both come from the same shapes and shardings, so exact.
-    assert planned[k] == measured[k], (k, planned, measured)
-  assert planned["reference"] == measured["reference"] == (0 if lora_rank != "0" else measured["policy"])
+  results = dict(line.split(" ", 2)[1:] for line in out.stdout.splitlines() if line.startswith("PLAN_VS_RUN "))
+  assert sorted(results) == ["0", "4"]
+  for lora_rank, text in results.items():
+    res = json.loads(text)
+    planned, measured = res["planned"], res["measured"]
+    for k in ("policy", "policy_opt", "value"):
+      assert measured[k] > 0
+      # The acceptance allows 10%; both come from the same shapes and shardings, so exact.
+      assert planned[k] == measured[k], (lora_rank, k, planned, measured)
+    assert planned["reference"] == measured["reference"] == (0 if lora_rank != "0" else measured["policy"])
 
 
 def test_plan_cli_for_qwen_7b_and_a_tpu_type():

@@ -77,7 +77,7 @@ def png_names(paths):
 
 def test_registry_holds_every_trainer_group():
   assert {n for gs in plots.GROUPS.values() for n in gs} == {
-      "train", "throughput", "reward", "kl_length", "losses", "time", "rm", "dpo"}
+      "train", "throughput", "reward", "gold", "diversity", "kl_length", "losses", "time", "rm", "dpo"}
   assert len(plots.GROUPS["dpo"]["dpo"]) == 7
 
 
@@ -91,6 +91,24 @@ def test_plot_workdir_draws_the_run_groups(tmp_path, rows, expected):
   run = write_run(tmp_path / "run", rows())
   assert png_names(plots.plot_workdir(str(run))) == expected
   assert sorted(p.name for p in (run / "plots").iterdir()) == expected
+
+
+def test_gold_runs_get_the_proxy_vs_gold_plot(tmp_path):
+  rows = ppo_rows()
+  rng = random.Random(3)
+  for r in rows:
+    r.update({"gold/score": noisy(rng, 0.5, 0.3, r["step"]), "gold/precision": 0.9,
+              "gold/recall": 0.6, "gold/repeats": 0.1, "diversity/distinct2": 0.4})
+  run = write_run(tmp_path / "run", rows)
+  assert png_names(plots.plot_workdir(str(run))) == [
+      "diversity.png", "gold.png", "kl_length.png", "losses.png", "proxy_vs_gold.png", "reward.png", "time.png"]
+  fig = plots.proxy_vs_gold_figure({"run": plots.read_series(run / "metrics.jsonl")})
+  proxy_ax, gold_ax = fig.axes
+  assert "√KL" in gold_ax.get_xlabel() and gold_ax.get_ylabel() == "precision × recall"
+  assert len(proxy_ax.lines) == len(gold_ax.lines) == 1
+  xs = gold_ax.lines[0].get_xdata()
+  assert min(xs) >= 0 and max(xs) <= 8.0 ** 0.5 * 1.5  # √ of a KL that ends near 8.
+  assert plots.proxy_vs_gold_figure({"run": plots.read_series(write_run(tmp_path / "b", ppo_rows()) / "metrics.jsonl")}) is None
 
 
 def test_explicit_groups_only(tmp_path):

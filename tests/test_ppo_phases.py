@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from r3jax.eval import gold
 from r3jax.losses import ppo as ppo_losses
 from r3jax.rl import algorithms
 from r3jax.trainers import harness, ppo
@@ -65,6 +66,25 @@ def test_score_gives_every_component_per_response(phases):
   for k in ("reward", "relevance", "length_incentive", "repetition_penalty", "copies_query"):
     assert np.asarray(comps[k]).shape == (PROMPTS * N,), k
   assert np.isfinite(comps["reward"]).all()
+
+
+def test_score_judges_every_rollout_by_gold_and_diversity(phases):
+  """The embedded prompts carry their entity, so each rollout gets gold figures that the
+  reward never saw; they are the gold judge's own verdicts on the decoded texts."""
+  s, scored, ro = phases["s"], phases["scored"], phases["ro"]
+  assert s.gold
+  judged = scored["judged"]
+  for k in ("gold/score", "gold/precision", "gold/recall", "diversity/rep4", "diversity/distinct2",
+            "diversity/distinct_answers",
+            "diversity/top_sentence_share"):
+    assert judged[k].shape == (PROMPTS * N,), k
+  rows = ppo.repeat(N, ro["rows"])
+  for i, (t, r) in enumerate(zip(scored["texts"], rows)):
+    v = gold.judge(ppo.r3.truncate_response(t), r["entity"], r["asks"])
+    assert judged["gold/precision"][i] == v.precision and judged["gold/recall"][i] == v.recall
+  metrics = ppo.iteration_metrics(phases["state"], ro, scored, phases["data"], phases["stats"],
+                                  [{"policy/loss": 0.0}], 0.0, {})
+  assert metrics["gold/recall"] == pytest.approx(float(np.mean(judged["gold/recall"])))
 
 
 def test_random_query_types_are_drawn_per_iteration(prepared, phases):

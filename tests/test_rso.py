@@ -205,3 +205,20 @@ def test_end_to_end_rso_pairs():
     pairs = rso.make_pairs(order, rewards, pairing)
     assert pairs.shape == (n_pairs, 2) and valid[pairs].all()
     assert (rewards[pairs[:, 0]] > rewards[pairs[:, 1]]).all()
+
+
+def test_gold_figures_of_pairs_and_candidates():
+  """RSO's pairs report what the gold judge thinks of chosen vs rejected (trainers/rso.py)."""
+  from r3jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  from r3jax.trainers import rso as rso_stage  # pylint: disable=g-import-not-at-top
+  rows = synthetic.comparisons(2, seed=4, world_only=True)
+  kb = synthetic.world()
+  full = [" ".join(synthetic.facts(kb[r["entity"]])) for r in rows]
+  texts = [[full[i], "Nothing true.", rows[i]["responses"][0]] for i in range(2)]
+  g = rso_stage.candidate_gold(rows, texts)
+  assert g["score"].shape == (2, 3) and (g["score"][:, 1] == 0).all() and (g["precision"][:, 0] == 1).all()
+  valid = np.ones((2, 3), bool)
+  out = rso_stage.pair_gold(g, [(0, 0, 1), (1, 1, 0)], valid)
+  assert out["gold_agrees"] == 0.5 and out["gold_ties"] == 0.0
+  assert out["chosen_score"] == pytest.approx((g["score"][0, 0] + 0.0) / 2)
+  assert rso_stage.candidate_gold([{"prompt": "hi"}], [["x"]]) is None  # Not the world's.

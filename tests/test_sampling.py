@@ -68,6 +68,18 @@ def test_top_k_and_temperature():
   assert stats.chisquare(counts, 4000 * p).pvalue > 1e-3
 
 
+def test_top_k_threshold_is_the_kth_largest_logit_ties_included():
+  """The filter keeps exactly the logits >= the k-th largest (lax.top_k's last column),
+  with tied logits kept together."""
+  rng = np.random.RandomState(2)
+  logits = rng.randn(4, 300).astype(np.float32)
+  logits[1, :40] = 3.0  # A tie across the k-th place.
+  for k in (1, 5, 40):
+    probs = np.asarray(sampling.sampling_probs(jnp.asarray(logits), 1.0, k, 1.0))
+    kth = np.sort(logits, -1)[:, -k][:, None]
+    np.testing.assert_array_equal(probs > 0, logits >= kth)
+
+
 @pytest.fixture(scope="module")
 def tiny():
   cfg = qwen.preset("tiny", vocab_size=64)

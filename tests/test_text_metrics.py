@@ -5,6 +5,7 @@ import math
 import random
 
 import nltk
+import numpy as np
 import pytest
 from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
 from rouge_score import rouge_scorer
@@ -127,3 +128,29 @@ def test_no_nltk_data_is_needed(monkeypatch):
   assert 0.0 <= tm.bleu(tm.tokens(c), [tm.tokens(r)]) <= 1.0
   assert tm.self_bleu([c, r, c]) > 0.0
   assert rouge_scorer.RougeScorer(["rougeL"]).score(r, c)["rougeL"].fmeasure == tm.rouge_l(c, r)
+
+
+def test_distinct_n_and_top_sentence_share():
+  assert tm.distinct_n(["a b c", "d e f"], 2) == 1.0
+  assert tm.distinct_n(["a b a b"], 2) == pytest.approx(2 / 3)  # ab, ba, ab.
+  assert tm.distinct_n([""], 2) == 0.0
+  # One template filled with each row's own entity counts as one sentence once names go.
+  texts = ["Kalo is tiny. It is red.", "Vobel is tiny. It is blue.", "Mira is large."]
+  assert tm.top_sentence_share(texts) == pytest.approx(1 / 3)
+  assert tm.top_sentence_share(texts, ["Kalo", "Vobel", "Mira"]) == pytest.approx(2 / 3)
+  assert tm.top_sentence_share([]) == 0.0
+  assert tm.distinct_answers(["Kalo is tiny.", "Vobel is tiny.", "Vobel is red."]) == 1.0
+  assert tm.distinct_answers(["Kalo is tiny.", "Vobel is tiny.", "Vobel is red."],
+                             ["Kalo", "Vobel", "Vobel"]) == pytest.approx(2 / 3)
+
+
+def test_mean_ci_and_the_win_rate_interval():
+  m, lo, hi = tm.mean_ci([0.0, 1.0] * 50)
+  assert m == 0.5 and hi - m == pytest.approx(m - lo) and hi - m == pytest.approx(1.96 * 0.5025 / 10, rel=1e-3)
+  assert tm.mean_ci([3.0]) == (3.0, 3.0, 3.0)
+  scores = {"a": np.array([1.0, 1.0, 0.0, 0.5]), "b": np.array([0.0, 0.0, 1.0, 0.5])}
+  pref = lambda p, x, y: scores[x] - scores[y]
+  w = tm.win_rate(pref, ["q"] * 4, "a", "b")
+  assert w["win_rate"] == pytest.approx((2 * 2 + 0.5 * 2) / 8)  # Wins 4, ties 2 of 8.
+  lo, hi = w["ci95"]
+  assert lo < w["win_rate"] < hi

@@ -22,6 +22,9 @@ GROUPS = {
     "ppo": {
         "reward": ["reward/reward", "reward/relevance", "reward/length_incentive",
                    "reward/repetition_penalty", "reward/copies_query"],
+        "gold": ["gold/score", "gold/precision", "gold/recall", "gold/repeats"],
+        "diversity": ["diversity/distinct2", "diversity/distinct_answers", "diversity/top_sentence_share",
+                      "diversity/rep4"],
         "kl_length": ["kl/seq_kl", "kl/beta", "rollout/length", "policy/entropy"],
         "losses": ["policy/loss", "value/loss", "policy/clipfrac", "value/explained_variance"],
         "time": ["time/rollout", "time/reward", "time/reference_value", "time/advantages", "time/update"],
@@ -53,13 +56,20 @@ UNITS = {
     "policy/loss": "clipped surrogate",
     "value/loss": "squared error",
     "value/explained_variance": "explained variance",
+    "gold/score": "precision × recall",
+    "gold/repeats": "repeated claims / answer",
+    "diversity/distinct2": "unique / all bigrams",
+    "diversity/top_sentence_share": "share of answers",
+    "diversity/distinct_answers": "distinct / all answers",
+    "diversity/rep4": "repeated 4-gram fraction",
     "train/rm/margin": "reward (chosen − rejected)",
     "train/rm/reward_std": "reward std",
     "train/rewards/margin": "β·log-ratio (chosen − rejected)",
     "train/rewards/chosen": "β·log-ratio vs reference",
     "train/rewards/rejected": "β·log-ratio vs reference",
 }
-_SUFFIX_UNITS = {"loss": "nats", "lr": "learning rate", "accuracy": "fraction", "clipfrac": "fraction"}
+_SUFFIX_UNITS = {"loss": "nats", "lr": "learning rate", "accuracy": "fraction", "clipfrac": "fraction",
+                 "precision": "fraction", "recall": "fraction"}
 _PREFIX_UNITS = {"time/": "seconds", "reward/": "reward"}
 
 SMOOTH_ABOVE = 20  # Points; fewer (an eval every 500 steps) are each worth seeing as logged.
@@ -289,7 +299,8 @@ def detected_groups(series: dict) -> dict:
 def plot_workdir(workdir: str, groups: dict | None = None,
                  hlines: dict[str, float] | None = None) -> list[str]:
   """Draws <workdir>/plots/<group>.png from <workdir>/metrics.jsonl and returns the paths.
-  groups: {name: [metric, ...]}, or None for every registered group the run has data for.
+  groups: {name: [metric, ...]}, or None for every registered group the run has data for;
+  a run with gold figures also gets proxy_vs_gold.png.
   hlines: {metric: value} dashed reference lines, over the KL target from the run's config."""
   path = epath.Path(workdir) / "metrics.jsonl"
   if not path.exists():
@@ -301,15 +312,44 @@ def plot_workdir(workdir: str, groups: dict | None = None,
   out_dir.mkdir(parents=True, exist_ok=True)
   written = []
   run = epath.Path(workdir).name
-  for name, keys in (detected_groups(series) if groups is None else groups).items():
-    xlabel = XLABELS.get(_trainer_of(name), "step")
-    fig = group_figure(name, keys, series, xlabel=xlabel, hlines=lines, title=run)
-    if fig is None:
-      continue
-    out = out_dir / f"{name}.png"
-    save_png(fig, out)
-    written.append(str(out))
+  figs = {name: group_figure(name, keys, series, xlabel=XLABELS.get(_trainer_of(name), "step"),
+                             hlines=lines, title=run)
+          for name, keys in (detected_groups(series) if groups is None else groups).items()}
+  figs["proxy_vs_gold"] = proxy_vs_gold_figure({run: series})  # None without gold figures.
+  for name, fig in figs.items():
+    if fig is not None:
+      save_png(fig, out_dir / f"{name}.png")
+      written.append(str(out_dir / f"{name}.png"))
   return written
+
+
+def proxy_vs_gold_figure(runs: dict[str, dict], proxy: str = "reward/reward",
+                         gold: str = "gold/score"):
+  """Gao et al.'s over-optimisation picture: the optimised (proxy) reward and the gold
+  score against √KL from the reference policy, one line per run, iterations in order
+  (smoothed when noisy). Gold rising with the proxy is improvement; the proxy rising while
+  gold falls is reward hacking. None when no run logged both."""
+  have = {r: s for r, s in runs.items() if s.get(proxy) and s.get(gold) and s.get("kl/seq_kl")}
+  if not have:
+    return None
+  fig, axes = plt.subplots(1, 2, figsize=(9.2, 3.7))
+  for run, s in have.items():
+    steps = sorted(set(s[proxy][0]) & set(s[gold][0]) & set(s["kl/seq_kl"][0]))
+    pick = lambda k: [dict(zip(*s[k]))[t] for t in steps]
+    kl = [math.sqrt(max(v, 0.0)) for v in pick("kl/seq_kl")]
+    for ax, key in zip(axes, (proxy, gold)):
+      ys = pick(key)
+      smooth = ema(ys) if is_noisy(ys) else ys
+      ax.plot(ema(kl) if is_noisy(kl) else kl, smooth, lw=1.5, label=run)
+  for ax, key, what in zip(axes, (proxy, gold), ("proxy (optimised)", "gold judge")):
+    ax.set_xlabel("√KL(policy ‖ reference)  (√nats)")
+    ax.set_ylabel(unit_label(key))
+    ax.set_title(f"{what}: {key}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  fig.suptitle("Proxy reward and gold score against distance from the SFT policy", fontsize=11)
+  fig.tight_layout()
+  return fig
 
 
 def grouped_bars(out: str, table: dict, ylabel: str, title: str = "", ylim=None,

@@ -165,9 +165,14 @@ def host_gather(x) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(np.asarray(x), tiled=True))
 
 
-def batch_split(global_batch: int, micro_per_device: int, mesh) -> int:
-  """Gradient-accumulation steps for a global batch; a ConfigError when it does not divide."""
-  n = mesh.shape["data"] * mesh.shape["fsdp"]
+def data_parallel(sizes) -> int:
+  """The devices a batch is split over: data × fsdp of a mesh's shape (or a sizes dict)."""
+  return sizes["data"] * sizes["fsdp"]
+
+
+def batch_split(global_batch: int, micro_per_device: int, n: int) -> int:
+  """Gradient-accumulation steps for a global batch over n data-parallel devices; a
+  ConfigError when it does not divide."""
   per_step = micro_per_device * n
   if global_batch % per_step:
     raise ConfigError(

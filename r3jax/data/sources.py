@@ -86,10 +86,11 @@ def prompts(dcfg):
 
 def sampling_prompts(dcfg, n: int):
   """{prompt (messages), reference, query_type, responses?} rows for RSO and best-of-N:
-  data.prompts as for RL, else the synthetic comparisons (whose responses `direct` uses)."""
+  data.prompts as for RL, else synthetic comparisons about the world's entities (whose
+  responses `direct` uses; their entity and asks fields let the gold judge read samples)."""
   if dcfg.prompts:
     return [dict(r, prompt=chat.prompt_messages(r["prompt"])) for r in prompts(dcfg)][:n]
-  return synthetic.comparisons(n, seed=dcfg.synthetic_seed + 10)
+  return synthetic.comparisons(n, seed=dcfg.synthetic_seed + 10, world_only=True)
 
 
 def ptx_rows(pcfg, tok) -> np.ndarray | None:

@@ -48,7 +48,9 @@ def tiny(vocab_size: int = 2048, cache_dir: str | None = None):
   if cache_dir and os.path.exists(os.path.join(cache_dir, "tokenizer.json")):
     return load(cache_dir)
   from r3jax.data import synthetic  # Local import: the generator is only needed here.
-  texts = [chat.render(ex["messages"]) for ex in synthetic.generate(2000, seed=0)]
+  # Questions about many more entities than the world's 60, so that the 2048-piece
+  # vocabulary is filled with syllables rather than whole names of a few entities.
+  texts = [chat.render(ex["messages"]) for ex in synthetic.generate(2000, seed=0, num_entities=333)]
   tok = train_bpe(texts, vocab_size)
   if cache_dir:
     # Written aside and renamed, so that processes sharing a workdir (multi-host runs all

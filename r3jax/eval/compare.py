@@ -4,7 +4,9 @@ Each mode (SPEC §5: r3, relevance, li_s, no_branch, li_only) runs the same PPO 
 seed and SFT warm start in <workdir>/<mode>. The table compares the rollouts of the
 first and last 10% of iterations: reward, response length, the fraction of responses
 that copy the query, the repetition penalty (1 = no repeated trigrams), relevance and KL.
-It is written to <workdir>/comparison.md and .csv, with comparison.png.
+On the embedded world it adds what the reward does not see: the gold judge's precision,
+recall and repeats, distinct-2 and the most common sentence's share. It is written to
+<workdir>/comparison.md and .csv, with comparison.png and proxy_vs_gold.png.
 """
 
 import csv
@@ -12,33 +14,40 @@ import os
 
 import numpy as np
 
-from r3jax.core import metrics
+from r3jax.core import metrics, plots
 from r3jax.core.plots import plt
 
 COLUMNS = {"reward/reward": "reward", "rollout/length": "length (tokens)",
            "reward/copies_query": "copies query", "reward/repetition_penalty": "RP",
-           "reward/relevance": "relevance s(x,y)", "kl/seq_kl": "KL"}
+           "reward/relevance": "relevance s(x,y)", "kl/seq_kl": "KL",
+           # Not the optimised reward: the gold judge (embedded world only) and diversity.
+           "gold/precision": "gold precision", "gold/recall": "gold recall",
+           "gold/repeats": "gold repeats", "diversity/distinct2": "distinct-2",
+           "diversity/distinct_answers": "distinct answers",
+           "diversity/top_sentence_share": "top sentence share"}
 
 
 def summarize(run_dir: str) -> dict[str, tuple[float, float]]:
-  """{metric: (mean over the first 10% of iterations, over the last 10%)}."""
+  """{metric: (mean over the first 10% of iterations, over the last 10%)} for the COLUMNS
+  the run logged (a run on other prompts has no gold columns)."""
   rows = [r for r in metrics.read_jsonl(os.path.join(run_dir, "metrics.jsonl")) if "rollout/length" in r]
   if not rows:
     raise FileNotFoundError(f"{run_dir}/metrics.jsonl: no PPO iterations logged")
   k = max(1, len(rows) // 10)
   mean = lambda key, part: float(np.mean([r[key] for r in part]))
-  return {key: (mean(key, rows[:k]), mean(key, rows[-k:])) for key in COLUMNS}
+  return {key: (mean(key, rows[:k]), mean(key, rows[-k:])) for key in COLUMNS if key in rows[0]}
 
 
 def write_report(workdir: str, summaries: dict[str, dict]) -> None:
-  lines = ["| reward mode | " + " | ".join(COLUMNS.values()) + " |",
-           "|---|" + "---|" * len(COLUMNS)]
+  cols = [k for k in COLUMNS if all(k in s for s in summaries.values())]
+  lines = ["| reward mode | " + " | ".join(COLUMNS[k] for k in cols) + " |",
+           "|---|" + "---|" * len(cols)]
   with open(os.path.join(workdir, "comparison.csv"), "w", newline="") as f:
     w = csv.writer(f)
-    w.writerow(["mode"] + [f"{c} {when}" for c in COLUMNS for when in ("first", "last")])
+    w.writerow(["mode"] + [f"{COLUMNS[c]} {when}" for c in cols for when in ("first", "last")])
     for mode, s in summaries.items():
-      w.writerow([mode] + [f"{v:.4f}" for key in COLUMNS for v in s[key]])
-      lines.append(f"| {mode} | " + " | ".join(f"{s[k][0]:.3f} → {s[k][1]:.3f}" for k in COLUMNS) + " |")
+      w.writerow([mode] + [f"{v:.4f}" for key in cols for v in s[key]])
+      lines.append(f"| {mode} | " + " | ".join(f"{s[k][0]:.3f} → {s[k][1]:.3f}" for k in cols) + " |")
   text = ("Mean over the first → last 10% of PPO iterations (same config, seed and SFT start).\n\n"
           + "\n".join(lines) + "\n")
   with open(os.path.join(workdir, "comparison.md"), "w") as f:
@@ -62,3 +71,7 @@ def write_report(workdir: str, summaries: dict[str, dict]) -> None:
   fig.tight_layout()
   fig.savefig(os.path.join(workdir, "comparison.png"), dpi=110)
   plt.close(fig)
+  gold = plots.proxy_vs_gold_figure({m: plots.read_series(os.path.join(workdir, m, "metrics.jsonl"))
+                                     for m in summaries})
+  if gold is not None:
+    plots.save_png(gold, os.path.join(workdir, "proxy_vs_gold.png"))

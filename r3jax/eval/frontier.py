@@ -6,7 +6,9 @@ average over --window iterations. A best-of-N run (round_*/candidates.npz) gives
 n = 1, 2, 4, ... up to N, the expected best-of-n reward, estimated without bias from the N scored candidates
 of each prompt (n up to the fewest distinct candidates any prompt has), against the
 closed-form KL of best-of-n sampling, log n - (n-1)/n.
-Writes <out>/frontier.png and frontier.csv.
+Writes <out>/frontier.png and frontier.csv; PPO runs on the embedded world also get
+<out>/proxy_vs_gold.png, the proxy reward and the gold judge's score against √KL side by
+side (core/plots.proxy_vs_gold_figure), which tells improvement from reward hacking.
 """
 
 import csv
@@ -99,4 +101,17 @@ def write(curves, out_dir: str) -> str:
   out = os.path.join(out_dir, "frontier.png")
   fig.savefig(out, dpi=100)
   plots.plt.close(fig)
+  return out
+
+
+def write_gold(runs, out_dir: str) -> str | None:
+  """proxy_vs_gold.png for the PPO runs that logged gold figures; None if none did."""
+  series = {os.path.basename(os.path.normpath(r)): plots.read_series(os.path.join(r, "metrics.jsonl"))
+            for r in runs if os.path.exists(os.path.join(r, "metrics.jsonl"))}
+  fig = plots.proxy_vs_gold_figure(series)
+  if fig is None:
+    return None
+  os.makedirs(out_dir, exist_ok=True)
+  out = os.path.join(out_dir, "proxy_vs_gold.png")
+  plots.save_png(fig, out)
   return out

@@ -12,9 +12,9 @@ import numpy as np
 
 from r3jax.core import plots
 from r3jax.data import chat, readers, synthetic, tokenizer as tokenizer_lib
-from r3jax.eval import text_metrics as tm
+from r3jax.eval import gold, text_metrics as tm
 from r3jax.models import hf, sampling
-from r3jax.rewards import r3
+from r3jax.rewards import r3, scorers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,7 +26,7 @@ class Options:
   max_new_tokens: int = 128
   max_prompt_len: int = 256
   batch: int = 16
-  judge: str = "r3"
+  judge: str = "gold,r3"  # Comma-separated judges of the win rate; gold where rows allow it.
   seed: int = 0
 
 
@@ -80,6 +80,12 @@ def model_stats(name, path, rows, encoder, reward, opts: Options):
   }
   refs = [(i, r["reference"]) for i, r in enumerate(rows) if r.get("reference")]
   s["rouge_l"] = np.array([tm.rouge_l(cut[i], ref) for i, ref in refs])
+  if gold.applicable(rows):
+    s["gold"] = gold.judge_batch(cut, rows)
+  s["distinct2"] = tm.distinct_n(cut, 2)
+  names = [r.get("entity") for r in rows]
+  s["top_sentence_share"] = tm.top_sentence_share(cut, names)
+  s["distinct_answers"] = tm.distinct_answers(cut, names)
   # Relevance of the k-th sentence to the query, for the first _POSITIONS sentences.
   pos = [(q, k, sent) for q, a in zip(queries, cut) for k, sent in enumerate(tm.sentences(a)[:_POSITIONS])]
   by_pos = collections.defaultdict(list)
@@ -144,7 +150,12 @@ def report(out, rows, stats, win, types, skipped, opts: Options) -> str:
                           ("copies the query", "copies", "{:.1%}"), ("Self-BLEU", "self_bleu", "{:.1f}"),
                           ("ROUGE-L vs reference", "rouge_l", "{:.3f}")):
     lines.append(f"| {label} | " + " | ".join(f(stats[n][key], fmt) for n in names) + " |")
+  for label, key in (("distinct-2 (all answers)", "distinct2"),
+                     ("distinct answers (names removed)", "distinct_answers"),
+                     ("most common sentence's share", "top_sentence_share")):
+    lines.append(f"| {label} | " + " | ".join(f"{stats[n][key]:.3f}" for n in names) + " |")
   lines.append("| prompts truncated | " + " | ".join(str(stats[n]["truncated_prompts"]) for n in names) + " |")
+  lines += gold_lines(stats, names)
   n_ref = len(stats[names[0]]["rouge_l"])
   lines += ["", f"ROUGE-L uses the {n_ref} prompts with a reference answer (the alignment tax "
             "when the baseline is the SFT model)." if n_ref else "No prompt has a reference answer: no ROUGE-L."]
@@ -153,10 +164,11 @@ def report(out, rows, stats, win, types, skipped, opts: Options) -> str:
   for t in sorted(set(types)):
     m = np.array(types) == t
     lines.append(f"| {t} | {int(m.sum())} | " + " | ".join(f"{stats[n]['self_bleu'][m].mean():.1f}" for n in names) + " |")
-  if win:
-    lines += ["", f"## Win rate, judged by `{opts.judge}` in both orders", "",
-              f"{names[0]} vs {names[1]}: **{win['win_rate']:.1%}** (wins {win['wins']}, ties "
-              f"{win['ties']}, losses {win['losses']} of {win['judgements']} judgements)."]
+  for judge_name, w in (win or {}).items():
+    lines += ["", f"## Win rate, judged by `{judge_name}` in both orders", "",
+              f"{names[0]} vs {names[1]}: **{w['win_rate']:.1%}** (95% interval over prompts "
+              f"{w['ci95'][0]:.1%}–{w['ci95'][1]:.1%}; wins {w['wins']}, ties {w['ties']}, "
+              f"losses {w['losses']} of {w['judgements']} judgements)."]
   if skipped:
     lines += ["", f"{len(skipped)} malformed prompt rows skipped, e.g. `{skipped[0]}`."]
   lines += ["", "![length](length_hist.png) ![relevance](relevance_by_position.png) "
@@ -167,6 +179,25 @@ def report(out, rows, stats, win, types, skipped, opts: Options) -> str:
   return text
 
 
+
+
+_GOLD_ROWS = (("gold score (precision × recall)", "score"), ("gold precision", "precision"),
+              ("gold recall", "recall"), ("repeated claims per answer", "repeats"),
+              ("names the asked entity", "names_entity"))
+
+
+def gold_lines(stats, names) -> list[str]:
+  """The gold judge's table (eval/gold.py): means over prompts with 95% intervals."""
+  if "gold" not in stats[names[0]]:
+    return ["", "No gold judge for these prompts (they are not questions about the embedded world)."]
+  lines = ["", "## Gold judge (the embedded world's facts; not the optimised reward)", "",
+           "Mean [95% interval] over prompts. Recall: share of the six facts stated truly "
+           "(open-ended), the asked fact stated truly (closed-ended).", "",
+           "| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+  for label, key in _GOLD_ROWS:
+    cell = lambda v: "{:.3f} [{:.3f}, {:.3f}]".format(*tm.mean_ci(v))
+    lines.append(f"| {label} | " + " | ".join(cell(stats[n]["gold"][key]) for n in names) + " |")
+  return lines
 
 
 def load_rows(prompts: str, limit: int, skip_bad: bool):
@@ -187,12 +218,30 @@ def load_rows(prompts: str, limit: int, skip_bad: bool):
   return rows, types, loaded.skipped
 
 
+def judges(spec: str, rows, max_len: int) -> dict:
+  """{name: pointwise judge(queries, answers, refs, qtypes) -> [N]} from a comma-separated
+  list: "gold" (the embedded world's gold score; dropped with a note for other prompts)
+  or any rewards/scorers.make spec."""
+  out = {}
+  for name in [x.strip() for x in spec.split(",") if x.strip()]:
+    if name == "gold":
+      if gold.applicable(rows):
+        out[name] = lambda q, a, ref, qt: gold.judge_batch([r3.truncate_response(x) for x in a], rows)["score"]
+      else:
+        print("judge gold: these prompts are not questions about the embedded world; skipped",
+              file=sys.stderr)
+      continue
+    scorer = scorers.make(name, max_len=max_len)
+    out[name] = lambda q, a, ref, qt, f=scorer: np.asarray(f(q, a, ref, qt)["reward"])
+  return out
+
+
 def judged_win_rate(judge, rows, stats) -> dict:
   """The policy's adjusted win rate over the baseline under a pointwise judge: each answer
   set is scored once, and both orders read the same scores."""
   queries, refs, qts = [r["prompt"] for r in rows], [r.get("reference") for r in rows], [r.get("query_type") for r in rows]
   answers = {n: stats[n]["answers"] for n in ("policy", "baseline")}
-  score = {n: np.asarray(judge(queries, a, refs, qts)["reward"]) for n, a in answers.items()}
+  score = {n: np.asarray(judge(queries, a, refs, qts)) for n, a in answers.items()}
   name = lambda x: "policy" if x is answers["policy"] else "baseline"
   pref = lambda p, a, b: score[name(a)] - score[name(b)]
   return tm.win_rate(pref, queries, answers["policy"], answers["baseline"])

@@ -18,6 +18,7 @@ Which package each metric matches, so the numbers compare with papers
   hand-written LCS stays; it runs in the reward (copies_query) and needs no package.
 """
 
+import collections
 import re
 
 import numpy as np
@@ -103,6 +104,50 @@ def sentences(text: str) -> list[str]:
   return [s for s in re.split(r"(?<=[.!?])\s+|\n+", text.strip()) if s.strip()]
 
 
+def mean_ci(values) -> tuple[float, float, float]:
+  """(mean, low, high): the mean and its normal-approximation 95% interval, mean ± 1.96
+  standard errors; the interval is the mean itself for fewer than two values."""
+  v = np.asarray(values, np.float64)
+  if v.size == 0:
+    return (float("nan"),) * 3
+  half = 1.96 * v.std(ddof=1) / np.sqrt(v.size) if v.size > 1 else 0.0
+  return float(v.mean()), float(v.mean() - half), float(v.mean() + half)
+
+
+def distinct_n(texts: list[str], n: int = 2) -> float:
+  """Distinct-n over a set of texts: unique n-grams / all n-grams (Li et al., 2016); 0
+  without any n-gram. 1 when no n-gram repeats anywhere in the set."""
+  grams = [g for t in texts for g in ngrams(tokens(t), n)]
+  return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def _without_names(texts: list[str], names: list[str] | None) -> list[str]:
+  """texts[i] with names[i] replaced by <name>, lower-cased, whitespace collapsed."""
+  out = []
+  for i, t in enumerate(texts):
+    if names is not None and names[i]:
+      t = re.sub(rf"\b{re.escape(names[i])}\b", "<name>", t)
+    out.append(" ".join(t.lower().split()))
+  return out
+
+
+def top_sentence_share(texts: list[str], names: list[str] | None = None) -> float:
+  """The share of texts that contain the set's most common sentence: near 1 when answers
+  collapse onto one template. names[i], if given, is replaced in texts[i] first, so one
+  template filled with different entities' names counts as one sentence."""
+  counts = collections.Counter()
+  for t in _without_names(texts, names):
+    counts.update(set(sentences(t)))
+  return counts.most_common(1)[0][1] / len(texts) if counts else 0.0
+
+
+def distinct_answers(texts: list[str], names: list[str] | None = None) -> float:
+  """Distinct texts / texts, with each text's own name replaced first (see
+  top_sentence_share): one answer template repeated for every entity scores 1/len. Unlike
+  distinct-n it does not fall when answers grow longer in a fixed phrasing."""
+  return len(set(_without_names(texts, names))) / len(texts) if texts else 0.0
+
+
 def win_rate(judge, prompts, a, b) -> dict:
   """Adjusted win rate of answers a over b, (wins + ties/2) / all, judged in both orders.
 
@@ -114,5 +159,9 @@ def win_rate(judge, prompts, a, b) -> dict:
   wins = int(np.sum(ab > 0) + np.sum(ba < 0))
   ties = int(np.sum(ab == 0) + np.sum(ba == 0))
   n = 2 * len(prompts)
+  # Per prompt, its two judgements' mean outcome (1 win, 0.5 tie, 0 loss): the interval is
+  # over prompts, the unit that was sampled.
+  per_prompt = 0.5 * ((ab > 0) + 0.5 * (ab == 0) + (ba < 0) + 0.5 * (ba == 0))
+  _, lo, hi = mean_ci(per_prompt)
   return {"win_rate": (wins + 0.5 * ties) / n if n else float("nan"), "wins": wins,
-          "ties": ties, "losses": n - wins - ties, "judgements": n}
+          "ties": ties, "losses": n - wins - ties, "judgements": n, "ci95": (lo, hi)}

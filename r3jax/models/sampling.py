@@ -73,7 +73,10 @@ def sampling_probs(logits_BV: jax.Array, temperature: float = 1.0, top_k: int = 
   """
   logits_BV = logits_BV.astype(jnp.float32) / temperature
   if top_k and top_k < logits_BV.shape[-1]:
-    kth_B1 = jax.lax.top_k(logits_BV, top_k)[0][:, -1:]
+    # The k-th largest logit as the minimum of the top k: the same value, but slicing the
+    # last column of lax.top_k's output cost 35 ms per step at [8, 32000] on XLA:CPU
+    # against 0.5 ms for the min (issue #18).
+    kth_B1 = jnp.min(jax.lax.top_k(logits_BV, top_k)[0], axis=-1, keepdims=True)
     logits_BV = jnp.where(logits_BV >= kth_B1, logits_BV, -jnp.inf)
   probs_BV = jax.nn.softmax(logits_BV, axis=-1)
   if top_p < 1.0:

@@ -118,7 +118,7 @@ def plan(config, sizes: dict[str, int], remat: bool | None = None) -> dict:
                                            _bytes(v_state["opt_state"], v_shard["opt_state"]))
   if ppo:
     rows["reward encoder (replicated)"] = _encoder_bytes(config.reward.encoder)
-  dp = sizes["data"] * sizes["fsdp"]
+  dp = sharding.data_parallel(sizes)
   if ppo:
     n_roll = config.prompts_per_step * config.rollout.n
     length = config.rollout.prompt_len + config.rollout.max_new_tokens

@@ -28,9 +28,10 @@ import optax
 
 from r3jax.core import optim, sharding
 from r3jax.data import chat, padding, pipeline, sources, tokenizer as tokenizer_lib
+from r3jax.eval import gold, text_metrics as tm
 from r3jax.losses import lm, ppo
 from r3jax.models import hf, lora, qwen, sampling
-from r3jax.rewards import query_types, scorers
+from r3jax.rewards import query_types, r3, scorers
 from r3jax.rl import algorithms
 from r3jax.trainers import harness, state as state_lib, step as step_lib
 
@@ -49,6 +50,7 @@ class Setup:
   merged_policy: Callable  # (policy, frozen) -> full policy params
   ref_value: Callable  # (value, frozen, seq, mask) -> (reference log-probs, values)
   update_fn: Callable  # One jitted minibatch update.
+  gold: bool = False  # The prompts are the embedded world's: the gold judge reads every rollout.
 
 
 def response_logprobs(params, cfg, seq_BS, mask_BS, prompt_len: int):
@@ -157,7 +159,7 @@ def make_update(config, loss_fn, lay):
   return update
 
 
-def make_setup(config, run, cfg, tok, frozen, lay) -> Setup:
+def make_setup(config, run, cfg, tok, frozen, lay, rows) -> Setup:
   prompt_len = config.rollout.prompt_len
 
   @jax.jit
@@ -176,7 +178,8 @@ def make_setup(config, run, cfg, tok, frozen, lay) -> Setup:
                                 top_p=ro.top_p, top_k=ro.top_k, n=ro.n)
   update = make_update(config, make_loss(config, cfg, ptx is not None), lay)
   return Setup(config, cfg, tok, run, scorer, ptx, scfg, frozen,
-               jax.jit(functools.partial(policy_params, config)), ref_value, update)
+               jax.jit(functools.partial(policy_params, config)), ref_value, update,
+               gold=gold.applicable(rows))
 
 
 def label_query_types(config, rows, policy_params_, cfg, tok, writer) -> None:
@@ -222,8 +225,10 @@ def repeat(n: int, values) -> list:
 
 
 def score(s: Setup, ro: dict, it: int) -> dict:
-  """{texts, components}: the decoded responses and the scorer's components (reward, and
-  R³'s terms). With reward.query_types=random, each response's type is drawn afresh."""
+  """{texts, components, judged}: the decoded responses, the scorer's components (reward,
+  and R³'s terms), and what the optimised reward does not see: the gold judge's figures
+  (on the embedded world) and the batch's diversity. With reward.query_types=random, each
+  response's type is drawn afresh."""
   texts = sampling.decode(s.tok, ro["samples"])
   qtypes = repeat(s.config.rollout.n, [r["query_type"] for r in ro["rows"]])
   if s.config.reward.query_types == "random":
@@ -231,7 +236,25 @@ def score(s: Setup, ro: dict, it: int) -> dict:
     qtypes = list(rng.choice(["open_ended", "closed_ended"], len(qtypes)))
   comps = s.scorer(repeat(s.config.rollout.n, [r["prompt"] for r in ro["rows"]]), texts,
                    repeat(s.config.rollout.n, [r["reference"] for r in ro["rows"]]), qtypes)
-  return {"texts": texts, "components": comps}
+  return {"texts": texts, "components": comps, "judged": judged(s, ro["rows"], texts)}
+
+
+def judged(s: Setup, rows, texts) -> dict[str, np.ndarray]:
+  """Per-response figures beside the reward: gold precision / recall / score (embedded
+  world only), 4-gram repetition, and this process's batch distinct-2 and most common
+  sentence share (one value, repeated per row so that every entry gathers alike)."""
+  cut = [r3.truncate_response(t) for t in texts]
+  per_row = repeat(s.config.rollout.n, rows)
+  out = {}
+  if s.gold:
+    g = gold.judge_batch(cut, per_row)
+    out = {f"gold/{k}": g[k] for k in ("score", "precision", "recall", "repeats", "names_entity")}
+  names = [r.get("entity") for r in per_row]
+  batch = lambda v: np.full(len(texts), v, np.float64)
+  return {**out, "diversity/rep4": np.array([tm.ngram_repetition(t, 4) for t in cut]),
+          "diversity/distinct2": batch(tm.distinct_n(cut, 2)),
+          "diversity/distinct_answers": batch(tm.distinct_answers(cut, names)),
+          "diversity/top_sentence_share": batch(tm.top_sentence_share(cut, names))}
 
 
 def reference_value(s: Setup, state, ro: dict, scored: dict) -> dict:
@@ -308,7 +331,8 @@ def iteration_metrics(state, ro, scored, data, stats, ms, kl_seq, times) -> dict
   out = ro["samples"]
   lengths = sharding.host_gather(out.mask_BN.sum(1))
   rm = data["resp_mask"]
-  return {**{f"reward/{k}": float(np.mean(sharding.host_gather(v))) for k, v in scored["components"].items()},
+  gathered = {**{f"reward/{k}": v for k, v in scored["components"].items()}, **scored["judged"]}
+  return {**{k: float(np.mean(sharding.host_gather(v))) for k, v in gathered.items()},
           "reward/score_normalized": float(jnp.mean(stats["score"])), "kl/seq_kl": kl_seq,
           "kl/beta": float(state["beta"]), "rollout/length": float(lengths.mean()),
           "rollout/truncated": float(1.0 - sharding.host_gather(out.stopped_B).mean()),
@@ -330,7 +354,8 @@ def prepare(config, workdir: str):
   state, frozen = init_rl_state(config, run, cfg, tok, config.init_from or config.model.hf_dir)
   label_query_types(config, rows, frozen, cfg, tok, run.writer)
   state, order = harness.resume(run, state, len(rows), config.prompts_per_step)
-  return make_setup(config, run, cfg, tok, frozen, jax.tree.map(lambda x: x.sharding, state)), state, order, rows
+  lay = jax.tree.map(lambda x: x.sharding, state)
+  return make_setup(config, run, cfg, tok, frozen, lay, rows), state, order, rows
 
 
 def train(config, workdir: str) -> dict:
@@ -396,6 +421,9 @@ def greedy_answers(s: Setup, params, conversations) -> list[str]:
 PLOTS = {
     "reward": ["reward/reward", "reward/relevance", "reward/length_incentive",
                "reward/repetition_penalty", "reward/copies_query"],
+    "gold": ["gold/score", "gold/precision", "gold/recall", "gold/repeats"],
+    "diversity": ["diversity/distinct2", "diversity/distinct_answers", "diversity/top_sentence_share",
+                  "diversity/rep4"],
     "kl_length": ["kl/seq_kl", "kl/beta", "rollout/length", "policy/entropy"],
     "losses": ["policy/loss", "value/loss", "policy/clipfrac", "value/explained_variance"],
     "time": ["time/rollout", "time/reward", "time/reference_value", "time/advantages", "time/update"],

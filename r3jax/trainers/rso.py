@@ -8,10 +8,15 @@ built by `rso.construction`:
   sft     the same N candidates, k of them drawn uniformly (seed 004's sft-sample-rank).
   direct  the dataset's own comparisons, unchanged.
 `best_of_n_round` writes round_<r>/best_of_n.jsonl: the top-1 of N samples per prompt.
+On the embedded world both also write the gold judge's figures of what they kept
+(pairs_gold.json: chosen vs rejected and how often gold agrees with the pair's order;
+round_<r>/best_of_n_gold.json: the best candidate vs all), so a reward that picks worse
+answers shows before any DPO step.
 A finished file is reused, so a restart goes straight to training.
 """
 
 import io
+import json
 import os
 
 from etils import epath
@@ -24,6 +29,7 @@ import optax
 from r3jax.core import sharding
 from r3jax.core.errors import DataError
 from r3jax.data import readers, sources
+from r3jax.eval import gold
 from r3jax.models import sampling
 from r3jax.rewards import scorers
 from r3jax.rl import rso
@@ -74,6 +80,35 @@ def select(config, rewards, valid):
   return jax.vmap(rso.sft_sample, in_axes=(0, 0, None))(keys, jnp.asarray(valid), rc.k)[1]
 
 
+def candidate_gold(rows, texts) -> dict[str, np.ndarray] | None:
+  """{score, precision, recall}: [P, N] gold figures of every candidate, when the prompts
+  are the embedded world's questions (else None): what the sampling reward did not see."""
+  if not gold.applicable(rows):
+    return None
+  per = [gold.judge_batch(ys, [r] * len(ys)) for r, ys in zip(rows, texts)]
+  return {k: np.stack([p[k] for p in per]) for k in ("score", "precision", "recall")}
+
+
+def write_gold(path: str, figures: dict, log) -> None:
+  """Logs and writes (JSON, process 0) the gold judge's figures of a sampling stage."""
+  log("gold judge: " + ", ".join(f"{k} {v:.3f}" for k, v in figures.items()))
+  if jax.process_index() == 0:
+    epath.Path(path).parent.mkdir(parents=True, exist_ok=True)
+    epath.Path(path).write_text(json.dumps(figures, indent=1) + "\n")
+
+
+def pair_gold(g, pairs, valid) -> dict:
+  """The gold figures of pairs [(prompt, chosen, rejected)] against all valid candidates,
+  and how often the gold score agrees with the pair's order (ties: equal gold scores)."""
+  p, a, b = (np.array(x) for x in zip(*pairs))
+  out = {"candidates_score": float(g["score"][valid].mean())}
+  for k in ("score", "precision", "recall"):
+    out[f"chosen_{k}"], out[f"rejected_{k}"] = float(g[k][p, a].mean()), float(g[k][p, b].mean())
+  out["gold_agrees"] = float(np.mean(g["score"][p, a] > g["score"][p, b]))
+  out["gold_ties"] = float(np.mean(g["score"][p, a] == g["score"][p, b]))
+  return out
+
+
 def build_pairs(config, init_dir, workdir, log) -> str:
   path = os.path.join(workdir, "pairs.jsonl")
   if epath.Path(path).exists():
@@ -86,12 +121,17 @@ def build_pairs(config, init_dir, workdir, log) -> str:
     out = [{"prompt": r["prompt"], "chosen": r["responses"][0], "rejected": r["responses"][1]} for r in rows]
   else:
     texts, rewards, valid = sample_candidates(config, init_dir, workdir, rows, log)
-    for r, ys, rw, o in zip(rows, texts, rewards, np.asarray(select(config, rewards, valid))):
+    index = []
+    for p, (r, ys, rw, o) in enumerate(zip(rows, texts, rewards, np.asarray(select(config, rewards, valid)))):
       for c, j in rso.make_pairs(o, rw, rc.pairing):
         out.append({"prompt": r["prompt"], "chosen": ys[c], "rejected": ys[j],
                     "chosen_reward": float(rw[c]), "rejected_reward": float(rw[j])})
+        index.append((p, c, j))
     log(f"{rc.construction}: {len(out)} pairs from {len(rows)} prompts "
         f"(mean reward {rewards[valid].mean():.4f} over all valid candidates)")
+    g = candidate_gold(rows, texts)
+    if g is not None and index:
+      write_gold(os.path.join(workdir, "pairs_gold.json"), pair_gold(g, index, valid), log)
   if not out:
     raise DataError(f"{path}: no pairs (every candidate tied or was invalid)")
   if jax.process_index() == 0:
@@ -119,6 +159,14 @@ def best_of_n_round(config, current, workdir, rnd, log) -> str:
           for r, ys, rw, b in zip(rows, texts, rewards, best) if b >= 0]
   log(f"round {rnd}: best-of-{config.rso.n} mean reward {np.mean([k['reward'] for k in kept]):.4f} "
       f"vs {rewards[valid].mean():.4f} for a random sample")
+  g = candidate_gold(rows, texts)
+  if g is not None:
+    chosen = [(p, b) for p, b in enumerate(best) if b >= 0]
+    write_gold(os.path.join(rdir, "best_of_n_gold.json"), {
+        "candidates_score": float(g["score"][valid].mean()),
+        "best_score": float(np.mean([g["score"][p, b] for p, b in chosen])),
+        "best_precision": float(np.mean([g["precision"][p, b] for p, b in chosen])),
+        "best_recall": float(np.mean([g["recall"][p, b] for p, b in chosen]))}, log)
   if jax.process_index() == 0:
     readers.write_jsonl(data, [{"messages": k["messages"]} for k in kept])
   barrier(f"best_of_n_{rnd}")

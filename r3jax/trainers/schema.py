@@ -84,9 +84,12 @@ def sft_tiny() -> ConfigDict:
   c = sft()
   c.name = "sft_tiny"
   c.model.dropout_rate = 0.0
-  c.steps, c.batch_size, c.seq_len = 300, 32, 96
+  # 600 steps: the policy then states every fact of the embedded world correctly when
+  # sampled at temperature 1 (gold precision 1.0 on held-out questions); after 300 it gets
+  # a third of closed-ended questions right, so RL would mostly reinforce guesses.
+  c.steps, c.batch_size, c.seq_len = 600, 32, 96
   c.optim.update(lr=3e-3, warmup_steps=30, schedule="cosine", min_lr_ratio=0.1)
-  c.checkpoint.every, c.log_every, c.eval_every = 100, 10, 100
+  c.checkpoint.every, c.log_every, c.eval_every = 200, 10, 200
   return c
 
 

@@ -12,14 +12,15 @@ from r3jax.core import sharding
 
 def accumulation(config, mesh) -> int:
   """Gradient-accumulation steps for config.batch_size and micro_batch_per_device."""
-  per_device = config.micro_batch_per_device or config.batch_size // (mesh.shape["data"] * mesh.shape["fsdp"])
-  return sharding.batch_split(config.batch_size, per_device, mesh)
+  n = sharding.data_parallel(mesh.shape)
+  per_device = config.micro_batch_per_device or config.batch_size // n
+  return sharding.batch_split(config.batch_size, per_device, n)
 
 
 def even_rows(n: int, mesh) -> int:
   """The largest count <= n that splits evenly over the data shards and processes: how
   many held-out rows an evaluation uses (batch_size already divides the same way)."""
-  shards = mesh.shape["data"] * mesh.shape["fsdp"] * jax.process_count()
+  shards = sharding.data_parallel(mesh.shape) * jax.process_count()
   return n - n % shards
 
 

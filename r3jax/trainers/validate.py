@@ -82,18 +82,11 @@ def check_paths(config) -> None:
 def check_batches(config, sizes_of_mesh) -> None:
   positive("batch_size", config.batch_size)
   positive("micro_batch_per_device", config.micro_batch_per_device, zero_ok=True)
-  dp = sizes_of_mesh["data"] * sizes_of_mesh["fsdp"]
+  dp = sharding.data_parallel(sizes_of_mesh)
   per_device = config.micro_batch_per_device or config.batch_size // dp
   if per_device == 0:
     raise ConfigError(f"config.batch_size={config.batch_size} is smaller than the {dp} data-parallel devices")
-  sharding.batch_split(config.batch_size, per_device, _Shape(sizes_of_mesh))
-
-
-class _Shape:
-  """The part of a Mesh that batch_split reads, without building one."""
-
-  def __init__(self, sizes):
-    self.shape = sizes
+  sharding.batch_split(config.batch_size, per_device, dp)
 
 
 def check_supervised(config) -> None:
@@ -141,7 +134,7 @@ def check_ppo(config) -> None:
                       f"of ppo.minibatch={config.ppo.minibatch}")
   check_context(config)
   sizes = sharding.mesh_shape(config.mesh, jax.device_count())
-  if config.prompts_per_step % (sizes["data"] * sizes["fsdp"]):
+  if config.prompts_per_step % sharding.data_parallel(sizes):
     raise ConfigError(f"config.prompts_per_step={config.prompts_per_step} does not split over the "
                       f"{sizes['data'] * sizes['fsdp']} data-parallel devices")
 
