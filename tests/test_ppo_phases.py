@@ -153,3 +153,19 @@ def test_long_prompts_keep_their_end_and_are_counted(prepared):
     ro = ppo.rollout(s, state, rows, 0)
   assert ro["truncated"] == 1 and ro["prompt_tok"].shape == (PROMPTS, 24)
   assert ro["prompt_mask"][0].all()  # The kept end fills the row.
+
+
+def test_before_after_has_gold_columns_on_the_embedded_world(tmp_path):
+  from r3jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  rows = synthetic.questions(2, seed=99)
+  prompts = [{"role": "user", "content": r["prompt"]} for r in rows]
+  scorer = lambda q, y, ref, qt: {"reward": np.arange(len(y), dtype=float)}
+  ppo.write_before_after(str(tmp_path), prompts, ["x", "y"], [r["reference"] for r in rows], scorer, rows)
+  lines = (tmp_path / "before_after.md").read_text().splitlines()
+  assert lines[0] == "| prompt | before (SFT) | R3 | gold P / R | after (PPO) | R3 | gold P / R |"
+  # The first row is open-ended; its reference states five of the six facts.
+  assert lines[2].endswith("| 0.00 / 0.00 | " + rows[0]["reference"] + " | 0.000 | 1.00 / 0.83 |")
+  assert lines[3].endswith("| 1.000 | 1.00 / 1.00 |")  # Closed-ended: the asked fact.
+  other = [{"prompt": "hi", "reference": None, "query_type": None}]
+  ppo.write_before_after(str(tmp_path), prompts[:1], ["x"], ["y"], scorer, other)
+  assert (tmp_path / "before_after.md").read_text().splitlines()[0] == "| prompt | before (SFT) | R3 | after (PPO) | R3 |"

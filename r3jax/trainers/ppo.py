@@ -431,14 +431,25 @@ PLOTS = {
 
 
 def write_before_after(workdir, prompts, before, after, scorer, rows):
+  """before_after.md: each fixed prompt's greedy answer before and after PPO, with its R³
+  and, on the embedded world, the gold judge's precision / recall (not the reward)."""
   if jax.process_index() != 0:
     return
   q = [p["content"] for p in prompts]
   refs = [r["reference"] for r in rows]
   types = [r["query_type"] for r in rows]
-  rb, ra = scorer(q, before, refs, types)["reward"], scorer(q, after, refs, types)["reward"]
-  lines = ["| prompt | before (SFT) | R3 | after (PPO) | R3 |", "|---|---|---|---|---|"]
+  judged = gold.applicable(rows)
   cell = lambda x: x.replace("|", "\\|").replace("\n", " ")
-  for p, b, a, x, y in zip(q, before, after, rb, ra):
-    lines.append(f"| {cell(p)} | {cell(b)} | {x:.3f} | {cell(a)} | {y:.3f} |")
+  columns = []  # Per answer set: [answer, R³, gold?] cells for each prompt.
+  for texts in (before, after):
+    cols = [[cell(t) for t in texts], [f"{x:.3f}" for x in scorer(q, texts, refs, types)["reward"]]]
+    if judged:
+      g = gold.judge_batch([r3.truncate_response(t) for t in texts], rows)
+      cols.append([f"{p:.2f} / {r:.2f}" for p, r in zip(g["precision"], g["recall"])])
+    columns += cols
+  names = ["before (SFT)", "R3"] + (["gold P / R"] if judged else [])
+  names += ["after (PPO)", "R3"] + (["gold P / R"] if judged else [])
+  lines = ["| prompt | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+  for i, p in enumerate(q):
+    lines.append(f"| {cell(p)} | " + " | ".join(c[i] for c in columns) + " |")
   (epath.Path(workdir) / "before_after.md").write_text("\n".join(lines) + "\n")
