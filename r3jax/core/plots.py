@@ -11,9 +11,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
-# Every trainer's groups: each group is one PNG, one panel per metric. The lists are copies
-# of the trainers' own (sft.py passes None, ppo.PLOTS, rm/dpo TASK.plots), kept here so that
-# `python -m r3jax.plot` can re-draw any run without importing the trainers (and JAX).
+# Every trainer's groups: each group is one PNG, one panel per metric. They live here so that
+# `python -m r3jax.plot` can re-draw any run without importing the trainers (and JAX);
+# ppo.PLOTS is GROUPS["ppo"], sft.py passes None, rm/dpo's TASK.plots mirror theirs.
 GROUPS = {
     "sft": {
         "train": ["train/loss", "eval/loss", "train/lr", "train/grad_norm"],

@@ -15,6 +15,7 @@ Each example has a conversation, the raw question, a reference answer, a query t
 entity it is about and the attribute it asks for ("all" for open-ended questions).
 """
 
+import functools
 import random
 
 _SYLLABLES = ["ka", "lo", "mi", "ren", "ta", "vo", "shi", "dor", "el", "ban", "qu", "zar",
@@ -87,8 +88,10 @@ def facts(e: dict) -> list[str]:
           f"It was first recorded in the year {e['year']}."]
 
 
+@functools.cache
 def world(n: int = WORLD_SIZE) -> dict[str, dict]:
-  """The embedded world's knowledge base: entity name -> its facts."""
+  """The embedded world's knowledge base: entity name -> its facts. Cached (the gold judge
+  reads it for every batch), so callers must not change it."""
   return {e["name"]: e for e in entities(n, seed=0)}
 
 

@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from r3jax.core import optim, sharding
+from r3jax.core import optim, plots, sharding
 from r3jax.data import chat, padding, pipeline, sources, tokenizer as tokenizer_lib
 from r3jax.eval import gold, text_metrics as tm
 from r3jax.losses import lm, ppo
@@ -418,16 +418,7 @@ def greedy_answers(s: Setup, params, conversations) -> list[str]:
   return texts
 
 
-PLOTS = {
-    "reward": ["reward/reward", "reward/relevance", "reward/length_incentive",
-               "reward/repetition_penalty", "reward/copies_query"],
-    "gold": ["gold/score", "gold/precision", "gold/recall", "gold/repeats"],
-    "diversity": ["diversity/distinct2", "diversity/distinct_answers", "diversity/top_sentence_share",
-                  "diversity/rep4"],
-    "kl_length": ["kl/seq_kl", "kl/beta", "rollout/length", "policy/entropy"],
-    "losses": ["policy/loss", "value/loss", "policy/clipfrac", "value/explained_variance"],
-    "time": ["time/rollout", "time/reward", "time/reference_value", "time/advantages", "time/update"],
-}
+PLOTS = plots.GROUPS["ppo"]  # One list: `python -m r3jax.plot` re-draws the same PNGs.
 
 
 def write_before_after(workdir, prompts, before, after, scorer, rows):

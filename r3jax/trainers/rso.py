@@ -85,8 +85,8 @@ def candidate_gold(rows, texts) -> dict[str, np.ndarray] | None:
   are the embedded world's questions (else None): what the sampling reward did not see."""
   if not gold.applicable(rows):
     return None
-  per = [gold.judge_batch(ys, [r] * len(ys)) for r, ys in zip(rows, texts)]
-  return {k: np.stack([p[k] for p in per]) for k in ("score", "precision", "recall")}
+  g = gold.judge_batch([y for ys in texts for y in ys], [r for r, ys in zip(rows, texts) for _ in ys])
+  return {k: g[k].reshape(len(texts), -1) for k in ("score", "precision", "recall")}
 
 
 def write_gold(path: str, figures: dict, log) -> None:
