@@ -6,6 +6,11 @@ Presets (`--config=configs/ppo_qwen.py:<preset>`):
   tiny-relevance  the same with the relevance-only reward (the reward-hacking ablation).
   tiny-hacking    tiny, with 30% of the SFT answers opening by repeating the question, so
                   the policy can copy it (for python -m r3jax.compare; see the README).
+  tiny-rm         the seeds' Qwen pipeline at tiny size: SFT (<workdir>/sft) -> reward model
+                  PMP stage on one comparison set (<workdir>/rm_pmp) -> its fine-tuning on
+                  another (<workdir>/rm) -> PPO against that reward model, each stage reused
+                  once finished. R³ is logged beside it at weight 0 (not optimised). Add
+                  --config.value.init_from_reward=True to start the value model from the RM.
   qwen            (with model.hf_dir: its 256 + 512 tokens exceed the tiny model's 512
                   positions) the Qwen recipe: fixed β 0.04, value clip 0.15, policy LR 1e-6, value LR
                   5e-6, 50 value warm-up steps, 2 samples per prompt, top-p 0.9.
@@ -24,24 +29,14 @@ from r3jax.trainers import schema
 def get_config(arg=None):
   preset = arg or "tiny"
   c = schema.with_sft_stage(schema.ppo())
-  c.name = f"ppo_{preset}"
-  if preset in ("tiny", "tiny-relevance", "tiny-hacking"):
-    c.steps, c.prompts_per_step = 120, 32
-    # 40 new tokens: a complete answer (all six facts) is 35-39 tokens, so R³'s length
-    # incentive pays for completeness, not for padding; at 48 the policy learns to pad.
-    c.rollout.update(max_new_tokens=40, prompt_len=48)
-    # KL target 1.5 and policy LR 1e-4: the gold judge's precision holds near KL 1.5 and
-    # falls beyond, as R³'s length incentive turns into padding (stray "1903." sentences,
-    # answers run to the token limit); at LR 3e-4 or target 8 it falls within 120
-    # iterations (README, the main job's paragraph).
-    c.kl.update(adaptive=True, beta=0.05, target=1.5, horizon=1000)
-    c.ppo.update(epochs=2, minibatch=16, value_warmup_steps=5, value_clip=0.2)
-    c.optim.lr, c.value_lr = 1e-4, 1e-3
-    c.checkpoint.every = 20
+  if preset in ("tiny", "tiny-relevance", "tiny-hacking", "tiny-rm"):
+    c = schema.ppo_tiny()
     if preset == "tiny-relevance":
       c.reward.mode = "relevance"
     if preset == "tiny-hacking":
       c.sft.data.synthetic_restate = 0.3
+    if preset == "tiny-rm":
+      rm_stages(c)
   elif preset in ("qwen", "qwen-1.8b", "qwen-7b", "qwen-14b"):
     if preset != "qwen":  # Sizes for planning (python -m r3jax.plan) or with model.hf_dir.
       c.model.update(preset=preset, dtype="bfloat16")
@@ -56,4 +51,16 @@ def get_config(arg=None):
     c.prompts_per_step, c.ppo.minibatch = 16, 2
   else:
     raise ValueError(f"unknown preset {preset!r}; see the docstring of configs/ppo_qwen.py")
+  c.name = f"ppo_{preset}"
   return c
+
+
+def rm_stages(c):
+  """SFT -> RM PMP -> RM fine-tuning stages, and the reward "@rm" (the fine-tuned RM)."""
+  c.stages = ("sft", "rm_pmp", "rm")
+  c.rm_pmp, c.rm = schema.rm_tiny(), schema.rm_tiny(finetune=True)
+  for stage, start in ((c.rm_pmp, "@sft"), (c.rm, "@rm_pmp")):
+    stage.stages, stage.init_from = (), start
+    del stage["sft"]  # Its start is this run's SFT stage, not an SFT stage of its own.
+  # The RM drives PPO; R³ at weight 0 is scored and logged beside it, never optimised.
+  c.reward.mode = "1*@rm+0*r3"

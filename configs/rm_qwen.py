@@ -11,7 +11,8 @@ Presets (`--config=configs/rm_qwen.py:<preset>`):
   finetune       fine-tuning from the PMP run (--config.init_from=<pmp workdir>) on
                  high-quality comparisons; same defaults.
 Comparison files: {prompt, chosen, rejected}, {prompt, responses} (ranked, best first), HH
-{chosen, rejected}, or ShareGPT-style {conversations, chosen, rejected}.
+{chosen, rejected}, or ShareGPT-style {conversations, chosen, rejected}. The whole Qwen
+pipeline, SFT -> RM (PMP, fine-tuning) -> PPO on that RM, is configs/ppo_qwen.py:tiny-rm.
 """
 
 from r3jax.trainers import schema
@@ -19,20 +20,13 @@ from r3jax.trainers import schema
 
 def get_config(arg=None):
   preset = arg or "tiny"
-  c = schema.preference("rm", f"rm_{preset}")
-  c.checkpoint.every = 500
   if preset in ("tiny", "tiny-finetune"):
     # The backbone starts from the tiny SFT policy (trained first in <workdir>/sft, or
     # reused): from random weights the tiny RM stays at chance on these comparisons.
-    schema.with_sft_stage(c)
-    c.steps, c.batch_size, c.seq_len = 300, 32, 96
-    c.optim.update(lr=3e-4, warmup_steps=20, schedule="cosine", min_lr_ratio=0.1)
-    c.checkpoint.every, c.eval_every = 100, 100
-    if preset == "tiny-finetune":
-      c.init_from = "runs/rm_tiny"
-      c.steps, c.data.synthetic_seed = 100, 1  # Fresh comparisons; a lower, constant LR.
-      c.optim.update(lr=2e-4, warmup_steps=0, schedule="constant")
-  elif preset == "pmp":
+    return schema.rm_tiny(finetune=preset == "tiny-finetune")
+  c = schema.preference("rm", f"rm_{preset}")
+  c.checkpoint.every = 500
+  if preset == "pmp":
     c.model.preset = "qwen-7b"
   elif preset == "finetune":
     c.model.preset = "qwen-7b"

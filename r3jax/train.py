@@ -10,7 +10,7 @@ The config is validated (trainers/validate.py) before any work. Restarting with 
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from r3jax.core import cli
@@ -18,6 +18,9 @@ from r3jax.core import cli
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:preset].",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, logs, plots).")
+_COMPILE_CACHE = flags.DEFINE_string(
+    "compile_cache", "", "Persistent XLA compilation cache: a directory, '' for "
+    "<workdir>/compile_cache (a restart or rerun then skips recompiling), or 'off'.")
 
 
 def main(argv):
@@ -27,7 +30,7 @@ def main(argv):
     sys.exit("error: --config=configs/<recipe>.py[:preset] is required")
   workdir = _WORKDIR.value or os.path.join("runs", config.name)
   cli.maybe_initialize_distributed()
-  logging.set_verbosity(logging.WARNING)
+  cli.compilation_cache(_COMPILE_CACHE.value or os.path.join(workdir, "compile_cache"))
   from r3jax.trainers import pipeline, validate  # After jax.distributed is up.
   with cli.user_errors():
     validate.validate(config)

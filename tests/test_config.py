@@ -38,7 +38,7 @@ def test_every_preset_validates(name, preset):
 @pytest.mark.parametrize("name,field,value,message", [
     ("ppo_qwen", "reward.query_types", "labels", "config.reward.query_types='labels': expected one of field, classifier, random"),
     ("ppo_qwen", "reward.mode", "rouge", "config.reward.mode='rouge': expected one of r3, relevance, li_s"),
-    ("ppo_qwen", "ppo.advantage", "grpo", "config.ppo.advantage='grpo': expected one of gae"),
+    ("ppo_qwen", "ppo.advantage", "a2c", "config.ppo.advantage='a2c': expected one of dr_grpo, gae, grpo"),
     ("ppo_qwen", "ppo.policy_loss", "clip", "config.ppo.policy_loss='clip': expected one of ppo_clip"),
     ("ppo_qwen", "kl.estimator", "k4", "config.kl.estimator='k4': expected one of k1, k2, k3"),
     ("ppo_qwen", "ppo.minibatch", 48, "is not a multiple of ppo.minibatch=48"),

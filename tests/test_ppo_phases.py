@@ -107,13 +107,16 @@ def test_advantages_are_the_registered_estimator(phases):
   s, state, data, batch = phases["s"], phases["state"], phases["data"], phases["batch"]
   rm = data["resp_mask"]
   kl = ppo_losses.kl_estimate(data["old_logp"], data["ref_logp"], "k1") * rm
-  m = ppo_losses.update_moments(ppo_losses.Moments(**state["moments"]), data["score"])
-  score = ppo_losses.normalize_score(data["score"], m, clip=s.config.reward.clip)
+  assert data["score"].shape == (PROMPTS * N, 1)  # One reward term.
+  one = lambda m: ppo_losses.Moments(*(x[0] for x in m))
+  m = ppo_losses.update_moments(one(ppo_losses.Moments(**state["moments"])), data["score"][:, 0])
+  score = ppo_losses.normalize_score(data["score"][:, 0], m, clip=s.config.reward.clip)
   rewards = ppo_losses.token_rewards(score, kl, rm, state["beta"])
   adv, ret = ppo_losses.gae(rewards, data["values"] * rm, rm, s.config.ppo.gamma, s.config.ppo.lam)
   np.testing.assert_allclose(batch["adv"], ppo_losses.masked_whiten(adv, rm), atol=1e-6)
   np.testing.assert_allclose(batch["returns"], ret, atol=1e-6)
-  assert float(phases["moments"].count) == PROMPTS * N
+  np.testing.assert_array_equal(one(phases["moments"]), m)
+  assert float(one(phases["moments"]).count) == PROMPTS * N
   assert abs(float(ppo_losses.masked_mean(batch["adv"], rm))) < 1e-5  # Whitened.
   assert set(batch) == {"seq", "mask", "resp_mask", "old_logp", "adv", "returns", "old_values"}
 
@@ -123,18 +126,19 @@ def test_update_warmup_trains_only_the_value_then_both(phases):
   before = jax.tree.map(np.asarray, (state["policy"], state["value"]))
   models, ms = ppo.update(s, jax.tree.map(jnp.copy, state), batch, it=0)  # it < value_warmup_steps
   assert len(ms) == PROMPTS * N // 4 and all(np.isfinite(float(m["value/loss"])) for m in ms)
-  for x, y in zip(jax.tree.leaves(before[0]), jax.tree.leaves(models[0])):
+  for x, y in zip(jax.tree.leaves(before[0]), jax.tree.leaves(models["policy"])):
     np.testing.assert_array_equal(x, y)  # Policy untouched during the warm-up.
-  assert any((x != np.asarray(y)).any() for x, y in zip(jax.tree.leaves(before[1]), jax.tree.leaves(models[2])))
+  assert any((x != np.asarray(y)).any() for x, y in zip(jax.tree.leaves(before[1]), jax.tree.leaves(models["value"])))
   models, _ = ppo.update(s, jax.tree.map(jnp.copy, state), batch, it=1)
-  assert any((x != np.asarray(y)).any() for x, y in zip(jax.tree.leaves(before[0]), jax.tree.leaves(models[0])))
+  assert any((x != np.asarray(y)).any() for x, y in zip(jax.tree.leaves(before[0]), jax.tree.leaves(models["policy"])))
   new, kl_seq = ppo.next_state(s, state, models, phases["moments"], phases["stats"]["kl"])
   assert int(new["step"]) == int(state["step"]) + 1 and np.isfinite(kl_seq)
   assert float(new["beta"]) != float(state["beta"])  # kl.adaptive in the tiny preset.
 
 
 def test_registries_hold_todays_methods():
-  assert set(algorithms.ADVANTAGES) == {"gae"} and algorithms.ADVANTAGES["gae"].uses_value
+  assert set(algorithms.ADVANTAGES) == {"gae", "grpo", "dr_grpo", "rloo", "reinforce_pp"}
+  assert [k for k, a in algorithms.ADVANTAGES.items() if a.uses_value] == ["gae"]
   assert set(algorithms.POLICY_LOSSES) == {"ppo_clip"}
   rng = np.random.default_rng(0)
   logp, old, adv = (jnp.asarray(rng.normal(size=(3, 5)), jnp.float32) for _ in range(3))
@@ -169,3 +173,33 @@ def test_before_after_has_gold_columns_on_the_embedded_world(tmp_path):
   other = [{"prompt": "hi", "reference": None, "query_type": None}]
   ppo.write_before_after(str(tmp_path), prompts[:1], ["x"], ["y"], scorer, other)
   assert (tmp_path / "before_after.md").read_text().splitlines()[0] == "| prompt | before (SFT) | R3 | after (PPO) | R3 |"
+
+
+@pytest.fixture(scope="module")
+def grpo_phases(tmp_path_factory):
+  """Iteration 0 of GRPO (2 samples per prompt, k3 KL in the loss): no value model."""
+  from r3jax.trainers import schema  # pylint: disable=g-import-not-at-top
+  c = schema.use_advantage(tiny_config(), "grpo", group_n=N)
+  s, state, order, rows = ppo.prepare(c, str(tmp_path_factory.mktemp("grpo")))
+  with harness.mesh_rules(s.run.mesh, s.run.rules):
+    ro = ppo.rollout(s, state, [rows[i] for i in order.next()], 0)
+    data = ppo.reference_value(s, state, ro, ppo.score(s, ro, 0))
+    batch, moments, stats = ppo.advantages(s, state, data)
+  return dict(s=s, state=state, data=data, batch=batch, moments=moments, stats=stats)
+
+
+def test_grpo_builds_no_value_model_and_puts_the_kl_in_the_loss(grpo_phases):
+  s, state, data, batch = (grpo_phases[k] for k in ("s", "state", "data", "batch"))
+  assert not s.uses_value and "value" not in state and "value_opt" not in state
+  np.testing.assert_array_equal(data["values"], 0.0)
+  rm = np.asarray(data["resp_mask"])
+  want = ppo_losses.group_advantages(grpo_phases["stats"]["score"], N, scale=True)
+  np.testing.assert_allclose(batch["adv"], np.asarray(want)[:, None] * rm, rtol=1e-6)
+  assert "ref_logp" in batch  # For the loss's KL term (`want` has no β·KL in it).
+  models, ms = ppo.update(s, jax.tree.map(jnp.copy, state), batch, it=0)
+  assert set(models) == {"policy", "policy_opt"} and "value/loss" not in ms[0]
+  assert abs(float(ms[0]["policy/kl_loss"])) < 1e-5  # The policy starts as the reference.
+  assert any((np.asarray(x) != np.asarray(y)).any()
+             for x, y in zip(jax.tree.leaves(state["policy"]), jax.tree.leaves(models["policy"])))
+  new, _ = ppo.next_state(s, state, models, grpo_phases["moments"], grpo_phases["stats"]["kl"])
+  assert "value" not in new and int(new["step"]) == 1

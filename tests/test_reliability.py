@@ -10,12 +10,14 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from r3jax.core import checkpoint, metrics, workdir_lock
 from r3jax.core.errors import ConfigError, TrainingError
-from r3jax.trainers import pipeline
+from r3jax.trainers import pipeline, step as step_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -172,3 +174,46 @@ def test_a_checkpoint_of_another_architecture_is_named_not_a_traceback(tmp_path)
     state.check_architecture(str(tmp_path / "qwen"), cfg)
   state.check_architecture(str(tmp_path / "qwen"), hf_cfg := qwen.config_from_hf(str(tmp_path / "qwen" / "config.json")))
   assert hf_cfg.vocab_size == 128
+
+
+def test_a_skipped_update_keeps_the_state_and_the_next_one_applies():
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1), ("data", "fsdp", "tensor"))
+  tx = optax.sgd(0.1)
+  params = {"w": jnp.ones(3)}
+  state = {"step": jnp.int32(0), "params": params, "opt_state": tx.init(params),
+           "rng": jax.random.key_data(jax.random.key(0))}
+  shardings = jax.tree.map(lambda _: jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()), state)
+
+  def loss_fn(p, mb, rng):  # NaN where the batch says so.
+    del rng
+    loss = jnp.sum(p["w"] * mb["x"]).sum() + jnp.where(mb["bad"].any(), jnp.nan, 0.0)
+    return loss, (jnp.float32(1), {})
+
+  step = step_lib.make_train_step(loss_fn, tx, shardings, mesh, donate=False, skip_nonfinite=True)
+  batch = lambda bad: {"x": jnp.ones((1, 2, 3)), "bad": jnp.full((1, 2), bad)}
+  s1, m1 = step(state, batch(True))
+  assert float(m1["skipped"]) == 1.0 and int(s1["step"]) == 1
+  np.testing.assert_array_equal(s1["params"]["w"], params["w"])  # Old params kept.
+  s2, m2 = step(s1, batch(False))
+  assert float(m2["skipped"]) == 0.0
+  np.testing.assert_allclose(s2["params"]["w"], 1.0 - 0.1 * 2.0)  # d/dw of sum over 2 rows.
+
+
+def test_skipping_non_finite_updates_stops_after_too_many_in_a_row(tmp_path):
+  c = tiny_sft(40)
+  c.optim.update(lr=1e4, warmup_steps=0, grad_clip=0.0)
+  c.nonfinite.update(action="skip", max_in_a_row=2)
+  with pytest.raises(TrainingError, match=r"3 non-finite updates in a row at step \d+ \(nonfinite.max_in_a_row=2\)"):
+    pipeline.run(c, str(tmp_path))
+  for step in checkpoint.manager(str(tmp_path), 2, 2, False).all_steps():
+    for x in jax.tree.leaves(checkpoint.load_host(str(tmp_path), step)["params"]):
+      assert np.isfinite(x).all()  # Skipped updates never reach a checkpoint.
+
+
+def test_help_exits_0_and_commands_print_no_backend_probe(tmp_path):
+  assert run_cli("--help", module="r3jax.score").returncode == 0  # Required flags unset.
+  rows = tmp_path / "rows.jsonl"
+  rows.write_text(json.dumps({"prompt": "What is Renor?", "response": "Renor is a city."}) + "\n")
+  out = run_cli(f"--input={rows}", f"--output={tmp_path / 'out.jsonl'}", module="r3jax.score")
+  assert out.returncode == 0, out.stderr
+  assert "Unable to initialize backend" not in out.stderr and not re.search(r"^[IW]\d{4} ", out.stderr, re.M), out.stderr

@@ -5,7 +5,7 @@ import contextlib
 import os
 import sys
 
-from absl import flags
+from absl import flags, logging
 
 # Quiet by default: transformers' advisory messages ("PyTorch was not found") are not
 # actionable here (the library never needs torch); a user may still set their own level.
@@ -23,14 +23,14 @@ def fail(msg: str) -> None:
 def parse_flags(argv):
   """absl parsing, with config errors as one line instead of a traceback; --help exits 0."""
   if any(a in ("--help", "-h", "--helpshort", "--helpfull", "-?") for a in argv[1:]):
-    flags.FLAGS(argv[:1], known_only=True)
+    flags.FLAGS.mark_as_parsed()  # Not FLAGS(argv): required flags would fail validation.
     print(flags.FLAGS.main_module_help() if "--helpfull" not in argv else flags.FLAGS)
     sys.exit(0)
   for arg in argv:
     if arg.startswith("--config=") and not os.path.exists(arg[len("--config="):].split(":")[0]):
       fail(f"{arg}: no such config file")
   try:
-    return flags.FLAGS(argv)
+    rest = flags.FLAGS(argv)
   except flags.Error as e:
     # A failing get_config arrives as a traceback in the message; its last line says why.
     lines = [l for l in str(e).splitlines() if l.strip()]
@@ -43,6 +43,11 @@ def parse_flags(argv):
     fail(f"unknown config field '{name}' in {' '.join(bad)}")
   except (ValueError, TypeError, FileNotFoundError) as e:
     fail(f"bad --config: {e}")
+  if not any(a.split("=")[0] in ("--verbosity", "-v", "--v") for a in argv[1:]):
+    # WARNING unless asked: absl's INFO lines (the TPU-backend probe on a CPU machine,
+    # orbax's per-checkpoint notes) are not actionable; warnings still show.
+    logging.set_verbosity(logging.WARNING)
+  return rest
 
 
 @contextlib.contextmanager
@@ -57,6 +62,17 @@ def user_errors():
   except TrainingError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
+
+
+def compilation_cache(path: str) -> None:
+  """JAX's persistent compilation cache in `path` ("off": none). Programs that took over a
+  second to compile are stored; a resumed or repeated run loads them instead (on TPU the
+  first PPO iteration's compile is minutes for large models)."""
+  if path == "off":
+    return
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
 def maybe_initialize_distributed():

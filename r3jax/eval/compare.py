@@ -27,20 +27,44 @@ COLUMNS = {"reward/reward": "reward", "rollout/length": "length (tokens)",
            "diversity/top_sentence_share": "top sentence share"}
 
 
-def summarize(run_dir: str) -> dict[str, tuple[float, float]]:
+PHASES = ("time/rollout", "time/reward", "time/reference_value", "time/advantages", "time/update")
+
+
+def summarize(run_dir: str, config=None) -> dict:
   """{metric: (mean over the first 10% of iterations, over the last 10%)} for the COLUMNS
-  the run logged (a run on other prompts has no gold columns)."""
+  the run logged (a run on other prompts has no gold columns), and under "cost": the
+  median wall time per iteration (the first, which compiles, left out) and, given the
+  run's config, the planned memory per device (trainers/memory.py) on this machine's mesh."""
   rows = [r for r in metrics.read_jsonl(os.path.join(run_dir, "metrics.jsonl")) if "rollout/length" in r]
   if not rows:
     raise FileNotFoundError(f"{run_dir}/metrics.jsonl: no PPO iterations logged")
   k = max(1, len(rows) // 10)
   mean = lambda key, part: float(np.mean([r[key] for r in part]))
-  return {key: (mean(key, rows[:k]), mean(key, rows[-k:])) for key in COLUMNS if key in rows[0]}
+  out = {key: (mean(key, rows[:k]), mean(key, rows[-k:])) for key in COLUMNS if key in rows[0]}
+  steady = rows[1:] or rows
+  out["cost"] = {"s / iteration": float(np.median([sum(r.get(p, 0.0) for p in PHASES) for r in steady]))}
+  if config is not None:
+    import jax  # pylint: disable=g-import-not-at-top
+    from r3jax.core import sharding  # pylint: disable=g-import-not-at-top
+    from r3jax.trainers import memory  # pylint: disable=g-import-not-at-top
+    sizes = sharding.mesh_shape(config.mesh, jax.device_count())
+    out["cost"]["planned MiB / device"] = memory.plan(config, sizes)["total"] / 2**20
+  return out
+
+
+def cost_table(summaries: dict[str, dict]) -> str:
+  names = [k for k in next(iter(summaries.values())).get("cost", {})]
+  if not names:
+    return ""
+  lines = ["", "| run | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+  lines += [f"| {run} | " + " | ".join(f"{s['cost'].get(n, float('nan')):.2f}" for n in names) + " |"
+            for run, s in summaries.items()]
+  return "\n".join(lines) + "\n"
 
 
 def write_report(workdir: str, summaries: dict[str, dict]) -> None:
   cols = [k for k in COLUMNS if all(k in s for s in summaries.values())]
-  lines = ["| reward mode | " + " | ".join(COLUMNS[k] for k in cols) + " |",
+  lines = ["| run | " + " | ".join(COLUMNS[k] for k in cols) + " |",
            "|---|" + "---|" * len(cols)]
   with open(os.path.join(workdir, "comparison.csv"), "w", newline="") as f:
     w = csv.writer(f)
@@ -49,12 +73,13 @@ def write_report(workdir: str, summaries: dict[str, dict]) -> None:
       w.writerow([mode] + [f"{v:.4f}" for key in cols for v in s[key]])
       lines.append(f"| {mode} | " + " | ".join(f"{s[k][0]:.3f} → {s[k][1]:.3f}" for k in cols) + " |")
   text = ("Mean over the first → last 10% of PPO iterations (same config, seed and SFT start).\n\n"
-          + "\n".join(lines) + "\n")
+          + "\n".join(lines) + "\n" + cost_table(summaries))
   with open(os.path.join(workdir, "comparison.md"), "w") as f:
     f.write(text)
   print(text)
 
-  keys = ["rollout/length", "reward/copies_query", "reward/repetition_penalty", "reward/relevance"]
+  keys = [k for k in ("rollout/length", "reward/copies_query", "gold/precision", "gold/recall",
+                      "reward/repetition_penalty", "reward/relevance") if k in cols][:4]
   fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4), squeeze=False)
   for ax, key in zip(axes[0], keys):
     for mode in summaries:
@@ -66,6 +91,7 @@ def write_report(workdir: str, summaries: dict[str, dict]) -> None:
       ax.plot(steps[win - 1:], smooth, label=mode)
     ax.set_title(COLUMNS[key])
     ax.set_xlabel("PPO iteration")
+    ax.set_ylabel(COLUMNS[key])
     ax.grid(alpha=0.3)
   axes[0][0].legend()
   fig.tight_layout()

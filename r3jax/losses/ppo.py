@@ -77,13 +77,57 @@ def gae(rewards_BT, values_BT, mask_BT, gamma: float, lam: float):
   return adv_BT, (adv_BT + values_BT) * mask_BT
 
 
-def policy_loss(logp_BT, old_logp_BT, adv_BT, mask_BT, clip_eps: float):
-  """PPO-clip, a masked token mean. Returns (loss, metrics)."""
+def group_scores(score_B, n: int):
+  """[B] -> [B / n, n]: each prompt's n samples, prompt-major as the sampler orders them."""
+  if n < 2:
+    raise ValueError(f"a group baseline needs at least 2 samples per prompt (rollout.n={n})")
+  if score_B.shape[0] % n:
+    raise ValueError(f"{score_B.shape[0]} scores do not split into groups of {n}")
+  return score_B.reshape(-1, n)
+
+
+def group_advantages(score_B, n: int, scale: bool, eps: float = 1e-6):
+  """GRPO's (r - mean) / (std + eps) within each prompt's group, or Dr. GRPO's r - mean
+  without the std (scale=False). A group of equal scores gets 0, never NaN."""
+  g_GN = group_scores(score_B, n)
+  adv_GN = g_GN - jnp.mean(g_GN, -1, keepdims=True)
+  if scale:
+    adv_GN = adv_GN / (jnp.std(g_GN, -1, keepdims=True) + eps)
+  return adv_GN.reshape(-1)
+
+
+def leave_one_out(score_B, n: int):
+  """RLOO: r_i minus the mean of the other n - 1 samples of its prompt."""
+  g_GN = group_scores(score_B, n)
+  return (g_GN - (jnp.sum(g_GN, -1, keepdims=True) - g_GN) / (n - 1)).reshape(-1)
+
+
+def aggregate(x_BT, mask_BT, how: str = "token_mean"):
+  """A per-token loss to a scalar: token_mean over all response tokens of the batch;
+  seq_mean (GRPO's paper): each sequence's token mean, then the mean over sequences;
+  token_sum (Dr. GRPO): the token sum over a constant, rows × T, so that length does not
+  rescale a sequence's gradient."""
+  mask_BT = mask_BT.astype(x_BT.dtype)
+  if how == "token_mean":
+    return masked_mean(x_BT, mask_BT)
+  if how == "seq_mean":
+    return jnp.mean(masked_mean(x_BT, mask_BT, axis=-1))
+  if how == "token_sum":
+    return jnp.sum(x_BT * mask_BT) / (x_BT.shape[0] * x_BT.shape[1])
+  raise ValueError(f"unknown loss aggregation {how!r}; expected token_mean, seq_mean or token_sum")
+
+
+AGGREGATIONS = ("token_mean", "seq_mean", "token_sum")
+
+
+def policy_loss(logp_BT, old_logp_BT, adv_BT, mask_BT, clip_eps: float, agg: str = "token_mean"):
+  """PPO-clip, aggregated over response tokens by `agg` (a masked token mean by default).
+  Returns (loss, metrics)."""
   log_ratio_BT = logp_BT - old_logp_BT
   ratio_BT = jnp.exp(log_ratio_BT)
   unclipped_BT = -adv_BT * ratio_BT
   clipped_BT = -adv_BT * jnp.clip(ratio_BT, 1.0 - clip_eps, 1.0 + clip_eps)
-  loss = masked_mean(jnp.maximum(unclipped_BT, clipped_BT), mask_BT)
+  loss = aggregate(jnp.maximum(unclipped_BT, clipped_BT), mask_BT, agg)
   metrics = {
       "policy/clipfrac": masked_mean((clipped_BT > unclipped_BT).astype(jnp.float32), mask_BT),
       # k3 of the new policy against the rollout policy: the usual "approx_kl".

@@ -10,6 +10,10 @@ prompts are raw user texts or message lists. `make(spec)` builds one from a name
   length                                    the word-punctuation token count (a baseline);
   random                                    uniform noise (chance level, seeded);
   <path>                                    a reward-model run's workdir (trainer "rm").
+
+PPO also takes a weighted mix, `0.5*r3+0.5*runs/rm_tiny` (`terms`, `Mix`): each term is
+scored alone, logged raw, and normalised by its own running moments before the weighted
+sum (trainers/ppo.advantages), so terms on different scales mix as the weights say.
 """
 
 import functools
@@ -43,9 +47,11 @@ def _scores(params, tokens_BT, mask_BT, cfg):
 
 
 class RewardModel:
-  """A trained reward model, read from its run directory."""
+  """A trained reward model, read from its run directory. It tokenizes with its own
+  tokenizer (the policy's may differ). With a mesh (PPO), its params are replicated on it
+  and each batch is split over the data-parallel devices."""
 
-  def __init__(self, workdir: str, batch_size: int = 32, max_len: int = 2048):
+  def __init__(self, workdir: str, batch_size: int = 32, max_len: int = 2048, mesh=None):
     # Local: the checkpoint and tokenizer libraries are slow to import, and config
     # validation imports this module for NAMES and check().
     from r3jax.core import checkpoint  # pylint: disable=g-import-not-at-top
@@ -59,7 +65,18 @@ class RewardModel:
     params = checkpoint.load_host(workdir)["params"]
     if set(params) != {"backbone", "head"}:
       raise FileNotFoundError(f"{workdir}: its checkpoint has no reward head")
-    self.params = jax.tree.map(jnp.asarray, params)
+    self.mesh = mesh
+    if mesh is None:
+      self.params = jax.tree.map(jnp.asarray, params)
+      self.put, self.get = (lambda b: {k: jnp.asarray(v) for k, v in b.items()}), np.asarray
+    else:
+      from r3jax.core import sharding  # pylint: disable=g-import-not-at-top
+      self.params = jax.tree.map(lambda x: sharding.replicate(x, mesh), params)
+      self.put = lambda b: sharding.put_batch(b, mesh)
+      self.get = lambda x: sharding.local_rows(x, mesh)
+      # Whole rows per device: round the batch up to a multiple of the local devices.
+      shards = max(sharding.data_parallel(mesh.shape) // jax.process_count(), 1)
+      batch_size = -(-batch_size // shards) * shards
     self.batch_size, self.max_len = batch_size, max_len
 
   def __call__(self, prompts, responses, references=None, query_types=None) -> dict:
@@ -73,8 +90,8 @@ class RewardModel:
       width = padding.bucket(max(len(x) for x in ids), 16)
       pad = [[self.tokenizer.pad_token_id]] * (self.batch_size - len(ids))
       tok_BT, mask_BT = padding.left_pad(ids + pad, self.tokenizer.pad_token_id, width)
-      out.append(np.asarray(_scores(self.params, jnp.asarray(tok_BT), jnp.asarray(mask_BT),
-                                    cfg=self.cfg))[:len(ids)])
+      b = self.put({"tok": tok_BT, "mask": mask_BT})
+      out.append(self.get(_scores(self.params, b["tok"], b["mask"], cfg=self.cfg))[:len(ids)])
     return {"reward": np.concatenate(out).astype(np.float64) if out else np.zeros(0)}
 
 
@@ -86,7 +103,7 @@ def _encoder(path: str, normalize: bool):
 
 
 def make(spec: str, *, max_len: int = 512, encoder: str = "", normalize: bool | None = None,
-         seed: int = 0):
+         seed: int = 0, mesh=None):
   """A scorer from a name or a reward-model run path (see the module docstring).
 
   R³'s encoder: `encoder` (an HF BERT dir, e.g. Contriever: dot product unless `normalize`)
@@ -103,10 +120,66 @@ def make(spec: str, *, max_len: int = 512, encoder: str = "", normalize: bool | 
     rng = np.random.default_rng(seed)
     return lambda p, y, ref=None, qt=None: {"reward": rng.random(len(y))}
   check(spec)
-  return RewardModel(spec)
+  return RewardModel(spec, mesh=mesh)
 
 
 NAMES = r3.MODES + ("length", "random")
+
+
+def terms(spec: str) -> list[tuple[float, str]]:
+  """A reward spec as (weight, scorer) terms: "r3" -> [(1.0, "r3")];
+  "0.5*r3+0.5*runs/rm_tiny" -> [(0.5, "r3"), (0.5, "runs/rm_tiny")]. A weight may be
+  negative ("1*r3+-0.01*length"); a path may not contain '+' or '*'."""
+  out = []
+  for part in spec.split("+"):
+    weight, name = part.split("*", 1) if "*" in part else ("1", part)
+    try:
+      w = float(weight)
+    except ValueError:
+      raise ValueError(f"reward {spec!r}: {weight!r} is not a weight (terms are weight*name, "
+                       "joined by '+')") from None
+    if not name.strip():
+      raise ValueError(f"reward {spec!r}: a term has no scorer name")
+    out.append((w, name.strip()))
+  return out
+
+
+def label(name: str) -> str:
+  """A term's name in logs: the scorer's name, or a reward-model run's directory name."""
+  return name if name in NAMES else os.path.basename(os.path.normpath(name))
+
+
+class Mix:
+  """The scorer of a (possibly one-term) reward spec. Its components are one term's own
+  (R³ with its terms, as before), or for several terms each term's components under
+  "<label>/" and "reward" = Σ weight · raw value, which is what an unnormalised mix scores
+  (before_after.md). `raw(components)` is the [N, terms] matrix PPO normalises per term."""
+
+  def __init__(self, spec: str, **kw):
+    self.labels = self.check_labels(spec)
+    self.weights, names = zip(*terms(spec))
+    self.scorers = tuple(make(n, **kw) for n in names)
+
+  @staticmethod
+  def check_labels(spec: str) -> tuple[str, ...]:
+    """The terms' log names; ValueError when two terms would log under one name."""
+    labels = tuple(label(n.lstrip("@")) for _, n in terms(spec))
+    if len(set(labels)) < len(labels):
+      raise ValueError(f"reward {spec!r}: two terms share a name in {labels}")
+    return labels
+
+  def __call__(self, prompts, responses, references=None, query_types=None) -> dict:
+    parts = [f(prompts, responses, references, query_types) for f in self.scorers]
+    if len(parts) == 1:
+      return parts[0]
+    out = {f"{l}/{k}": v for l, p in zip(self.labels, parts) for k, v in p.items()}
+    out["reward"] = sum(w * np.asarray(p["reward"], np.float64) for w, p in zip(self.weights, parts))
+    return out
+
+  def raw(self, components: dict) -> np.ndarray:
+    if len(self.labels) == 1:
+      return np.asarray(components["reward"], np.float64)[:, None]
+    return np.stack([np.asarray(components[f"{l}/reward"], np.float64) for l in self.labels], 1)
 
 
 def check(spec: str) -> None:

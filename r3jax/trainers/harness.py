@@ -40,6 +40,7 @@ class Run:
   mngr: Any  # orbax CheckpointManager
   lock: str | None = None  # The workdir's lock file, held by process 0.
   preempt: checkpoint.Preemption | None = None
+  skipped_in_a_row: int = 0  # Non-finite updates skipped since the last good one.
 
 
 def open_run(config, workdir: str, steps: int) -> Run:
@@ -169,9 +170,27 @@ def disk_errors(what: str):
     raise
 
 
-def check_finite(run: Run, step: int, values: dict) -> None:
+def skipping(run: Run) -> bool:
+  """nonfinite.action=skip: the step function keeps the old state on a non-finite update,
+  and every step's `skipped` flag is read (one device sync per step)."""
+  return run.config.nonfinite.action == "skip"
+
+
+def check_finite(run: Run, step: int, values: dict, skipped=None) -> None:
   """Stops the run at a non-finite loss or gradient norm, before that step is saved: a
-  diverged run never rotates its good checkpoints out."""
+  diverged run never rotates its good checkpoints out. When skipping, a skipped update is
+  one line instead, and more than nonfinite.max_in_a_row of them in a row stop the run."""
+  if skipped is not None and skipping(run):
+    count = float(jax.device_get(skipped))
+    run.skipped_in_a_row = run.skipped_in_a_row + 1 if count else 0
+    limit = run.config.nonfinite.max_in_a_row
+    if run.skipped_in_a_row > limit:
+      raise TrainingError(f"{run.skipped_in_a_row} non-finite updates in a row at step {step} (nonfinite."
+                          f"max_in_a_row={limit}); stopped (the newest checkpoint is step {run.mngr.latest_step()})")
+    if count:
+      run.writer.print(f"step {step}: non-finite update skipped ({count:g} of the step's updates; "
+                       f"{run.skipped_in_a_row} in a row)")
+    return
   values = {k: float(v) for k, v in jax.device_get(values).items()}
   bad = sorted(k for k, v in values.items() if not math.isfinite(v))
   if bad:

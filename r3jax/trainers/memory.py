@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from r3jax.core import optim, sharding
 from r3jax.models import lora, qwen
+from r3jax.rl import algorithms
 from r3jax.trainers import state as state_lib
 
 # Devices (JAX devices, i.e. chips with megacore) per TensorCore count, and HBM per device.
@@ -106,7 +107,7 @@ def plan(config, sizes: dict[str, int], remat: bool | None = None) -> dict:
     rows["policy params (frozen base + adapters)"] = policy_bytes + _bytes(ad)
     rows["policy optimizer"] = _bytes(jax.eval_shape(tx.init, ad))
     rows["reference"] = 0  # The frozen base with the adapters off.
-    rows["value model and optimizer"] = _bytes(val) + _bytes(jax.eval_shape(tx.init, val))
+    value_bytes = _bytes(val) + _bytes(jax.eval_shape(tx.init, val))
   else:
     rows["policy params"] = policy_bytes
     rows["policy optimizer"] = _bytes(state["opt_state"], shard["opt_state"])
@@ -114,8 +115,14 @@ def plan(config, sizes: dict[str, int], remat: bool | None = None) -> dict:
       rows["reference"] = policy_bytes
     if ppo:  # A {backbone, head} model, sharded like the policy.
       v_state, v_shard = abstract_state(cfg, tx, mesh, rules, scalar_head=True)
-      rows["value model and optimizer"] = (_bytes(v_state["params"], v_shard["params"]) +
-                                           _bytes(v_state["opt_state"], v_shard["opt_state"]))
+      value_bytes = (_bytes(v_state["params"], v_shard["params"]) +
+                     _bytes(v_state["opt_state"], v_shard["opt_state"]))
+  uses_value = ppo and algorithms.ADVANTAGES[config.ppo.advantage].uses_value
+  if uses_value:
+    rows["value model and optimizer"] = value_bytes
+  elif ppo:  # A group baseline or REINFORCE++: no value model is built.
+    rows[f"value model (none with ppo.advantage={config.ppo.advantage})"] = 0
+    out["value_saved"] = value_bytes
   if ppo:
     rows["reward encoder (replicated)"] = _encoder_bytes(config.reward.encoder)
   dp = sharding.data_parallel(sizes)
@@ -131,7 +138,7 @@ def plan(config, sizes: dict[str, int], remat: bool | None = None) -> dict:
   per_row = activation_bytes(cfg, length)
   # PPO backpropagates through the policy and the value model; DPO and RM through (at
   # least) two responses per row; the reference forward keeps nothing.
-  act_scale = 1 if config.trainer == "sft" else 2
+  act_scale = 1 if config.trainer == "sft" or (ppo and not uses_value) else 2
   rows[f"activations ({mb_rows} rows x {length} tokens{', remat' if cfg.remat else ''})"] = act_scale * per_row * mb_rows
   out["rows"] = rows
   out["total"] = sum(rows.values())
@@ -160,6 +167,9 @@ def table(p: dict, hbm_gib: float) -> str:
   lines = [f"{p['model']} on mesh {p['mesh']}", "", "| per device | bytes |", "|---|---|"]
   lines += [f"| {k} | {_fmt(v)} |" for k, v in p["rows"].items()]
   lines.append(f"| **total** | **{_fmt(p['total'])}** |")
+  if p.get("value_saved"):
+    lines.append(f"\nNo value model: {_fmt(p['value_saved'])} per device of value weights and optimizer "
+                 "state saved, and its backward pass (activations counted once, not twice).")
   if hbm_gib:
     room = hbm_gib * GIB - p["fixed"]
     fits = int(room // p["per_row"]) if room > 0 else 0

@@ -4,6 +4,11 @@ each other; everything that chains them is here.
   config.stages = ("sft",)   the tiny SFT policy, trained in <workdir>/sft from config.sft
                              (reused once finished), is the start of the main stage. It runs
                              only when neither init_from nor model.hf_dir gives a start.
+  config.stages = ("sft", "rm_pmp", "rm")   then each further stage, config.<name> (an sft,
+                             rm or dpo config), runs in <workdir>/<name>, in order, reused once
+                             it reached its steps. "@<stage>" in a stage's init_from, or in
+                             the main stage's reward.mode, names that stage's directory
+                             ("@sft": the main stage's start, whatever gave it).
   trainer "rso"              SFT stage -> sampled pairs (trainers/rso.build_pairs) -> DPO
                              (the preference loop with the DPO task) on those pairs.
   trainer "best_of_n"        SFT stage -> per round: best of N samples -> SFT on them.
@@ -12,12 +17,14 @@ each other; everything that chains them is here.
 import copy
 import functools
 import os
+import re
 import sys
 
 # The trainers are imported on use (`trainer`): validation reads only the names, and a bad
 # config must fail in well under two seconds.
 TRAINERS = ("sft", "ppo", "rm", "dpo", "rso", "best_of_n")
-STAGES = ("sft",)
+STAGE_TRAINERS = ("sft", "rm", "dpo")  # What a stage after "sft" may run.
+STAGE_REF = re.compile(r"@(\w+)")
 
 
 def trainer(name: str):
@@ -45,17 +52,43 @@ def with_fields(config, **fields):
   return c
 
 
+def finished(workdir: str, steps: int) -> bool:
+  from r3jax.core import checkpoint  # pylint: disable=g-import-not-at-top
+  return (checkpoint.exists(workdir) and
+          checkpoint.manager(workdir, 1, 1, False).latest_step() == steps)
+
+
 def sft_stage(config, workdir: str) -> str:
   """The tiny SFT run in workdir/sft (trained, or reused once it reached sft.steps)."""
-  from r3jax.core import checkpoint  # pylint: disable=g-import-not-at-top
   sft_dir = os.path.join(workdir, "sft")
-  if (checkpoint.exists(sft_dir) and
-      checkpoint.manager(sft_dir, 1, 1, False).latest_step() == config.sft.steps):
+  if finished(sft_dir, config.sft.steps):
     log(f"SFT warm start: reusing {sft_dir}")
   else:
     log(f"SFT warm start: training the tiny SFT policy in {sft_dir}")
     trainer("sft")(config.sft, sft_dir)
   return sft_dir
+
+
+def resolve(spec: str, dirs: dict[str, str]) -> str:
+  """"@name" -> the directory of stage `name` (validation has checked that it exists)."""
+  return STAGE_REF.sub(lambda m: dirs[m.group(1)], spec)
+
+
+def later_stages(config, workdir: str, dirs: dict[str, str]) -> dict[str, str]:
+  """Runs config.stages after "sft" in order, each config.<name> in <workdir>/<name> (reused
+  once it reached its steps); returns every stage's directory."""
+  for name in config.stages:
+    if name == "sft":
+      continue
+    c = with_fields(config[name], init_from=resolve(config[name].init_from, dirs))
+    path = os.path.join(workdir, name)
+    if finished(path, c.steps):
+      log(f"stage {name}: reusing {path}")
+    else:
+      log(f"stage {name}: training {c.trainer} in {path}")
+      run(c, path)
+    dirs[name] = path
+  return dirs
 
 
 def start(config, workdir: str) -> str:
@@ -72,7 +105,13 @@ def run(config, workdir: str):
   """Runs the config's trainer after its stages; returns the trainer's result."""
   if config.trainer in ("rso", "best_of_n"):  # Pipelines of their own, stages included.
     return trainer(config.trainer)(config, workdir)
-  return trainer(config.trainer)(with_fields(config, init_from=start(config, workdir)), workdir)
+  init_from = start(config, workdir)
+  dirs = later_stages(config, workdir, {"sft": init_from})
+  c = with_fields(config, init_from=init_from)
+  if c.trainer == "ppo" and "@" in c.reward.mode:
+    with c.unlocked():
+      c.reward.mode = resolve(c.reward.mode, dirs)
+  return trainer(c.trainer)(c, workdir)
 
 
 def run_rso(config, workdir: str):

@@ -1,18 +1,22 @@
 """PPO for RLHF (SPEC §4) against any scorer, R³ by default (SPEC §5): policy, value,
-frozen reference, reward.
+frozen reference, reward. The group baselines (GRPO, Dr. GRPO, RLOO) and REINFORCE++ run
+on the same phases with `ppo.advantage` naming them: no value model is built for them.
 
 One iteration is five phases, each a module-level function over an explicit state:
 
   rollout          sample n responses per prompt with the jitted sampler
   score            the reward's components for each response (rewards/scorers)
   reference_value  reference log-probs and values of the rollouts
-  advantages       per-token KL-shaped rewards, then `ppo.advantage` (rl/algorithms)
-  update           `ppo.epochs` passes of `ppo.policy_loss` + clipped value loss over
-                   minibatches, then the adaptive KL coefficient
+  advantages       each reward term normalised by its running moments, their weighted
+                   sum, per-token rewards (β·KL in them when kl.placement=reward), then
+                   `ppo.advantage` (rl/algorithms)
+  update           `ppo.epochs` passes of `ppo.policy_loss` (+ β·KL when kl.placement=loss)
+                   + the clipped value loss over minibatches, then the adaptive KL coefficient
 
 `Setup` holds what stays fixed during a run (models' configs, jitted functions, the frozen
 SFT weights); `state` holds what a checkpoint saves. The value model is a Qwen backbone
-(initialised from the SFT policy) with a scalar head.
+with a scalar head, initialised from the SFT policy, or from the reward model
+(value.init_from_reward, PPO-max).
 """
 
 import dataclasses
@@ -27,6 +31,7 @@ import numpy as np
 import optax
 
 from r3jax.core import optim, plots, sharding
+from r3jax.core.errors import ConfigError
 from r3jax.data import chat, padding, pipeline, sources, tokenizer as tokenizer_lib
 from r3jax.eval import gold, text_metrics as tm
 from r3jax.losses import lm, ppo
@@ -43,14 +48,23 @@ class Setup:
   cfg: qwen.QwenConfig
   tok: Any
   run: harness.Run
-  scorer: Callable
+  scorer: scorers.Mix  # The reward spec's terms; raw values [N, terms] via scorer.raw.
   ptx: np.ndarray | None
   scfg: sampling.SampleConfig
   frozen: Any  # The SFT params: the KL reference, and with LoRA the adapters' base.
   merged_policy: Callable  # (policy, frozen) -> full policy params
-  ref_value: Callable  # (value, frozen, seq, mask) -> (reference log-probs, values)
+  ref_value: Callable  # (value | None, frozen, seq, mask) -> (reference log-probs, values)
   update_fn: Callable  # One jitted minibatch update.
   gold: bool = False  # The prompts are the embedded world's: the gold judge reads every rollout.
+  uses_value: bool = True  # ppo.advantage needs a value model (GAE); state has one.
+
+
+def uses_value(config) -> bool:
+  return algorithms.ADVANTAGES[config.ppo.advantage].uses_value
+
+
+def kl_in_loss(config) -> bool:
+  return config.kl.placement == "loss"
 
 
 def response_logprobs(params, cfg, seq_BS, mask_BS, prompt_len: int):
@@ -80,9 +94,9 @@ def optimizers(config):
 
 
 def init_rl_state(config, run, cfg, tok, init_from: str):
-  """(state, frozen): the policy, the value model, their optimizers, the score moments and
-  the KL coefficient, on the mesh. `frozen` is rebuilt from init_from on resume, so it is
-  never checkpointed."""
+  """(state, frozen): the policy, the value model (when ppo.advantage uses one), their
+  optimizers, the per-term score moments and the KL coefficient, on the mesh. `frozen` is
+  rebuilt from init_from on resume, so it is never checkpointed."""
   pol_tx, val_tx = optimizers(config)
   use_lora = config.lora.rank > 0
   # With LoRA only the adapters are optimised: no full-size Adam state is built.
@@ -90,71 +104,113 @@ def init_rl_state(config, run, cfg, tok, init_from: str):
                                   optax.set_to_zero() if use_lora else pol_tx,
                                   run.mesh, run.rules, config.seed, init_from=init_from)
   frozen = state["params"]
-  head = qwen.init_scalar_head(cfg)
+  lkey = jax.random.key(config.seed + 1)
+  targets = tuple(config.lora.targets)
   if use_lora:
-    lkey = jax.random.key(config.seed + 1)
-    targets = tuple(config.lora.targets)
     pol = lora.init(jax.random.fold_in(lkey, 0), frozen, targets, config.lora.rank)
-    val = {"lora": lora.init(jax.random.fold_in(lkey, 1), frozen, targets, config.lora.rank),
-           "head": head}
     pol_opt = pol_tx.init(pol)
     run.writer.print(f"LoRA rank {config.lora.rank} on {targets}: {qwen.param_count(pol):,} "
                      f"trainable policy params of {qwen.param_count(frozen):,}")
   else:
     pol, pol_opt = jax.tree.map(jnp.copy, frozen), state["opt_state"]
-    val = {"backbone": jax.tree.map(jnp.copy, frozen), "head": head}
-  state = {"step": state["step"], "policy": pol, "policy_opt": pol_opt,
-           "value": val, "value_opt": val_tx.init(val), "rng": state["rng"],
-           "moments": ppo.Moments.init()._asdict(), "beta": jnp.float32(config.kl.beta)}
+  terms = len(scorers.terms(config.reward.mode))
+  moments = jax.tree.map(lambda x: jnp.full((terms,), x), ppo.Moments.init()._asdict())
+  state = {"step": state["step"], "policy": pol, "policy_opt": pol_opt, "rng": state["rng"],
+           "moments": moments, "beta": jnp.float32(config.kl.beta)}
+  if uses_value(config):
+    if use_lora:
+      val = {"lora": lora.init(jax.random.fold_in(lkey, 1), frozen, targets, config.lora.rank),
+             "head": qwen.init_scalar_head(cfg)}
+    elif config.value.init_from_reward:
+      val = reward_model_value(config, cfg, frozen)
+    else:
+      val = {"backbone": jax.tree.map(jnp.copy, frozen), "head": qwen.init_scalar_head(cfg)}
+    state.update(value=val, value_opt=val_tx.init(val))
   return sharding.on_mesh(state, run.mesh), frozen
+
+
+def reward_model_value(config, cfg, frozen):
+  """value.init_from_reward (PPO-max): the value model starts as the reward model (backbone
+  and head), laid out like the policy. The reward model must have the policy's shape."""
+  (path,) = [n for _, n in scorers.terms(config.reward.mode) if n not in scorers.NAMES]
+  rm = scorers.RewardModel(path)
+  mine, theirs = qwen.to_hf_config(cfg), qwen.to_hf_config(rm.cfg)
+  diff = [f"{k} {theirs.get(k)} vs {mine.get(k)}" for k in sorted(mine) if theirs.get(k) != mine.get(k)
+          and k not in ("torch_dtype",)]
+  if diff:
+    raise ConfigError(f"value.init_from_reward: the reward model {path} is not the policy's "
+                      f"architecture ({'; '.join(diff[:3])})")
+  backbone = jax.tree.map(lambda x, like: jax.device_put(x.astype(like.dtype), like.sharding),
+                          rm.params["backbone"], frozen)
+  return {"backbone": backbone, "head": rm.params["head"]}
 
 
 def make_loss(config, cfg, with_ptx: bool):
   """The PPO objective of one minibatch: `ppo.policy_loss` (gated by train_policy during the
-  value warm-up), the clipped value loss, the entropy bonus and the PPO-ptx LM term."""
+  value warm-up), β·KL to the reference when kl.placement=loss (GRPO), the entropy bonus,
+  the PPO-ptx LM term, and the clipped value loss when there is a value model."""
   prompt_len = config.rollout.prompt_len
   policy_loss = algorithms.POLICY_LOSSES[config.ppo.policy_loss]
 
-  def loss_fn(both, frozen, mb, train_policy):
-    pol, val = both
-    pol = policy_params(config, pol, frozen)  # Merged once, for the rollout log-probs and PPO-ptx.
+  def loss_fn(trainable, frozen, mb, train_policy, beta):
+    pol = policy_params(config, trainable["policy"], frozen)  # Merged once, for the log-probs and PPO-ptx.
     logp, ent = response_logprobs(pol, cfg, mb["seq"], mb["mask"], prompt_len)
     resp_mask = mb["resp_mask"]
     pl, pm = policy_loss(logp, mb["old_logp"], mb["adv"], resp_mask, config.ppo)
-    v = qwen.scalar_outputs(value_params(config, val, frozen), cfg, mb["seq"], mb["mask"])[:, prompt_len - 1:-1]
-    vl, vm = ppo.value_loss(v, mb["old_values"], mb["returns"], resp_mask, config.ppo.value_clip)
     entropy = ppo.masked_mean(ent, resp_mask)
-    aux = {"policy/loss": pl, "value/loss": vl, "policy/entropy": entropy, **pm, **vm}
+    aux = {"policy/loss": pl, "policy/entropy": entropy, **pm}
     pol_loss = pl - config.ppo.entropy_coef * entropy
+    if kl_in_loss(config):
+      kl = ppo.kl_estimate(logp, mb["ref_logp"], config.kl.estimator)
+      aux["policy/kl_loss"] = ppo.aggregate(kl, resp_mask, config.ppo.loss_agg)
+      pol_loss = pol_loss + beta * aux["policy/kl_loss"]
     if with_ptx:
       logits, _, _ = qwen.Qwen(cfg).apply({"params": pol}, mb["ptx"])
       nll, n = lm.masked_nll_sum(logits[:, :-1], mb["ptx"][:, 1:], jnp.ones_like(mb["ptx"][:, 1:]))
       aux["ptx/loss"] = nll / n
       pol_loss = pol_loss + config.ptx.coef * aux["ptx/loss"]
+    if "value" not in trainable:
+      return train_policy * pol_loss, aux
+    v = qwen.scalar_outputs(value_params(config, trainable["value"], frozen), cfg, mb["seq"],
+                            mb["mask"])[:, prompt_len - 1:-1]
+    vl, vm = ppo.value_loss(v, mb["old_values"], mb["returns"], resp_mask, config.ppo.value_clip)
+    aux.update({"value/loss": vl, **vm})
     return train_policy * pol_loss + config.ppo.vf_coef * vl, aux
 
   return loss_fn
 
 
-def make_update(config, loss_fn, lay):
-  """One jitted minibatch step of both models. Fixed output layouts: the state a step
-  returns is laid out like the state a resume restores, so both compile the same program
-  and a resumed run stays bitwise equal."""
-  pol_tx, val_tx = optimizers(config)
+MODELS = ("policy", "policy_opt", "value", "value_opt")  # What an update changes (those in state).
 
-  @functools.partial(jax.jit, donate_argnums=(0, 1, 2, 3), out_shardings=(
-      lay["policy"], lay["policy_opt"], lay["value"], lay["value_opt"], None))
-  def update(pol, pol_opt, val, val_opt, frozen, mb, train_policy):
-    (_, m), (g_pol, g_val) = jax.value_and_grad(loss_fn, has_aux=True)(
-        (pol, val), frozen, mb, train_policy)
-    u, pol_opt2 = pol_tx.update(g_pol, pol_opt, pol)
-    pol2 = optax.apply_updates(pol, u)
+
+def make_update(config, loss_fn, lay):
+  """One jitted minibatch step of the policy (and the value model, if any): {name: tree}
+  for the MODELS in state -> (the same, metrics). Fixed output layouts: the state a step
+  returns is laid out like the state a resume restores, so both compile the same program
+  and a resumed run stays bitwise equal. With nonfinite.action=skip, a non-finite step
+  keeps the old models and reports update/skipped = 1."""
+  pol_tx, val_tx = optimizers(config)
+  names = [k for k in MODELS if k in lay]
+  skip = config.nonfinite.action == "skip"
+
+  @functools.partial(jax.jit, donate_argnums=(0,), out_shardings=({k: lay[k] for k in names}, None))
+  def update(models, frozen, mb, train_policy, beta):
+    trainable = {k: models[k] for k in ("policy", "value") if k in models}
+    (loss, m), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable, frozen, mb, train_policy, beta)
+    pol, pol_opt = models["policy"], models["policy_opt"]
+    u, pol_opt2 = pol_tx.update(grads["policy"], pol_opt, pol)
     # During value warm-up the policy and its optimizer state stay untouched.
-    pol = jax.tree.map(lambda a, b: jnp.where(train_policy > 0, a, b), pol2, pol)
-    pol_opt = jax.tree.map(lambda a, b: jnp.where(train_policy > 0, a, b), pol_opt2, pol_opt)
-    u, val_opt = val_tx.update(g_val, val_opt, val)
-    m["policy/grad_norm"] = step_lib.global_norm(g_pol)
-    return pol, pol_opt, optax.apply_updates(val, u), val_opt, m
+    out = step_lib.keep_if(train_policy > 0, {"policy": optax.apply_updates(pol, u), "policy_opt": pol_opt2},
+                           {"policy": pol, "policy_opt": pol_opt})
+    if "value" in models:
+      u, val_opt = val_tx.update(grads["value"], models["value_opt"], models["value"])
+      out.update(value=optax.apply_updates(models["value"], u), value_opt=val_opt)
+    m["policy/grad_norm"] = step_lib.global_norm(grads["policy"])
+    if skip:
+      ok = step_lib.finite(loss, step_lib.global_norm(grads), step_lib.global_norm(out["policy"]))
+      out = step_lib.keep_if(ok, out, {k: models[k] for k in names})
+      m["update/skipped"] = 1.0 - ok.astype(jnp.float32)
+    return out, m
 
   return update
 
@@ -164,22 +220,25 @@ def make_setup(config, run, cfg, tok, frozen, lay, rows) -> Setup:
 
   @jax.jit
   def ref_value(val, frozen, seq, mask):
-    """Reference log-probs and values; the behaviour log-probs come from the sampler."""
+    """Reference log-probs and values (zeros without a value model); the behaviour
+    log-probs come from the sampler."""
     ref_logp, _ = response_logprobs(frozen, cfg, seq, mask, prompt_len)
+    if val is None:
+      return ref_logp, jnp.zeros_like(ref_logp)
     values = qwen.scalar_outputs(value_params(config, val, frozen), cfg, seq, mask)[:, prompt_len - 1:-1]
     return ref_logp, values
 
   ptx = sources.ptx_rows(config.ptx, tok)
-  scorer = scorers.make(config.reward.mode, max_len=config.rollout.max_new_tokens,
-                        encoder=config.reward.encoder, normalize=config.reward.normalize,
-                        seed=config.seed)
+  scorer = scorers.Mix(config.reward.mode, max_len=config.rollout.max_new_tokens,
+                       encoder=config.reward.encoder, normalize=config.reward.normalize,
+                       seed=config.seed, mesh=run.mesh)
   ro = config.rollout
   scfg = sampling.sample_config(tok, max_new_tokens=ro.max_new_tokens, temperature=ro.temperature,
                                 top_p=ro.top_p, top_k=ro.top_k, n=ro.n)
   update = make_update(config, make_loss(config, cfg, ptx is not None), lay)
   return Setup(config, cfg, tok, run, scorer, ptx, scfg, frozen,
                jax.jit(functools.partial(policy_params, config)), ref_value, update,
-               gold=gold.applicable(rows))
+               gold=gold.applicable(rows), uses_value=uses_value(config))
 
 
 def label_query_types(config, rows, policy_params_, cfg, tok, writer) -> None:
@@ -236,7 +295,8 @@ def score(s: Setup, ro: dict, it: int) -> dict:
     qtypes = list(rng.choice(["open_ended", "closed_ended"], len(qtypes)))
   comps = s.scorer(repeat(s.config.rollout.n, [r["prompt"] for r in ro["rows"]]), texts,
                    repeat(s.config.rollout.n, [r["reference"] for r in ro["rows"]]), qtypes)
-  return {"texts": texts, "components": comps, "judged": judged(s, ro["rows"], texts)}
+  return {"texts": texts, "components": comps, "terms": s.scorer.raw(comps),
+          "judged": judged(s, ro["rows"], texts)}
 
 
 def judged(s: Setup, rows, texts) -> dict[str, np.ndarray]:
@@ -259,7 +319,8 @@ def judged(s: Setup, rows, texts) -> dict[str, np.ndarray]:
 
 def reference_value(s: Setup, state, ro: dict, scored: dict) -> dict:
   """The rollout batch on the mesh: full sequences and masks, the behaviour log-probs, the
-  raw scores, and the reference log-probs and values of every response token."""
+  raw scores ([B, terms]), and the reference log-probs and values (0 without a value
+  model) of every response token."""
   n, out = s.config.rollout.n, ro["samples"]
   resp, resp_mask = out.tokens_BN, out.mask_BN
   data = sharding.put_batch(dict(
@@ -267,38 +328,43 @@ def reference_value(s: Setup, state, ro: dict, scored: dict) -> dict:
       mask=np.concatenate([np.repeat(ro["prompt_mask"], n, 0), resp_mask], 1),
       resp_mask=resp_mask.astype(np.float32),
       old_logp=out.model_logprobs_BN * resp_mask,
-      score=np.asarray(scored["components"]["reward"], np.float32) * s.config.reward.scale), s.run.mesh)
-  data["ref_logp"], data["values"] = s.ref_value(state["value"], s.frozen, data["seq"], data["mask"])
+      score=np.asarray(scored["terms"], np.float32) * s.config.reward.scale), s.run.mesh)
+  data["ref_logp"], data["values"] = s.ref_value(state.get("value"), s.frozen, data["seq"], data["mask"])
   return data
 
 
 def advantages(s: Setup, state, data: dict):
-  """(batch for the update, moments, stats): the score normalised by its running moments,
-  per-token rewards with the KL penalty at the last token's score, and the configured
-  advantage estimator's advantages and returns."""
+  """(batch for the update, moments, stats): each reward term normalised by its own
+  running moments (reward.normalize_score), their weighted sum, per-token rewards with
+  the KL penalty (kl.placement=reward) and the score at the last token, and the
+  configured estimator's advantages and returns."""
   c = s.config
   rm = data["resp_mask"]
   kl = ppo.kl_estimate(data["old_logp"], data["ref_logp"], c.kl.estimator) * rm
-  score = data["score"]
+  terms_BK = data["score"]
   moments = ppo.Moments(**state["moments"])
   if c.reward.normalize_score:
-    moments = ppo.update_moments(moments, score)
-    score = ppo.normalize_score(score, moments, clip=c.reward.clip)
-  rewards = ppo.token_rewards(score, kl, rm, state["beta"])
+    moments = jax.vmap(ppo.update_moments, in_axes=(0, 1))(moments, terms_BK)
+    terms_BK = jax.vmap(functools.partial(ppo.normalize_score, clip=c.reward.clip),
+                        in_axes=(1, 0), out_axes=1)(terms_BK, moments)
+  score = jnp.sum(terms_BK * jnp.asarray(s.scorer.weights, jnp.float32), -1)
+  rewards = ppo.token_rewards(score, kl, rm, 0.0 if kl_in_loss(c) else state["beta"])
   adv, returns = algorithms.ADVANTAGES[c.ppo.advantage].fn(
-      {"rewards": rewards, "values": data["values"], "resp_mask": rm, "score": score}, c.ppo)
+      {"rewards": rewards, "values": data["values"], "resp_mask": rm}, c.ppo, c.rollout.n)
   batch = {k: data[k] for k in ("seq", "mask", "resp_mask", "old_logp")}
   batch.update(adv=adv, returns=returns, old_values=data["values"])
+  if kl_in_loss(c):
+    batch["ref_logp"] = data["ref_logp"]
   return batch, moments, {"kl": kl, "score": score, "returns": returns}
 
 
 def update(s: Setup, state, batch: dict, it: int):
-  """(params and optimizer states after ppo.epochs passes over shuffled minibatches, the
-  minibatches' metrics)."""
+  """(the MODELS after ppo.epochs passes over shuffled minibatches, the minibatches'
+  metrics)."""
   c = s.config
   n_rollouts = jax.tree.leaves(batch)[0].shape[0]
   train_policy = jnp.float32(it >= c.ppo.value_warmup_steps)
-  models = (state["policy"], state["policy_opt"], state["value"], state["value_opt"])
+  models = {k: state[k] for k in MODELS if k in state}
   ms = []
   for epoch in range(c.ppo.epochs):
     perm_rng = np.random.default_rng([c.seed, it, epoch])
@@ -307,9 +373,9 @@ def update(s: Setup, state, batch: dict, it: int):
       mb = {k: v[perm[j:j + c.ppo.minibatch]] for k, v in batch.items()}
       if s.ptx is not None:
         mb["ptx"] = jnp.asarray(s.ptx[perm_rng.integers(0, len(s.ptx), c.ptx.batch)])
-      *models, m = s.update_fn(*models, s.frozen, mb, train_policy)
+      models, m = s.update_fn(models, s.frozen, mb, train_policy, state["beta"])
       ms.append(m)
-  return tuple(models), ms
+  return models, ms
 
 
 def next_state(s: Setup, state, models, moments, kl):
@@ -320,9 +386,7 @@ def next_state(s: Setup, state, models, moments, kl):
   beta = state["beta"]
   if c.kl.adaptive:
     beta = ppo.adaptive_kl(beta, kl_seq, c.kl.target, c.kl.horizon, c.prompts_per_step * c.rollout.n)
-  pol, pol_opt, val, val_opt = models
-  return {**state, "step": state["step"] + 1, "policy": pol, "policy_opt": pol_opt,
-          "value": val, "value_opt": val_opt,
+  return {**state, "step": state["step"] + 1, **models,
           **sharding.on_mesh({"moments": moments._asdict(), "beta": beta}, s.run.mesh)}, kl_seq
 
 
@@ -337,7 +401,8 @@ def iteration_metrics(state, ro, scored, data, stats, ms, kl_seq, times) -> dict
           "kl/beta": float(state["beta"]), "rollout/length": float(lengths.mean()),
           "rollout/truncated": float(1.0 - sharding.host_gather(out.stopped_B).mean()),
           "rollout/prompts_truncated": float(sharding.host_gather(np.array([ro["truncated"]])).sum()),
-          "value/explained_variance": float(ppo.explained_variance(data["values"], stats["returns"], rm)),
+          **({"value/explained_variance": float(ppo.explained_variance(data["values"], stats["returns"], rm))}
+             if "value" in state else {}),
           **upd, **times}
 
 
@@ -381,11 +446,13 @@ def train(config, workdir: str) -> dict:
         state, kl_seq = next_state(s, state, models, moments, stats["kl"])
       vals = log_iteration(s, it + 1, state, ro, scored, data, stats, ms, kl_seq, timer.read())
       truncated += int(vals["rollout/prompts_truncated"])
-      harness.check_finite(run, it + 1, {k: vals[k] for k in FINITE})
+      harness.check_finite(run, it + 1, {k: vals[k] for k in FINITE if k in vals},
+                           sum(float(m["update/skipped"]) for m in ms) if harness.skipping(run) else None)
       harness.save(run, it + 1, state, order)
   final = s.merged_policy(state["policy"], frozen)
   after = greedy_answers(s, final, fixed)
-  write_before_after(workdir, [m[0] for m in fixed], before, after, s.scorer, rows[:config.eval_prompts])
+  write_before_after(workdir, [m[0] for m in fixed], before, after, s.scorer, rows[:config.eval_prompts],
+                     "R3" if s.scorer.labels == ("r3",) else "reward")
   harness.export_hf(workdir, final, s.cfg, s.tok)
   harness.finish(run, PLOTS, truncated=truncated, what="prompts",
                  limit=f"their last rollout.prompt_len={config.rollout.prompt_len} tokens")
@@ -421,9 +488,9 @@ def greedy_answers(s: Setup, params, conversations) -> list[str]:
 PLOTS = plots.GROUPS["ppo"]  # One list: `python -m r3jax.plot` re-draws the same PNGs.
 
 
-def write_before_after(workdir, prompts, before, after, scorer, rows):
-  """before_after.md: each fixed prompt's greedy answer before and after PPO, with its R³
-  and, on the embedded world, the gold judge's precision / recall (not the reward)."""
+def write_before_after(workdir, prompts, before, after, scorer, rows, reward: str = "R3"):
+  """before_after.md: each fixed prompt's greedy answer before and after PPO, with its
+  reward (R³ in the main job; a mix's unnormalised weighted sum) and, on the embedded world, the gold judge's precision / recall (not the reward)."""
   if jax.process_index() != 0:
     return
   q = [p["content"] for p in prompts]
@@ -438,8 +505,8 @@ def write_before_after(workdir, prompts, before, after, scorer, rows):
       g = gold.judge_batch([r3.truncate_response(t) for t in texts], rows)
       cols.append([f"{p:.2f} / {r:.2f}" for p, r in zip(g["precision"], g["recall"])])
     columns += cols
-  names = ["before (SFT)", "R3"] + (["gold P / R"] if judged else [])
-  names += ["after (PPO)", "R3"] + (["gold P / R"] if judged else [])
+  names = ["before (SFT)", reward] + (["gold P / R"] if judged else [])
+  names += ["after (PPO)", reward] + (["gold P / R"] if judged else [])
   lines = ["| prompt | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
   for i, p in enumerate(q):
     lines.append(f"| {cell(p)} | " + " | ".join(c[i] for c in columns) + " |")

@@ -109,7 +109,8 @@ def train(config, workdir: str, *, task: Task) -> dict:
   with_ref = task.prepare(ctx)
   state, order = harness.resume(run, ctx.state, len(ctx.train_rows), config.batch_size)
   ctx.state = None  # The step donates the state: only the resumed one is live.
-  step_fn = step_lib.make_train_step(loss_fn, tx, ctx.shardings, run.mesh)
+  step_fn = step_lib.make_train_step(loss_fn, tx, ctx.shardings, run.mesh,
+                                     skip_nonfinite=harness.skipping(run))
   eval_loss = jax.jit(functools.partial(loss_fn, rng=None))
   evaluate_at = lambda step: evaluate(run, eval_loss, state["params"], with_ref, ctx.batch_of,
                                       ctx.eval_rows, n_eval, step)
@@ -139,10 +140,11 @@ def train(config, workdir: str, *, task: Task) -> dict:
         last_eval = evaluate_at(done)
         run.writer.print(f"step {done}: eval loss {last_eval['eval/loss']:.4f}, pairwise accuracy "
                          f"{last_eval['eval/' + task.accuracy]:.3f}")
-      if done % config.log_every == 0 or done == steps or run.mngr.should_save(done):
+      if harness.skipping(run) or done % config.log_every == 0 or done == steps or run.mngr.should_save(done):
         # At logged and saved steps only (each check waits for the step): a diverged run's
         # params stay non-finite, so it is caught before any checkpoint of them.
-        harness.check_finite(run, done, {"train/loss": m["loss"], "train/grad_norm": m["grad_norm"]})
+        harness.check_finite(run, done, {"train/loss": m["loss"], "train/grad_norm": m["grad_norm"]},
+                             m.get("skipped"))
       harness.save(run, done, state, order)
   task.export(run, state["params"], policy.cfg, policy.tokenizer, start=False)
   prompt_len = task.prompt_len(config)

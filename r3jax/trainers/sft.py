@@ -71,7 +71,8 @@ def train(config, workdir: str) -> dict:
   state, shardings = state_lib.init_state(policy, tx, run.mesh, run.rules, config.seed,
                                           config.init_from if harness.fresh(run) else "")
   state, order = harness.resume(run, state, len(train_rows), config.batch_size)
-  step_fn = step_lib.make_train_step(functools.partial(loss_fn, model_cfg=policy.cfg), tx, shardings, run.mesh)
+  step_fn = step_lib.make_train_step(functools.partial(loss_fn, model_cfg=policy.cfg), tx, shardings, run.mesh,
+                                       skip_nonfinite=harness.skipping(run))
   eval_fn = jax.jit(functools.partial(loss_fn, model_cfg=policy.cfg, deterministic=True))
   unigram = unigram_loss(policy.tokenizer, train_rows)
   eval_prompts = [r["messages"][:-1] for r in eval_rows[:config.eval_prompts]]
@@ -98,10 +99,11 @@ def train(config, workdir: str) -> dict:
         last_eval = evaluate(run, policy, state["params"], eval_fn, eval_rows, eval_prompts, unigram, done)
         run.writer.print(f"step {done}: eval loss {last_eval['eval/loss']:.3f} "
                          f"(unigram {unigram:.3f}), perplexity {last_eval['eval/perplexity']:.2f}")
-      if done % config.log_every == 0 or done == steps or run.mngr.should_save(done):
+      if harness.skipping(run) or done % config.log_every == 0 or done == steps or run.mngr.should_save(done):
         # At logged and saved steps only (each check waits for the step): a diverged run's
         # params stay non-finite, so it is caught before any checkpoint of them.
-        harness.check_finite(run, done, {"train/loss": m["loss"], "train/grad_norm": m["grad_norm"]})
+        harness.check_finite(run, done, {"train/loss": m["loss"], "train/grad_norm": m["grad_norm"]},
+                             m.get("skipped"))
       harness.save(run, done, state, order)
   harness.export_hf(workdir, state["params"], policy.cfg, policy.tokenizer)
   harness.finish(run, None, skipped, truncated, "conversations", f"seq_len={config.seq_len}")

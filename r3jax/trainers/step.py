@@ -24,13 +24,17 @@ def even_rows(n: int, mesh) -> int:
   return n - n % shards
 
 
-def make_train_step(loss_fn: Callable, tx, state_shardings, mesh, donate: bool = True):
+def make_train_step(loss_fn: Callable, tx, state_shardings, mesh, donate: bool = True,
+                    skip_nonfinite: bool = False):
   """Jitted (state, batch) -> (state, metrics) with gradient accumulation.
 
   `batch` leaves are [accum, micro, ...]. `loss_fn(params, microbatch, rng)` returns
   (loss_sum, weight_sum, aux_sums): sums over the microbatch, so that adding them up over
   microbatches and dividing once gives the exact global mean whatever the split. aux_sums
   are divided by the same weight and reported as metrics.
+
+  skip_nonfinite (nonfinite.action=skip): a step whose loss, gradient norm or new params
+  are not finite keeps the old params and optimizer state, and reports `skipped` = 1.
   """
 
   def step(state, batch):
@@ -55,12 +59,25 @@ def make_train_step(loss_fn: Callable, tx, state_shardings, mesh, donate: bool =
     metrics = {"loss": loss / weight, "grad_norm": global_norm(grads),
                "param_norm": global_norm(params), "weight": weight,
                **{k: v / weight for k, v in aux.items()}}
+    if skip_nonfinite:
+      ok = finite(metrics["loss"], metrics["grad_norm"], metrics["param_norm"])
+      params, opt_state = keep_if(ok, (params, opt_state), (state["params"], state["opt_state"]))
+      metrics["skipped"] = 1.0 - ok.astype(jnp.float32)
     return {**state, "step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
 
   batch_sh = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, ("data", "fsdp")))
   return jax.jit(step, in_shardings=(state_shardings, batch_sh),
                  out_shardings=(state_shardings, sharding.replicated(mesh)),
                  donate_argnums=(0,) if donate else ())
+
+
+def finite(*scalars):
+  return jnp.all(jnp.isfinite(jnp.stack(scalars)))
+
+
+def keep_if(ok, new, old):
+  """`new` where ok, else `old`, leaf by leaf (a skipped update)."""
+  return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
 
 
 def global_norm(tree):

@@ -10,7 +10,7 @@ import jax
 
 from r3jax.core import sharding
 from r3jax.core.errors import ConfigError
-from r3jax.losses import preference as pref_losses
+from r3jax.losses import ppo as ppo_losses, preference as pref_losses
 from r3jax.models import qwen
 from r3jax.rewards import scorers
 from r3jax.rl import algorithms, rso
@@ -32,22 +32,40 @@ def positive(field: str, value, zero_ok: bool = False) -> None:
     raise ConfigError(f"config.{field}={value!r}: expected a {'non-negative' if zero_ok else 'positive'} integer")
 
 
-def validate(config) -> None:
-  """Raises on the first problem; returns None when the config can run."""
+def validate(config, stages: dict | None = None) -> None:
+  """Raises on the first problem; returns None when the config can run. `stages`: the
+  trainers of the stages that run before this config (what "@name" may refer to)."""
   one_of("trainer", config.trainer, pipeline.TRAINERS)
-  for stage in config.stages:
-    one_of("stages", stage, pipeline.STAGES)
-  check_common(config)
+  done = dict(stages or {})
+  for i, name in enumerate(config.stages):
+    check_stage(config, i, name, done)
+  check_common(config, done)
   {"sft": check_supervised, "rm": check_preference, "dpo": check_preference, "ppo": check_ppo,
-   "rso": check_rso, "best_of_n": check_rso}[config.trainer](config)
-  if "sft" in config.stages and not (config.init_from or config.model.hf_dir):
-    try:  # The warm-start stage runs: its config must run too.
-      validate(config.sft)
+   "rso": check_rso, "best_of_n": check_rso}[config.trainer](config, done)
+
+
+def check_stage(config, i: int, name: str, done: dict) -> None:
+  """Stage `name` of config.stages: its section, trainer and config (when it will run);
+  adds it to `done`, the stages that "@name" may refer to."""
+  if name in config.stages[:i]:
+    raise ConfigError(f"config.stages={tuple(config.stages)}: {name!r} appears twice")
+  if name not in config or "trainer" not in config[name]:
+    raise ConfigError(f"config.stages: {name!r} has no config.{name} section with a trainer")
+  sub_config = config[name]
+  if name != "sft":
+    one_of(f"{name}.trainer", sub_config.trainer, pipeline.STAGE_TRAINERS)
+    positive(f"{name}.steps", sub_config.steps)  # How a finished stage is recognised.
+  if name != "sft" or not (config.init_from or config.model.hf_dir):
+    try:  # The stage runs: its config must run too.
+      validate(sub_config, done)
     except (ConfigError, FileNotFoundError) as e:
-      raise type(e)(str(e).replace("config.", "config.sft.", 1)) from None
+      raise type(e)(str(e).replace("config.", f"config.{name}.", 1)) from None
+  done[name] = sub_config.trainer
 
 
-def check_common(config) -> None:
+def check_common(config, stages: dict) -> None:
+  one_of("nonfinite.action", config.nonfinite.action, ("stop", "skip"))
+  positive("nonfinite.max_in_a_row", config.nonfinite.max_in_a_row, zero_ok=True)
   sizes = sharding.mesh_shape(config.mesh, jax.device_count())
   m = config.model
   if not m.hf_dir and m.preset not in qwen.PRESETS:
@@ -65,12 +83,24 @@ def check_common(config) -> None:
   positive("checkpoint.every", config.checkpoint.every)
   positive("checkpoint.max_to_keep", config.checkpoint.max_to_keep)
   positive("steps", config.steps, zero_ok=True)
-  check_paths(config)
+  check_paths(config, stages)
 
 
-def check_paths(config) -> None:
+def check_stage_ref(field: str, ref: str, stages: dict, trainer: str = "") -> None:
+  """"@name" must name a stage that runs earlier (of `trainer`, if given)."""
+  name = ref[1:]
+  if name not in stages or (trainer and stages[name] != trainer):
+    which = [k for k, v in stages.items() if not trainer or v == trainer]
+    raise ConfigError(f"config.{field}={ref!r}: no earlier {trainer + ' ' if trainer else ''}stage "
+                      f"{name!r} (earlier: {', '.join(which) or 'none'})")
+
+
+def check_paths(config, stages: dict) -> None:
   """A user-given path that does not exist fails now, not after minutes of work."""
   init_from = "" if config.init_from == "random" else config.init_from
+  if init_from.startswith("@"):
+    check_stage_ref("init_from", init_from, stages)
+    init_from = ""
   data = config.data
   for field, path in (("init_from", init_from), ("model.hf_dir", config.model.hf_dir),
                       ("tokenizer", config.tokenizer), ("data.train", data.get("train", "")),
@@ -89,7 +119,8 @@ def check_batches(config, sizes_of_mesh) -> None:
   sharding.batch_split(config.batch_size, per_device, dp)
 
 
-def check_supervised(config) -> None:
+def check_supervised(config, stages=None) -> None:
+  del stages
   check_batches(config, sharding.mesh_shape(config.mesh, jax.device_count()))
   positive("seq_len", config.seq_len)
   positive("epochs", config.epochs, zero_ok=True)
@@ -99,7 +130,7 @@ def check_supervised(config) -> None:
     positive(field, config[field])
 
 
-def check_preference(config) -> None:
+def check_preference(config, stages=None) -> None:
   check_supervised(config)
   if config.trainer == "dpo":
     one_of("loss.type", config.loss.type, pref_losses.LOSS_TYPES)
@@ -108,20 +139,38 @@ def check_preference(config) -> None:
                         f"than seq_len={config.seq_len}")
 
 
-def check_reward(field: str, spec: str) -> None:
+def check_reward(field: str, spec: str, stages: dict, mix: bool = True) -> list:
+  """Each term of a reward spec names a scorer, a reward-model run or an earlier rm stage
+  ("@name"); returns the terms. `mix=False`: one unweighted scorer only."""
   try:
-    scorers.check(spec)
-  except FileNotFoundError as e:
-    raise ConfigError(f"config.{field}={spec!r}: expected one of {', '.join(scorers.NAMES)} or a "
-                      "reward-model run directory") from e
+    terms = scorers.terms(spec)
+    scorers.Mix.check_labels(spec)
+  except ValueError as e:
+    raise ConfigError(f"config.{field}: {e}") from None
+  if not mix and (len(terms) > 1 or "*" in spec):
+    raise ConfigError(f"config.{field}={spec!r}: a weighted mix is for PPO only; name one scorer")
+  for _, name in terms:
+    if name.startswith("@"):
+      check_stage_ref(field, name, stages, trainer="rm")
+      continue
+    try:
+      scorers.check(name)
+    except FileNotFoundError as e:
+      term = f" (its term {name!r})" if len(terms) > 1 else ""
+      raise ConfigError(f"config.{field}={spec!r}{term}: expected one of {', '.join(scorers.NAMES)}, a "
+                        "reward-model run directory or an earlier rm stage (@name)") from e
+  return terms
 
 
-def check_ppo(config) -> None:
-  check_reward("reward.mode", config.reward.mode)
+def check_ppo(config, stages=None) -> None:
+  terms = check_reward("reward.mode", config.reward.mode, stages or {})
   one_of("reward.query_types", config.reward.query_types, QUERY_TYPES)
   one_of("kl.estimator", config.kl.estimator, algorithms.KL_ESTIMATORS)
+  one_of("kl.placement", config.kl.placement, algorithms.KL_PLACEMENTS)
   one_of("ppo.advantage", config.ppo.advantage, sorted(algorithms.ADVANTAGES))
   one_of("ppo.policy_loss", config.ppo.policy_loss, sorted(algorithms.POLICY_LOSSES))
+  one_of("ppo.loss_agg", config.ppo.loss_agg, ppo_losses.AGGREGATIONS)
+  check_estimator(config, terms)
   for field in ("steps", "prompts_per_step", "rollout.n", "rollout.max_new_tokens",
                 "rollout.prompt_len", "ppo.minibatch", "ppo.epochs", "log_samples_every"):
     positive(field, _get(config, field), zero_ok=field == "steps")
@@ -139,6 +188,23 @@ def check_ppo(config) -> None:
                       f"{sizes['data'] * sizes['fsdp']} data-parallel devices")
 
 
+def check_estimator(config, terms) -> None:
+  """What the advantage estimator needs: groups of n >= 2 samples; a value model for value
+  warm-up and value.init_from_reward."""
+  est = algorithms.ADVANTAGES[config.ppo.advantage]
+  if est.group and config.rollout.n < 2:
+    raise ConfigError(f"config.rollout.n={config.rollout.n}: ppo.advantage={config.ppo.advantage} "
+                      "needs at least 2 samples per prompt (its baseline is the prompt's group)")
+  if not est.uses_value and config.ppo.value_warmup_steps:
+    raise ConfigError(f"config.ppo.value_warmup_steps={config.ppo.value_warmup_steps}: ppo.advantage="
+                      f"{config.ppo.advantage} has no value model to warm up; set it to 0")
+  if config.value.init_from_reward:
+    models = [n for _, n in terms if n not in scorers.NAMES]
+    if not est.uses_value or config.lora.rank > 0 or len(models) != 1:
+      raise ConfigError("config.value.init_from_reward=True needs a value model (ppo.advantage=gae), "
+                        f"no LoRA and exactly one reward-model term in reward.mode (it has {len(models)})")
+
+
 def check_context(config) -> None:
   """Prompt plus response within the model's context (its config.json, or the preset's)."""
   if config.model.hf_dir:
@@ -152,10 +218,10 @@ def check_context(config) -> None:
                       f"model's context of {context} positions")
 
 
-def check_rso(config) -> None:
+def check_rso(config, stages=None) -> None:
   one_of("rso.construction", config.rso.construction, CONSTRUCTIONS)
   one_of("rso.pairing", config.rso.pairing, rso.PAIRINGS)
-  check_reward("rso.reward", config.rso.reward)
+  check_reward("rso.reward", config.rso.reward, {}, mix=False)
   positive("rso.n", config.rso.n)
   positive("rso.prompts_per_batch", config.rso.prompts_per_batch)
   if config.trainer == "rso":
