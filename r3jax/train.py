@@ -20,7 +20,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:preset].
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, logs, plots).")
 _COMPILE_CACHE = flags.DEFINE_string(
     "compile_cache", "", "Persistent XLA compilation cache: a directory, '' for "
-    "<workdir>/compile_cache (a restart or rerun then skips recompiling), or 'off'.")
+    "$JAX_COMPILATION_CACHE_DIR if set, else <workdir>/compile_cache (a restart or rerun "
+    "then skips recompiling), or 'off'.")
 
 
 def main(argv):
@@ -30,7 +31,8 @@ def main(argv):
     sys.exit("error: --config=configs/<recipe>.py[:preset] is required")
   workdir = _WORKDIR.value or os.path.join("runs", config.name)
   cli.maybe_initialize_distributed()
-  cli.compilation_cache(_COMPILE_CACHE.value or os.path.join(workdir, "compile_cache"))
+  cli.compilation_cache(_COMPILE_CACHE.value or os.environ.get("JAX_COMPILATION_CACHE_DIR")
+                        or os.path.join(workdir, "compile_cache"))
   from r3jax.trainers import pipeline, validate  # After jax.distributed is up.
   with cli.user_errors():
     validate.validate(config)
