@@ -9,6 +9,7 @@ import os
 # with an empty cache.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".pytest_cache", "jax_compile_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")  # Tiny programs too.
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 

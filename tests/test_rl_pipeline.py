@@ -23,7 +23,7 @@ def toy_pipeline():
     stage.data.synthetic_examples = 200
   for section in (c.sft, c.rm_pmp, c.rm, c):
     section.checkpoint.update(every=2, async_save=False)
-  c.steps, c.prompts_per_step, c.eval_prompts, c.log_samples_every = 2, 4, 1, 1
+  c.steps, c.prompts_per_step, c.eval_prompts, c.log_samples_every = 2, 4, 1, 2
   c.rollout.update(max_new_tokens=6, prompt_len=24)
   c.ppo.update(minibatch=8, value_warmup_steps=1)
   c.data.synthetic_examples = 16

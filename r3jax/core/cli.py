@@ -72,7 +72,8 @@ def compilation_cache(path: str) -> None:
     return
   import jax  # pylint: disable=g-import-not-at-top
   jax.config.update("jax_compilation_cache_dir", path)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:  # The user's, else 1 s.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
 def maybe_initialize_distributed():
