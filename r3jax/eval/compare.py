@@ -1,12 +1,14 @@
-"""Reward ablations under one PPO budget, summarised: seed 002's reward-hacking comparison.
+"""Reward ablations and RL algorithms under one PPO budget, summarised: seed 002's
+reward-hacking comparison, and PPO against the group baselines (r3jax/compare.py).
 
-Each mode (SPEC §5: r3, relevance, li_s, no_branch, li_only) runs the same PPO config,
-seed and SFT warm start in <workdir>/<mode>. The table compares the rollouts of the
+Each run (a reward mode, SPEC §5, and/or an advantage estimator) uses the same PPO config,
+seed and SFT warm start in <workdir>/<run>. The table compares the rollouts of the
 first and last 10% of iterations: reward, response length, the fraction of responses
 that copy the query, the repetition penalty (1 = no repeated trigrams), relevance and KL.
 On the embedded world it adds what the reward does not see: the gold judge's precision,
 recall and repeats, distinct-2 and the most common sentence's share. It is written to
-<workdir>/comparison.md and .csv, with comparison.png and proxy_vs_gold.png.
+<workdir>/comparison.md and .csv, with comparison.png and proxy_vs_gold.png, and a cost
+table: median seconds per iteration and planned memory per device.
 """
 
 import csv
