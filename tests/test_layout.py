@@ -6,7 +6,7 @@ import os
 import pathlib
 
 PKG = pathlib.Path(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) / "r3jax"
-COMMANDS = {"train", "compare", "eval_gen", "eval_pairs", "frontier", "plan", "plot", "sample", "score"}
+COMMANDS = {"train", "compare", "convert_gguf", "eval_gen", "eval_pairs", "frontier", "plan", "plot", "sample", "score"}
 
 
 def modules() -> dict[str, ast.Module]:

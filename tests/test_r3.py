@@ -39,6 +39,13 @@ def test_truncation_and_raw_query():
   assert r3.truncate_response("Sure.<|im_end|>\n<|im_start|>user\nmore") == "Sure."
   assert r3.truncate_response("One.\nHuman: next question") == "One."
   assert r3.truncate_response("Para one.\n\nPara two.\n\n\nJunk") == "Para one.\n\nPara two."
+  # Leading blank lines or spaces are stripped before the stop search (the authors' code):
+  # they used to cut the answer to nothing, LI 0.00 where the authors give 0.09.
+  opening = "\n\n\nHello world, here is a very short reply"
+  assert r3.truncate_response(opening) == "Hello world, here is a very short reply"
+  assert r3.truncate_response("   \n\n\n  Hi.\n\n\nJunk") == "Hi."
+  out = r3.R3(FakeEncoder({}), max_len=128)(["Q?"], [opening], None, None)
+  assert out["length_incentive"][0] == pytest.approx(0.09)
   prompt = chat.render([{"role": "system", "content": "Be nice."}, {"role": "user", "content": "Hi there"},
                         {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Tell me more"}],
                        add_generation_prompt=True)
@@ -86,6 +93,24 @@ def test_with_minilm_prefers_relevant_and_flags_copies():
   assert out["relevance"][0] > out["relevance"][1]
   assert out["reward"][0] > out["reward"][1] and out["reward"][0] > out["reward"][2]
   np.testing.assert_array_equal(out["copies_query"], [0, 0, 1])
+
+
+def test_encoder_truncation_side_and_length():
+  """A long answer whose relevant part is at its end: the authors' Contriever setting
+  (left truncation) sees it, the first 256 pieces do not. Defaults: a given encoder keeps
+  its last 512 pieces, the packaged MiniLM its first 256."""
+  from r3jax.rewards import scorers
+  assert scorers.encoder_truncation("/models/contriever") == (512, "left")
+  assert scorers.encoder_truncation("") == (256, "right")
+  assert scorers.encoder_truncation("", 128, "left") == (128, "left")
+  q = "What is the capital city of France?"
+  filler = " ".join(["The weather was mild and the market sold apples, bread and cheese."] * 40)
+  answer = filler + " The capital city of France is Paris."
+  right = scorers.make("relevance", max_len=128)
+  left = scorers.make("relevance", max_len=128, encoder_side="left")
+  r, l = right([q], [answer])["reward"][0], left([q], [answer])["reward"][0]
+  assert l > r + 0.2, (l, r)
+  assert right([q], [answer])["reward"][0] == r  # The shared tokenizer is set per call.
 
 
 def test_score_command(tmp_path):

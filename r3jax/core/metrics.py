@@ -39,6 +39,21 @@ class _EpathEvents:
     self.flush()
 
 
+def _tensorboardx():
+  """tensorboardX's SummaryWriter and record_writer (process 0 only), imported without
+  torch: tensorboardX imports torch whenever it is installed, only to accept torch tensors,
+  which costs seconds of every run's start-up. r3jax logs floats and strings."""
+  hidden = "torch" not in sys.modules
+  if hidden:
+    sys.modules["torch"] = None  # `import torch` raises ImportError while this is set.
+  try:
+    from tensorboardX import SummaryWriter, record_writer  # pylint: disable=g-import-not-at-top
+  finally:
+    if hidden:
+      del sys.modules["torch"]
+  return SummaryWriter, record_writer
+
+
 class _EpathEventsFactory:
   def open(self, path):
     return _EpathEvents(path)
@@ -56,7 +71,7 @@ class Writer:
     self._bar = None
     if not self.enabled:
       return
-    from tensorboardX import SummaryWriter, record_writer  # Local: only process 0 needs them.
+    SummaryWriter, record_writer = _tensorboardx()
     self._dir, self._remote = epath.Path(workdir), paths.is_uri(workdir)
     self._dir.mkdir(parents=True, exist_ok=True)
     if self._remote:

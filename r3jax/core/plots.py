@@ -221,7 +221,7 @@ def draw_panel(ax, metric: str, steps, values, xlabel: str = "step",
   ax.set_ylabel(unit_label(metric))
   # A power of ten over the axis for lr-sized or throughput-sized values; no offset, so a
   # flat 9000 tokens/s does not read as "+9e3" plus noise.
-  ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 5), useOffset=False, useMathText=True)
+  ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 5), useOffset=False, useMathText=False)
   ax.grid(alpha=0.3)
   rng = data_range(values, smooth)
   if rng is None:

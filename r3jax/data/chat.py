@@ -34,13 +34,18 @@ def render(messages, add_generation_prompt: bool = False) -> str:
 
 
 def tokenize(tokenizer, messages, add_generation_prompt: bool = False):
-  """Token ids and loss mask of a rendered conversation.
+  """Token ids and loss mask of a rendered conversation: (ids, loss_mask), int32 numpy.
 
-  Pieces are tokenized separately so the mask boundaries are exact: the role header and
-  the trailing newline are never trained, the assistant content and its `<|im_end|>` are.
-  Returns (ids, loss_mask) as int32 numpy arrays.
+  A tokenizer with its own `chat_template` (a real checkpoint's) renders the whole
+  conversation with it, as `apply_chat_template` does (Qwen2.5's default system prompt
+  included), and the ids are those of the whole text (see `_tokenize_template`). Without
+  one (the locally trained tiny tokenizer), ChatML pieces are tokenized separately so the
+  mask boundaries are exact: the role header and the trailing newline are never trained,
+  the assistant content and its `<|im_end|>` are.
   """
   _check(messages)
+  if getattr(tokenizer, "chat_template", None):
+    return _tokenize_template(tokenizer, messages, add_generation_prompt)
   ids, mask = [], []
 
   def add(text, trained):
@@ -59,11 +64,37 @@ def tokenize(tokenizer, messages, add_generation_prompt: bool = False):
   return np.asarray(ids, np.int32), np.asarray(mask, np.int32)
 
 
+def _tokenize_template(tokenizer, messages, add_generation_prompt: bool):
+  """The template's text encoded whole, so the ids equal apply_chat_template's (encoding
+  pieces apart gives "\n" + "\n..." as [198, 198] where the whole text has [271]). The
+  mask covers each assistant content and the end-of-turn marker after it, found by
+  rendering the turns before it with the generation prompt (a prefix of the whole text);
+  a token straddling a content boundary (that "\n\n") is trained."""
+  render = lambda msgs, gen: tokenizer.apply_chat_template(
+      msgs, tokenize=False, add_generation_prompt=gen)
+  text = render(messages, add_generation_prompt)
+  spans = []
+  for i, m in enumerate(messages):
+    if m["role"] != "assistant":
+      continue
+    start = len(render(messages[:i], True)) if i else 0
+    end = start + len(m["content"])
+    if text[start:end] != m["content"]:
+      raise ValueError("the tokenizer's chat template does not write assistant turns "
+                       f"verbatim after the generation prompt (turn {i}); cannot mask the loss")
+    spans.append((start, end + (len(IM_END) if text.startswith(IM_END, end) else 0)))
+  enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+  mask = [int(any(a < e and s < b for s, e in spans)) for a, b in enc["offset_mapping"]]
+  return np.asarray(enc["input_ids"], np.int32), np.asarray(mask, np.int32)
+
+
 def tokenize_responses(tokenizer, prompt, responses) -> list[tuple[np.ndarray, np.ndarray]]:
   """(ids, loss_mask) of prompt + each assistant response, the mask on that response only
   (its content and `<|im_end|>`): earlier assistant turns are context, not the answer
-  that preference losses score. Pieces are encoded separately (see `tokenize`), so the
-  prompt is tokenized once and each response appended to it."""
+  that preference losses score. The prompt is tokenized once, with the generation prompt
+  (through the chat template when the tokenizer has one), and each response's own ids
+  appended: the ids a policy sampling that response would have produced, and a prompt
+  identical in every row."""
   p_ids, _ = tokenize(tokenizer, prompt, add_generation_prompt=True)
   end = tokenizer.encode(IM_END, add_special_tokens=False)
   newline = tokenizer.encode("\n", add_special_tokens=False)

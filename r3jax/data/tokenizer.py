@@ -4,6 +4,7 @@ Both are `transformers.PreTrainedTokenizerFast`, so the rest of the code sees on
 interface (`encode`, `decode`, `eos_token_id`, `pad_token_id`, `save_pretrained`).
 """
 
+import json
 import os
 
 import tokenizers
@@ -14,10 +15,24 @@ from r3jax.core import paths
 from r3jax.data import chat
 
 
+def from_pretrained(path: str):
+  """The tokenizer class that AutoTokenizer would pick (the one tokenizer_config.json
+  names), loaded without AutoTokenizer: that also reads the model config through modules
+  that import torch where it is installed, seconds of every process's start-up. Falls back
+  to AutoTokenizer when the file names no class transformers has."""
+  config = os.path.join(path, "tokenizer_config.json")
+  name = ""
+  if os.path.exists(config):
+    with open(config) as f:
+      name = json.load(f).get("tokenizer_class") or ""
+  cls = getattr(transformers, name, None) if name.isidentifier() else None
+  return (cls or transformers.AutoTokenizer).from_pretrained(path)
+
+
 def load(path: str) -> transformers.PreTrainedTokenizerFast:
   if not os.path.isdir(path):
     raise FileNotFoundError(f"{path}: tokenizer directory not found")
-  tok = transformers.AutoTokenizer.from_pretrained(path)
+  tok = from_pretrained(path)
   if tok.pad_token_id is None:
     tok.pad_token = chat.ENDOFTEXT if chat.ENDOFTEXT in tok.get_vocab() else tok.eos_token
   return tok

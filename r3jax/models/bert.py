@@ -96,7 +96,7 @@ def _hf_layout(cfg: BertConfig):
 
 def load(path: str, dtype: str = "float32"):
   """(cfg, params, tokenizer) from an HF BERT directory with model.safetensors."""
-  import transformers  # Local: only loading needs it.
+  from r3jax.data import tokenizer as tokenizer_lib  # Local: only loading needs it.
   cfg_file, weights = os.path.join(path, "config.json"), os.path.join(path, "model.safetensors")
   for f in (cfg_file, weights):
     if not os.path.exists(f):
@@ -118,7 +118,7 @@ def load(path: str, dtype: str = "float32"):
         raise KeyError(f"{weights}: tensor {prefix + hf_name!r} missing")
       w = f.get_tensor(prefix + hf_name).astype(np.float32)
       params.setdefault(module, {})[leaf] = jnp.asarray(w.T if transpose else w)
-  return cfg, params, transformers.AutoTokenizer.from_pretrained(path)
+  return cfg, params, tokenizer_lib.from_pretrained(path)
 
 
 def minilm_dir() -> str:
@@ -137,8 +137,9 @@ class Encoder:
   params: dict
   tokenizer: object
   normalize: bool
-  max_len: int = 256
+  max_len: int = 256  # Word pieces kept per text, [CLS] and [SEP] included.
   batch_size: int = 64
+  truncation_side: str = "right"  # "left" keeps a long text's end.
 
   @classmethod
   def from_dir(cls, path: str, normalize: bool, **kw):
@@ -150,6 +151,7 @@ class Encoder:
     for i in range(0, len(texts), self.batch_size):
       chunk = list(texts[i:i + self.batch_size])
       # Pad to powers of two so a run compiles a handful of shapes, not one per batch.
+      self.tokenizer.truncation_side = self.truncation_side  # Shared by copies of one encoder.
       enc = self.tokenizer(chunk, truncation=True, max_length=self.max_len, padding=True,
                            return_tensors="np")
       t = enc["input_ids"].shape[1]

@@ -24,8 +24,8 @@ import numpy as np
 from r3jax.data import chat
 from r3jax.eval import text_metrics
 
-# Where a policy starts writing the next turn: ChatML markers, HH/plain role prefixes, or a
-# run of two or more blank lines.
+# Where a policy starts writing the next turn (truncate_response): ChatML markers, HH/plain
+# role prefixes ("\nHuman:", "\nUser:", "\nAssistant:"), or a run of two or more blank lines.
 _STOP = re.compile(r"<\|im_start\|>|<\|im_end\|>|<\|endoftext\|>|\n\s*(?:Human|User|Assistant)\s*:"
                    r"|\n[ \t]*\n[ \t]*\n")
 MODES = ("r3", "relevance", "li_s", "no_branch", "li_only")
@@ -45,6 +45,10 @@ def repetition_penalty(text: str) -> float:
 
 
 def truncate_response(text: str) -> str:
+  """The answer R³ scores: the response up to the first stop marker (_STOP), stripped.
+  Leading whitespace goes first, as in the authors' code: a response that opens with blank
+  lines would otherwise stop at once and score 0."""
+  text = text.lstrip()
   m = _STOP.search(text)
   return (text[:m.start()] if m else text).strip()
 

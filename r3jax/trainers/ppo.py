@@ -231,6 +231,7 @@ def make_setup(config, run, cfg, tok, frozen, lay, rows) -> Setup:
   ptx = sources.ptx_rows(config.ptx, tok)
   scorer = scorers.Mix(config.reward.mode, max_len=config.rollout.max_new_tokens,
                        encoder=config.reward.encoder, normalize=config.reward.normalize,
+                       encoder_len=config.reward.encoder_len, encoder_side=config.reward.encoder_side,
                        seed=config.seed, mesh=run.mesh)
   ro = config.rollout
   scfg = sampling.sample_config(tok, max_new_tokens=ro.max_new_tokens, temperature=ro.temperature,

@@ -159,8 +159,12 @@ def ppo() -> ConfigDict:
   # reward.mode: any scorer (rewards/scorers.make): r3 and its ablations, length, random, a
   # reward-model run directory ("@rm": this run's stage "rm"), or a weighted mix of them,
   # "0.5*r3+0.5*@rm", each term normalised by its own running moments (normalize_score).
+  # encoder_len / encoder_side: word pieces R³'s encoder keeps and which end it cuts; 0 / ""
+  # for the default (scorers.encoder_truncation: a given encoder such as Contriever keeps
+  # its last 512, as the authors' code does; the packaged MiniLM its first 256).
   c.reward = ConfigDict(dict(mode="r3", encoder="", normalize=True, query_types="field",
-                             classifier="", scale=1.0, normalize_score=True, clip=10.0))
+                             classifier="", scale=1.0, normalize_score=True, clip=10.0,
+                             encoder_len=0, encoder_side=""))
   # kl.placement: "reward" (β·KL per token in the reward, SPEC §4) or "loss" (β·KL of the
   # current policy added to the policy loss, GRPO's k3 term).
   c.kl = ConfigDict(dict(estimator="k1", beta=0.04, adaptive=False, target=6.0, horizon=10000,

@@ -165,6 +165,10 @@ def check_reward(field: str, spec: str, stages: dict, mix: bool = True) -> list:
 def check_ppo(config, stages=None) -> None:
   terms = check_reward("reward.mode", config.reward.mode, stages or {})
   one_of("reward.query_types", config.reward.query_types, QUERY_TYPES)
+  one_of("reward.encoder_side", config.reward.encoder_side, ("", "left", "right"))
+  if not 0 <= config.reward.encoder_len <= 512:
+    raise ConfigError(f"config.reward.encoder_len={config.reward.encoder_len}: word pieces "
+                      "kept by R³'s encoder, in [1, 512] (BERT's positions), or 0 for the default")
   one_of("kl.estimator", config.kl.estimator, algorithms.KL_ESTIMATORS)
   one_of("kl.placement", config.kl.placement, algorithms.KL_PLACEMENTS)
   one_of("ppo.advantage", config.ppo.advantage, sorted(algorithms.ADVANTAGES))
