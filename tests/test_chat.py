@@ -71,3 +71,22 @@ def test_parse_sharegpt_shared():
     chat.render(conv)
   with pytest.raises(ValueError, match="unknown speaker"):
     chat.parse_sharegpt([{"from": "robot", "value": "x"}])
+
+
+def test_qwen1_tiktoken_tokenizer_matches_tiktoken(tmp_path):
+  """A Qwen (v1) `qwen.tiktoken` directory loads as a fast tokenizer whose ids equal
+  tiktoken's own encoding (same ranks, split pattern and special tokens)."""
+  import base64
+  tiktoken = pytest.importorskip("tiktoken")
+  ranks = {bytes([b]): b for b in range(256)}
+  for word in (b"he", b"ll", b"hel", b"hell", b"hello", b" w", b" wo", b"or", b" wor", b" world", b"12"):
+    ranks[word] = len(ranks)
+  with open(tmp_path / "qwen.tiktoken", "w") as f:
+    f.writelines(f"{base64.b64encode(t).decode()} {r}\n" for t, r in ranks.items())
+  tok = tokenizer.load(str(tmp_path))
+  special = {t: len(ranks) + i for i, t in enumerate(tokenizer.QWEN1_SPECIAL)}
+  ref = tiktoken.Encoding("qwen1", pat_str=tokenizer.QWEN1_PATTERN, mergeable_ranks=ranks,
+                          special_tokens=special)
+  for text in ("hello world", "Hello, world!! 1234\n\n  hello\tworld's", "<|im_start|>user\nhello<|im_end|>\n"):
+    assert tok.encode(text, add_special_tokens=False) == ref.encode(text, allowed_special="all"), text
+  assert (tok.convert_tokens_to_ids(chat.IM_END), tok.eos_token, tok.pad_token) == (len(ranks) + 2, chat.IM_END, chat.ENDOFTEXT)

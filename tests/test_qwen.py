@@ -148,3 +148,62 @@ def test_presets_and_hf_config():
   assert cfg.head_size == 64 and cfg.tie_embeddings and cfg.rope_theta == 1e6
   with pytest.raises(ValueError, match="unknown model preset"):
     qwen.preset("nope")
+
+
+@pytest.mark.parametrize("tie", [False, True], ids=["untied", "tied"])
+def test_qwen3_parity_and_export_roundtrip(tmp_path, tie):
+  """Qwen3: q/k RMSNorm per head, no q/k/v bias, head_dim (24) not hidden / heads (16)."""
+  from transformers import AutoModelForCausalLM, Qwen3Config, Qwen3ForCausalLM
+  torch.manual_seed(0)
+  ref = Qwen3ForCausalLM(Qwen3Config(
+      vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+      num_key_value_heads=2, head_dim=24, max_position_embeddings=256, tie_word_embeddings=tie,
+      rms_norm_eps=1e-6, rope_theta=10000.0)).eval()
+  with torch.no_grad():
+    for name, p in ref.named_parameters():
+      if "norm" in name:
+        p.add_(torch.randn_like(p) * 0.1)
+  ref.save_pretrained(str(tmp_path / "hf"))
+  cfg, params = hf.load(str(tmp_path / "hf"))
+  assert (cfg.qk_norm, cfg.qkv_bias, cfg.head_size, cfg.tie_embeddings) == (True, False, 24, tie)
+  assert "q_bias" not in params["layers_0"]["attn"] and "q_norm" in params["layers_0"]["attn"]
+  ids, mask = left_padded_batch()
+  want = torch_logits(ref, ids, mask)
+  assert masked_maxdiff(ours_logits(cfg, params, ids, mask), want, mask) <= 1e-4
+  hf.export(params, cfg, str(tmp_path / "out"))
+  back = AutoModelForCausalLM.from_pretrained(str(tmp_path / "out")).eval()
+  assert type(back).__name__ == "Qwen3ForCausalLM"
+  assert masked_maxdiff(torch_logits(back, ids, mask), want, mask) <= 1e-5
+
+
+def test_qwen1_checkpoint_imports_as_the_equivalent_qwen2(tmp_path):
+  """A Qwen (v1) layout (fused c_attn, w1/w2/c_proj MLP, ln_1/ln_2, intermediate_size = 2 x
+  the FFN width, rotary_emb_base) made from a random Qwen2 model: importing it gives that
+  model's logits."""
+  import json
+  from safetensors.numpy import save_file
+  ref = make_hf_qwen(tmp_path / "qwen2", kv_heads=4, heads=4)  # v1 has no GQA.
+  sd = {k: v.detach().numpy() for k, v in ref.state_dict().items()}
+  v1 = {"transformer.wte.weight": sd["model.embed_tokens.weight"],
+        "transformer.ln_f.weight": sd["model.norm.weight"], "lm_head.weight": sd["lm_head.weight"]}
+  for i in range(2):
+    a, b = f"model.layers.{i}.", f"transformer.h.{i}."
+    qkv = lambda kind: np.concatenate([sd[a + f"self_attn.{p}_proj.{kind}"] for p in "qkv"])
+    v1.update({b + "ln_1.weight": sd[a + "input_layernorm.weight"],
+               b + "ln_2.weight": sd[a + "post_attention_layernorm.weight"],
+               b + "attn.c_attn.weight": qkv("weight"), b + "attn.c_attn.bias": qkv("bias"),
+               b + "attn.c_proj.weight": sd[a + "self_attn.o_proj.weight"],
+               b + "mlp.w1.weight": sd[a + "mlp.up_proj.weight"], b + "mlp.w2.weight": sd[a + "mlp.gate_proj.weight"],
+               b + "mlp.c_proj.weight": sd[a + "mlp.down_proj.weight"]})
+  (tmp_path / "v1").mkdir()
+  save_file(v1, str(tmp_path / "v1" / "model.safetensors"))
+  json.dump({"architectures": ["QWenLMHeadModel"], "model_type": "qwen", "vocab_size": 128,
+             "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "kv_channels": 16,
+             "intermediate_size": 192, "rotary_emb_base": 10000, "layer_norm_epsilon": 1e-6,
+             "seq_length": 256, "tie_word_embeddings": False, "no_bias": True},
+            open(tmp_path / "v1" / "config.json", "w"))
+  cfg, params = hf.load(str(tmp_path / "v1"))
+  assert (cfg.intermediate_size, cfg.num_kv_heads, cfg.qkv_bias) == (96, 4, True)
+  ids, mask = left_padded_batch()
+  got = ours_logits(cfg, params, ids, mask)
+  assert masked_maxdiff(got, torch_logits(ref, ids, mask), mask) <= 1e-4

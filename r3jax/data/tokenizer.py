@@ -4,6 +4,7 @@ Both are `transformers.PreTrainedTokenizerFast`, so the rest of the code sees on
 interface (`encode`, `decode`, `eos_token_id`, `pad_token_id`, `save_pretrained`).
 """
 
+import importlib.util
 import json
 import os
 
@@ -29,10 +30,33 @@ def from_pretrained(path: str):
   return (cls or transformers.AutoTokenizer).from_pretrained(path)
 
 
+# Qwen (v1)'s tiktoken split pattern and special tokens (ids right after its 151,643 BPE
+# ranks: <|endoftext|> 151643, <|im_start|> 151644, <|im_end|> 151645, then 205 extras).
+QWEN1_VOCAB = "qwen.tiktoken"
+QWEN1_PATTERN = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+                 r"""|\s*[\r\n]+|\s+(?!\S)|\s+""")
+QWEN1_SPECIAL = chat.SPECIAL_TOKENS + [f"<|extra_{i}|>" for i in range(205)]
+
+
+def qwen1(path: str) -> transformers.PreTrainedTokenizerFast:
+  """A Qwen (v1) checkpoint's tiktoken tokenizer (`qwen.tiktoken`, which transformers loads
+  only through the checkpoint's own remote code) as a fast HF tokenizer."""
+  vocab = os.path.join(path, QWEN1_VOCAB)
+  if importlib.util.find_spec("tiktoken") is None:
+    raise FileNotFoundError(f"{vocab}: a Qwen (v1) tokenizer needs `pip install tiktoken`; or pass "
+                            "--config.tokenizer=<an HF tokenizer directory with tokenizer.json>")
+  from transformers.convert_slow_tokenizer import TikTokenConverter  # pylint: disable=g-import-not-at-top
+  tok = TikTokenConverter(vocab, pattern=QWEN1_PATTERN, extra_special_tokens=QWEN1_SPECIAL).converted()
+  return transformers.PreTrainedTokenizerFast(
+      tokenizer_object=tok, eos_token=chat.IM_END, pad_token=chat.ENDOFTEXT,
+      additional_special_tokens=[chat.IM_START], clean_up_tokenization_spaces=False)
+
+
 def load(path: str) -> transformers.PreTrainedTokenizerFast:
   if not os.path.isdir(path):
     raise FileNotFoundError(f"{path}: tokenizer directory not found")
-  tok = from_pretrained(path)
+  has_fast = os.path.exists(os.path.join(path, "tokenizer.json"))
+  tok = qwen1(path) if os.path.exists(os.path.join(path, QWEN1_VOCAB)) and not has_fast else from_pretrained(path)
   if tok.pad_token_id is None:
     tok.pad_token = chat.ENDOFTEXT if chat.ENDOFTEXT in tok.get_vocab() else tok.eos_token
   return tok

@@ -1,4 +1,5 @@
-"""HF Qwen2/Qwen2.5 checkpoint import and export (safetensors, no torch).
+"""HF Qwen2/Qwen2.5/Qwen3 checkpoint import and export, Qwen (v1) import (safetensors, no
+torch).
 
 The param tree of `models/qwen.py` stores projections as [in, heads, head_dim] or
 [in, out]; HF stores `nn.Linear` weights as [out, in]. Each row of `_layout` names the HF
@@ -53,14 +54,46 @@ def _layout(cfg: qwen.QwenConfig) -> list[tuple[str, tuple[str, ...], tuple[_Con
         (hf + "self_attn.q_proj.weight", (ours, "attn", "q_kernel"), _in_heads("num_heads")),
         (hf + "self_attn.k_proj.weight", (ours, "attn", "k_kernel"), _in_heads("num_kv_heads")),
         (hf + "self_attn.v_proj.weight", (ours, "attn", "v_kernel"), _in_heads("num_kv_heads")),
-        (hf + "self_attn.q_proj.bias", (ours, "attn", "q_bias"), _bias("num_heads")),
-        (hf + "self_attn.k_proj.bias", (ours, "attn", "k_bias"), _bias("num_kv_heads")),
-        (hf + "self_attn.v_proj.bias", (ours, "attn", "v_bias"), _bias("num_kv_heads")),
         (hf + "self_attn.o_proj.weight", (ours, "attn", "o_kernel"), _O),
         (hf + "mlp.gate_proj.weight", (ours, "mlp", "gate_kernel"), _T),
         (hf + "mlp.up_proj.weight", (ours, "mlp", "up_kernel"), _T),
         (hf + "mlp.down_proj.weight", (ours, "mlp", "down_kernel"), _T),
     ]
+    if cfg.qkv_bias:
+      rows += [(hf + f"self_attn.{p}_proj.bias", (ours, "attn", f"{p}_bias"), _bias(heads))
+               for p, heads in (("q", "num_heads"), ("k", "num_kv_heads"), ("v", "num_kv_heads"))]
+    if cfg.qk_norm:  # Qwen3.
+      rows += [(hf + f"self_attn.{p}_norm.weight", (ours, "attn", f"{p}_norm", "scale"), _ID)
+               for p in ("q", "k")]
+  return rows
+
+
+def _fused(part: int, conv):
+  # Qwen v1's c_attn: q, k and v stacked along the HF output axis; `part` is one third.
+  return (lambda w, c: conv[0](np.split(w, 3, axis=0)[part], c), None)
+
+
+def _layout_qwen1(cfg: qwen.QwenConfig) -> list[tuple[str, tuple[str, ...], tuple[_Conv, _Conv]]]:
+  """Qwen (v1) `QWenLMHeadModel` names, import only (it exports as the equivalent Qwen2).
+  Its MLP computes c_proj(w1(x) * silu(w2(x))): w2 is the gate, w1 the up projection."""
+  rows = [("transformer.wte.weight", ("embed",), _ID),
+          ("transformer.ln_f.weight", ("final_norm", "scale"), _ID)]
+  if not cfg.tie_embeddings:
+    rows.append(("lm_head.weight", ("lm_head",), _T))
+  for i in range(cfg.num_layers):
+    hf, ours = f"transformer.h.{i}.", f"layers_{i}"
+    rows += [
+        (hf + "ln_1.weight", (ours, "input_norm", "scale"), _ID),
+        (hf + "ln_2.weight", (ours, "post_attn_norm", "scale"), _ID),
+        (hf + "attn.c_proj.weight", (ours, "attn", "o_kernel"), _O),
+        (hf + "mlp.w2.weight", (ours, "mlp", "gate_kernel"), _T),
+        (hf + "mlp.w1.weight", (ours, "mlp", "up_kernel"), _T),
+        (hf + "mlp.c_proj.weight", (ours, "mlp", "down_kernel"), _T),
+    ]
+    for part, p in enumerate("qkv"):
+      heads = "num_heads" if p == "q" else "num_kv_heads"
+      rows += [(hf + "attn.c_attn.weight", (ours, "attn", f"{p}_kernel"), _fused(part, _in_heads(heads))),
+               (hf + "attn.c_attn.bias", (ours, "attn", f"{p}_bias"), _fused(part, _bias(heads)))]
   return rows
 
 
@@ -98,8 +131,10 @@ def load_params(path: str, cfg: qwen.QwenConfig, shardings=None) -> dict[str, An
   dtype = np.dtype(jnp.dtype(cfg.param_dtype))
   params: dict[str, Any] = {}
   handles: dict[str, Any] = {}
+  with open(os.path.join(path, "config.json")) as f:
+    layout = _layout_qwen1 if qwen.is_qwen1(json.load(f)) else _layout
   try:
-    for hf_name, ours, (to_ours, _) in _layout(cfg):
+    for hf_name, ours, (to_ours, _) in layout(cfg):
       if hf_name not in files:
         raise KeyError(f"{path}: tensor {hf_name!r} missing from the checkpoint "
                        f"(tie_embeddings={cfg.tie_embeddings})")

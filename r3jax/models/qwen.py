@@ -1,6 +1,6 @@
-"""Qwen decoder (Qwen1 / Qwen2 / Qwen2.5 layout) as a pure-functional Flax Linen module.
+"""Qwen decoder (Qwen1, Qwen2, Qwen2.5 and Qwen3 layouts), a pure-functional Flax Linen module.
 
-SPEC §1: pre-norm RMSNorm, RoPE (fp32 angles), bias on q/k/v only, SwiGLU, GQA, optional
+SPEC §1: pre-norm RMSNorm, RoPE (fp32 angles), bias on q/k/v only (Qwen3: per-head q/k norms), SwiGLU, GQA, optional
 tied embeddings. Every parameter carries logical axis names so that the sharding rules in
 a config decide its layout; activations carry logical constraints for the same reason,
 under their own names (`act_*`) so that a rule can shard a weight's `embed` dimension
@@ -47,6 +47,9 @@ class QwenConfig:
   logits_fp32: bool = True
   dropout_rate: float = 0.0
   remat: bool = False
+  # Qwen1/2/2.5 have q/k/v biases; Qwen3 has none and RMSNorms each head's q and k instead.
+  qkv_bias: bool = True
+  qk_norm: bool = False
 
   @property
   def head_size(self) -> int:
@@ -78,11 +81,35 @@ def preset(name: str, **overrides) -> QwenConfig:
   return QwenConfig(**{**PRESETS[name], **overrides})
 
 
+def is_qwen1(hf: dict[str, Any]) -> bool:
+  """A Qwen (v1) `QWenLMHeadModel` config (fused c_attn, w1/w2 MLP; models/hf.py)."""
+  return hf.get("model_type") == "qwen" or "QWenLMHeadModel" in (hf.get("architectures") or ())
+
+
+def _config_from_qwen1(hf: dict[str, Any]) -> dict[str, Any]:
+  # v1's intermediate_size counts both MLP input projections: the FFN width is half of it.
+  return dict(
+      vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
+      num_layers=hf["num_hidden_layers"], num_heads=hf["num_attention_heads"],
+      num_kv_heads=hf["num_attention_heads"], intermediate_size=hf["intermediate_size"] // 2,
+      head_dim=hf.get("kv_channels"), rope_theta=float(hf.get("rotary_emb_base", 10000.0)),
+      rms_norm_eps=hf.get("layer_norm_epsilon", 1e-6),
+      tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+      max_position_embeddings=hf.get("seq_length") or hf.get("max_position_embeddings", 8192),
+      initializer_range=hf.get("initializer_range", 0.02))
+
+
 def config_from_hf(hf: dict[str, Any] | str, **overrides) -> QwenConfig:
-  """QwenConfig from an HF Qwen2/Qwen2.5 `config.json` (a dict or a path to the file)."""
+  """QwenConfig from an HF `config.json` (a dict or a path to the file) of Qwen2/2.5,
+  Qwen3 (`Qwen3ForCausalLM`) or Qwen (v1, `QWenLMHeadModel`)."""
   if isinstance(hf, str):
     with open(hf) as f:
       hf = json.load(f)
+  if is_qwen1(hf):
+    return QwenConfig(**{**_config_from_qwen1(hf), **overrides})
+  qwen3 = hf.get("model_type") == "qwen3"
+  if qwen3 and hf.get("attention_bias"):
+    raise ValueError("a Qwen3 config with attention_bias=True (biases on q/k/v and o) is not supported")
   theta = hf.get("rope_theta") or (hf.get("rope_parameters") or {}).get("rope_theta", 1e6)
   kw = dict(
       vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
@@ -92,13 +119,19 @@ def config_from_hf(hf: dict[str, Any] | str, **overrides) -> QwenConfig:
       rope_theta=float(theta), rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
       tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
       max_position_embeddings=hf.get("max_position_embeddings", 32768),
-      initializer_range=hf.get("initializer_range", 0.02))
+      initializer_range=hf.get("initializer_range", 0.02), qkv_bias=not qwen3, qk_norm=qwen3)
   return QwenConfig(**{**kw, **overrides})
 
 
 def to_hf_config(cfg: QwenConfig) -> dict[str, Any]:
+  """The HF config of this model: Qwen3's layout with q/k norms, else Qwen2's (a Qwen v1
+  checkpoint exports as the equivalent Qwen2)."""
+  if cfg.qk_norm != (not cfg.qkv_bias):
+    raise ValueError(f"qkv_bias={cfg.qkv_bias} with qk_norm={cfg.qk_norm} matches no HF Qwen layout")
+  arch = {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "attention_bias": False} \
+      if cfg.qk_norm else {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2"}
   return {
-      "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2",
+      **arch,
       "vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size,
       "intermediate_size": cfg.intermediate_size, "num_hidden_layers": cfg.num_layers,
       "num_attention_heads": cfg.num_heads, "num_key_value_heads": cfg.num_kv_heads,
@@ -183,15 +216,22 @@ class Attention(nn.Module):
     wq = _param(self, "q_kernel", init, (d, h, e), ("embed", "heads", "head_dim"), cfg)
     wk = _param(self, "k_kernel", init, (d, k, e), ("embed", "kv_heads", "head_dim"), cfg)
     wv = _param(self, "v_kernel", init, (d, k, e), ("embed", "kv_heads", "head_dim"), cfg)
-    bq = _param(self, "q_bias", nn.initializers.zeros, (h, e), ("heads", "head_dim"), cfg)
-    bk = _param(self, "k_bias", nn.initializers.zeros, (k, e), ("kv_heads", "head_dim"), cfg)
-    bv = _param(self, "v_bias", nn.initializers.zeros, (k, e), ("kv_heads", "head_dim"), cfg)
+    if cfg.qkv_bias:  # Created before o_kernel: the order of params fixes their init keys.
+      zeros = nn.initializers.zeros
+      bq = _param(self, "q_bias", zeros, (h, e), ("heads", "head_dim"), cfg).astype(dt)
+      bk = _param(self, "k_bias", zeros, (k, e), ("kv_heads", "head_dim"), cfg).astype(dt)
+      bv = _param(self, "v_bias", zeros, (k, e), ("kv_heads", "head_dim"), cfg).astype(dt)
+    else:
+      bq = bk = bv = jnp.zeros((), dt)
     wo = _param(self, "o_kernel", init, (h, e, d), ("heads", "head_dim", "embed"), cfg)
 
     x_BTD = x_BTD.astype(dt)
-    q_BTHE = _dot("btd,dhe->bthe", x_BTD, wq, dt) + bq.astype(dt)
-    k_BTKE = _dot("btd,dke->btke", x_BTD, wk, dt) + bk.astype(dt)
-    v_BTKE = _dot("btd,dke->btke", x_BTD, wv, dt) + bv.astype(dt)
+    q_BTHE = _dot("btd,dhe->bthe", x_BTD, wq, dt) + bq
+    k_BTKE = _dot("btd,dke->btke", x_BTD, wk, dt) + bk
+    v_BTKE = _dot("btd,dke->btke", x_BTD, wv, dt) + bv
+    if cfg.qk_norm:  # Qwen3: RMSNorm over each head's E, before RoPE.
+      q_BTHE = RMSNorm(cfg, name="q_norm")(q_BTHE)
+      k_BTKE = RMSNorm(cfg, name="k_norm")(k_BTKE)
     q_BTHE = rope(q_BTHE, positions_BT, cfg.rope_theta)
     k_BTKE = rope(k_BTKE, positions_BT, cfg.rope_theta)
 

@@ -6,7 +6,8 @@
 LI(y) = |tok(y)| / 100 and RP(y) = unique word trigrams / word trigrams (1 below three
 tokens), over word-punctuation tokens. s is the retriever's relevance: a dot product of
 mean-pooled embeddings (cosine for a normalising encoder such as MiniLM). x is the raw
-user text and y the response cut at the first role marker or blank-line run; all three
+user text and y the response with its leading whitespace stripped (as in the authors'
+code), then cut at the first role marker or blank-line run (_STOP); all three
 terms use that same truncated y (the authors' code scored relevance on the untruncated
 response, which SPEC §8 says to avoid). A CE query without a reference answer falls back
 to the OE formula.
