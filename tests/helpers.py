@@ -82,3 +82,11 @@ def start_until_step(cmd, workdir, key, step, *, env=None, timeout=400, stderr=s
     time.sleep(0.05)
   assert proc.poll() is None, "the run ended before it could be killed"
   return proc
+
+
+def why(proc, n: int = 3000) -> str:
+  """What a failed command printed about its failure: the end of its stderr, or, after a
+  fatal signal, what came before the thread dumps (the cause; the dumps fill any tail)."""
+  err = proc.stderr or ""
+  fatal = err.find("Fatal Python error")
+  return err[max(0, fatal - n):fatal + 300] if fatal >= 0 else err[-n:]

@@ -16,7 +16,7 @@ from r3jax.data import tokenizer as tokenizer_lib
 from r3jax.eval import frontier, text_metrics as tm
 from r3jax.data import readers, synrel
 from r3jax.models import hf, qwen
-from helpers import shared_file, write_jsonl
+from helpers import shared_file, write_jsonl, why
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -24,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _run(args, ok=True, timeout=900):
   out = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True,
                        timeout=timeout, env={**os.environ, "JAX_PLATFORMS": "cpu"})
-  assert (out.returncode == 0) == ok, out.stderr[-3000:]
+  assert (out.returncode == 0) == ok, why(out)
   return out
 
 

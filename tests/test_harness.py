@@ -13,7 +13,7 @@ import pytest
 
 from r3jax.core import optim
 from r3jax.data import pipeline, readers
-from helpers import metric_rows, shared_file, start_until_step
+from helpers import metric_rows, shared_file, start_until_step, why
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A small SFT run: 12 steps of 8 conversations, a checkpoint every 4 steps, a log line
@@ -48,7 +48,7 @@ def final_params(workdir, step):
 def test_sharding_equivalence_on_8_devices(tmp_path):
   out = run([sys.executable, "tests/sharded_step.py", str(tmp_path)], timeout=600,
             env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "PYTHONPATH": ROOT})
-  assert out.returncode == 0, out.stderr[-3000:]
+  assert out.returncode == 0, why(out)
   res = json.loads(out.stdout.strip().splitlines()[-1])
   single = res["single"]
   for name in ("data=8", "fsdp=8", "data=2,fsdp=2,tensor=2"):
@@ -64,7 +64,7 @@ def test_sharding_equivalence_on_8_devices(tmp_path):
 def test_exact_resume_after_sigkill_and_sigterm_checkpoint(tmp_path):
   ref_dir, kill_dir = tmp_path / "ref", tmp_path / "killed"
   ref = run(train_cmd(ref_dir))
-  assert ref.returncode == 0, ref.stderr[-3000:]
+  assert ref.returncode == 0, why(ref)
 
   # SIGKILL between checkpoints (after step 5 or 6; checkpoints at 4, 8, 12).
   proc = start_until_step(train_cmd(kill_dir), kill_dir, "train/loss", 5, timeout=240)
@@ -73,7 +73,7 @@ def test_exact_resume_after_sigkill_and_sigterm_checkpoint(tmp_path):
   proc.wait(timeout=30)
   assert killed_at < 12
   resumed = run(train_cmd(kill_dir))
-  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert resumed.returncode == 0, why(resumed)
   assert "resumed from step" in resumed.stderr + resumed.stdout
 
   a, b = final_params(ref_dir, 12), final_params(kill_dir, 12)
@@ -87,7 +87,7 @@ def test_exact_resume_after_sigkill_and_sigterm_checkpoint(tmp_path):
 
   # init_from another run's workdir starts from its params: the first loss is already low.
   warm = run(train_cmd(tmp_path / "warm", f"--config.init_from={ref_dir}", "--config.steps=1"))
-  assert warm.returncode == 0, warm.stderr[-3000:]
+  assert warm.returncode == 0, why(warm)
   assert last_metrics(tmp_path / "warm")[1]["train/loss"] < ma[12]["train/loss"] + 0.5 < ma[1]["train/loss"]
 
   # SIGTERM: a checkpoint at the current step, then exit 143.
@@ -136,7 +136,7 @@ def test_skip_bad_counts_and_cli_messages(tmp_path):
   assert f"{path}:41: missing field 'output'" in bad.stderr
   ok = run(train_cmd(tmp_path / "w2", f"--config.data.train={path}", "--config.data.skip_bad=True",
                      "--config.steps=2", "--config.batch_size=4"))
-  assert ok.returncode == 0, ok.stderr[-3000:]
+  assert ok.returncode == 0, why(ok)
   assert "skipped 2 bad rows" in ok.stderr and "2 bad rows skipped" in ok.stderr
 
 
@@ -146,7 +146,7 @@ def test_skip_bad_counts_and_cli_messages(tmp_path):
 ])  # Every other bad value is checked in-process: tests/test_config.py.
 def test_config_errors_are_one_clear_line(tmp_path, override, message):
   out = run(train_cmd(tmp_path) + [override])
-  assert out.returncode != 0 and message in out.stderr, out.stderr[-2000:]
+  assert out.returncode != 0 and message in out.stderr, why(out)
   assert "Traceback" not in out.stderr
 
 
@@ -210,5 +210,5 @@ def test_relative_workdir(tmp_path):
          "--workdir=runs/rel", *SMALL, "--config.steps=2"]
   out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300,
                        env={**os.environ, "PYTHONPATH": ROOT})
-  assert out.returncode == 0, out.stderr[-3000:]
+  assert out.returncode == 0, why(out)
   assert (tmp_path / "runs" / "rel" / "checkpoints" / "2").exists()

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import r3jax
+from helpers import why
 
 
 def test_library_does_not_import_torch():
@@ -20,4 +21,4 @@ def test_library_does_not_import_torch():
           "from r3jax.data import tokenizer; tokenizer.tiny()\n"
           "assert 'torch' not in sys.modules, 'torch was imported'\n")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.returncode == 0, why(out)

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from helpers import why
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -14,7 +15,7 @@ def test_planned_state_bytes_match_a_real_run(tmp_path):
   out = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "plan_vs_run.py"), str(tmp_path), "0", "4"],
                        cwd=ROOT, capture_output=True, text=True, timeout=600,
                        env={**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"})
-  assert out.returncode == 0, out.stderr[-3000:]
+  assert out.returncode == 0, why(out)
   results = dict(line.split(" ", 2)[1:] for line in out.stdout.splitlines() if line.startswith("PLAN_VS_RUN "))
   assert sorted(results) == ["0", "4"]
   for lora_rank, text in results.items():
@@ -32,10 +33,10 @@ def test_plan_cli_for_qwen_7b_and_a_tpu_type():
                                   cwd=ROOT, capture_output=True, text=True, timeout=600,
                                   env={**os.environ, "JAX_PLATFORMS": "cpu"})
   out = run("--mesh=(('data',1),('fsdp',8),('tensor',1))", "--hbm_gib=95")
-  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.returncode == 0, why(out)
   assert "qwen-7b (7." in out.stdout and "| **total** |" in out.stdout and "minibatch rows per device fit" in out.stdout
   out = run("--tpu=v5p-64")
-  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.returncode == 0, why(out)
   assert "suggested mesh" in out.stdout
   bad = run("--mesh=(('data',-1),('fsdp',8),('tensor',1))")
   assert bad.returncode != 0 and "no -1" in bad.stderr

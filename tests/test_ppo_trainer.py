@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from r3jax.core import checkpoint
-from helpers import metric_rows, start_until_step
+from helpers import metric_rows, start_until_step, why
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,7 +27,7 @@ def sft_dir(tmp_path_factory):
                         "--config.seq_len=48", "--config.eval_every=1000", "--config.eval_prompts=1",
                         "--config.sample_tokens=4", "--config.data.synthetic_examples=200"],
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
-  assert sft.returncode == 0, sft.stderr[-3000:]
+  assert sft.returncode == 0, why(sft)
   return path
 
 
@@ -57,7 +57,7 @@ def test_rl_on_8_devices_resumes_exactly_after_sigkill(tmp_path, sft_dir, varian
             "--config.eval_prompts=2", "--config.data.synthetic_examples=64"]
 
   ref = subprocess.run(cmd(tmp_path / "ref"), cwd=ROOT, capture_output=True, text=True, timeout=600, env=ENV)
-  assert ref.returncode == 0, ref.stderr[-3000:]
+  assert ref.returncode == 0, why(ref)
   ref_rows = metric_rows(tmp_path / "ref", "reward/reward")
   assert sorted(ref_rows) == list(range(1, 7))
 
@@ -66,7 +66,7 @@ def test_rl_on_8_devices_resumes_exactly_after_sigkill(tmp_path, sft_dir, varian
   proc.kill()
   proc.wait(timeout=30)
   resumed = subprocess.run(cmd(kill_dir), cwd=ROOT, capture_output=True, text=True, timeout=600, env=ENV)
-  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert resumed.returncode == 0, why(resumed)
   assert "resumed from step" in resumed.stderr
 
   a, b = checkpoint.load_host(tmp_path / "ref", 6), checkpoint.load_host(kill_dir, 6)

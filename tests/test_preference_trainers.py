@@ -13,7 +13,7 @@ import pytest
 from r3jax.core import checkpoint
 from r3jax.data import chat, pipeline, readers, synthetic, tokenizer as tokenizer_lib
 from r3jax.models import qwen
-from helpers import metric_rows, shared_file, start_until_step, write_jsonl
+from helpers import metric_rows, shared_file, start_until_step, write_jsonl, why
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -143,7 +143,7 @@ def test_synthetic_comparisons_are_real_comparisons():
 def _run(args, env=None, timeout=900):
   out = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True,
                        timeout=timeout, env={**os.environ, **(env or {})})
-  assert out.returncode == 0, out.stderr[-3000:]
+  assert out.returncode == 0, why(out)
   return out
 
 

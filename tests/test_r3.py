@@ -7,6 +7,7 @@ from r3jax.data import chat
 from r3jax.models import bert
 from r3jax.eval import text_metrics as tm
 from r3jax.rewards import r3
+from helpers import why
 
 
 class FakeEncoder:
@@ -125,7 +126,7 @@ def test_score_command(tmp_path):
   out = subprocess.run([sys.executable, "-m", "r3jax.score", "--reward=r3", f"--input={src}",
                         f"--output={tmp_path / 'out.jsonl'}", "--max_len=128"],
                        capture_output=True, text=True, timeout=300)
-  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.returncode == 0, why(out)
   scored = [json.loads(l) for l in (tmp_path / "out.jsonl").read_text().splitlines()]
   assert scored[1]["closed_ended"] == 1.0 and scored[0]["closed_ended"] == 0.0
   # Identical response and reference: cosine 1, so R3 = RP * f(1) = 1.28 / 3.5.

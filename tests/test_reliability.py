@@ -18,6 +18,7 @@ import pytest
 from r3jax.core import checkpoint, metrics, workdir_lock
 from r3jax.core.errors import ConfigError, TrainingError
 from r3jax.trainers import pipeline, step as step_lib
+from helpers import why
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -81,7 +82,7 @@ def test_rows_after_the_restored_step_are_dropped(tmp_path):
 ])
 def test_command_line_mistakes_are_one_line_with_status_2(tmp_path, args, line):
   out = run_cli(*args, f"--workdir={tmp_path / 'run'}")
-  assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+  assert out.returncode == 2 and "Traceback" not in out.stderr, why(out)
   assert out.stderr.splitlines()[0].startswith(line), out.stderr
 
 

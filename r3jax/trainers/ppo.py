@@ -194,7 +194,11 @@ def make_update(config, loss_fn, lay):
   skip = config.nonfinite.action == "skip"
 
   @functools.partial(jax.jit, donate_argnums=(0,), out_shardings=({k: lay[k] for k in names}, None))
-  def update(models, frozen, mb, train_policy, beta):
+  def update(models, frozen, batch, idx, extra, train_policy, beta):
+    # The minibatch is gathered inside the step: an eager gather of sharded rows between
+    # steps is a second program with collectives in flight beside the step's own, and
+    # XLA:CPU's simulated devices can then deadlock (one device never joins an all-reduce).
+    mb = {**{k: v[idx] for k, v in batch.items()}, **extra}
     trainable = {k: models[k] for k in ("policy", "value") if k in models}
     (loss, m), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable, frozen, mb, train_policy, beta)
     pol, pol_opt = models["policy"], models["policy_opt"]
@@ -371,10 +375,11 @@ def update(s: Setup, state, batch: dict, it: int):
     perm_rng = np.random.default_rng([c.seed, it, epoch])
     perm = perm_rng.permutation(n_rollouts)
     for j in range(0, n_rollouts, c.ppo.minibatch):
-      mb = {k: v[perm[j:j + c.ppo.minibatch]] for k, v in batch.items()}
+      extra = {}
       if s.ptx is not None:
-        mb["ptx"] = jnp.asarray(s.ptx[perm_rng.integers(0, len(s.ptx), c.ptx.batch)])
-      models, m = s.update_fn(models, s.frozen, mb, train_policy, state["beta"])
+        extra["ptx"] = jnp.asarray(s.ptx[perm_rng.integers(0, len(s.ptx), c.ptx.batch)])
+      models, m = s.update_fn(models, s.frozen, batch, jnp.asarray(perm[j:j + c.ppo.minibatch]),
+                              extra, train_policy, state["beta"])
       ms.append(m)
   return models, ms
 
