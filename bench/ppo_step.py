@@ -3,7 +3,12 @@
 Runs the real PPO trainer (R³ reward with MiniLM) for a few iterations on the bench model
 shape (hidden 512, 8 layers, 8 heads, 2 KV heads, intermediate 1408; the vocabulary is the
 tiny tokenizer's 2048 so that responses decode) with random weights, so every rollout
-runs to max_new_tokens. The first iteration (compilation) is dropped.
+runs to max_new_tokens. With --model=<HF dir> (e.g. the real Qwen2.5-Coder-0.5B-Instruct
+from python -m r3jax.convert_gguf), that checkpoint and its tokenizer answer real prompts
+(--prompts, the Vicuna questions by default), with LoRA adapters (--lora_rank) so that the
+policy, its optimizer, the value head and the frozen reference fit in a 24 GiB host; its
+answers stop at EOS, so the generated-token counts are the logged mean lengths. The first
+iteration (compilation) is dropped.
 
 Lower bounds, from the matmul peak and memory bandwidth measured in this same run:
   rollout: each decode step reads every weight once, and does 2·N FLOPs per row;
@@ -11,6 +16,7 @@ Lower bounds, from the matmul peak and memory bandwidth measured in this same ru
   update: per epoch, policy and value forward + backward, 6·N·tokens FLOPs each.
 
   python -m bench.ppo_step [--iters=4] [--prompts=16] [--new_tokens=128]
+  python -m bench.ppo_step --model=DIR [--lora_rank=16] [--prompts=8] [--dtype=bfloat16]
 """
 
 import json
@@ -22,6 +28,12 @@ from absl import app, flags
 _ITERS = flags.DEFINE_integer("iters", 4, "PPO iterations (the first is compilation).")
 _PROMPTS = flags.DEFINE_integer("prompts", 16, "Prompts per iteration (2 samples each).")
 _NEW = flags.DEFINE_integer("new_tokens", 128, "Response length.")
+_MODEL = flags.DEFINE_string("model", "", "HF checkpoint dir; empty: the random bench model.")
+_PROMPTS_FILE = flags.DEFINE_string(
+    "prompts_file", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
+                                 "vicuna_bench_questions.jsonl"), "Prompts for --model.")
+_LORA = flags.DEFINE_integer("lora_rank", 16, "LoRA rank with --model (0: full fine-tuning).")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
 
 
 def main(argv):
@@ -31,15 +43,20 @@ def main(argv):
   import jax.numpy as jnp
   import numpy as np
   from r3jax.data import tokenizer
-  from r3jax.models import qwen
+  from r3jax.models import hf, qwen
   from r3jax.trainers import pipeline
   from bench.peaks import bandwidth, matmul_peak
 
   config = runpy.run_path(os.path.join(os.path.dirname(__file__), "..", "configs", "ppo_qwen.py"))["get_config"]("qwen")
   n_prompts, new = _PROMPTS.value, _NEW.value
-  config.model.update(preset="bench", allow_random_init=True)
-  config.update(init_from="random", steps=_ITERS.value, prompts_per_step=n_prompts, eval_prompts=2,
-                log_samples_every=1000)
+  if _MODEL.value:
+    config.model.update(hf_dir=_MODEL.value, dtype=_DTYPE.value)
+    config.data.prompts = _PROMPTS_FILE.value
+    config.lora.rank = _LORA.value
+  else:
+    config.model.update(preset="bench", allow_random_init=True, dtype=_DTYPE.value)
+    config.init_from = "random"
+  config.update(steps=_ITERS.value, prompts_per_step=n_prompts, eval_prompts=2, log_samples_every=1000)
   config.rollout.update(max_new_tokens=new, prompt_len=64)
   config.ppo.update(minibatch=8, epochs=1, value_warmup_steps=0)
   config.checkpoint.update(every=10_000, async_save=False)
@@ -47,24 +64,29 @@ def main(argv):
     pipeline.run(config, workdir)
     rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
     rows = [r for r in rows if "time/rollout" in r][1:]
-    vocab = len(tokenizer.tiny(cache_dir=os.path.join(workdir, "tokenizer")))
+    if _MODEL.value:
+      cfg = hf.load_config(_MODEL.value)
+    else:
+      cfg = qwen.preset("bench", vocab_size=len(tokenizer.tiny(cache_dir=os.path.join(workdir, "tokenizer"))))
 
   phases = ["time/rollout", "time/reward", "time/reference_value", "time/advantages", "time/update"]
   t = {k: float(np.mean([r[k] for r in rows])) for k in phases}
   total = sum(t.values())
-  cfg = qwen.preset("bench", vocab_size=vocab)
   shapes = jax.eval_shape(lambda k: qwen.init_params(cfg, k), jax.random.key(0))
   n = qwen.param_count(shapes) - cfg.vocab_size * cfg.hidden_size  # Matmul params.
-  rows_b = n_prompts * 2
+  rows_b = n_prompts * config.rollout.n
+  new = float(np.mean([r["rollout/length"] for r in rows]))  # Mean generated length.
   tokens = rows_b * (64 + new)
   peak, bw = matmul_peak(jnp.float32), bandwidth()
   bound = {
       "time/rollout": new * max(4 * (n + cfg.vocab_size * cfg.hidden_size) / bw, 2 * n * rows_b / peak),
       "time/reference_value": 2 * 2 * n * tokens / peak,
-      "time/update": 2 * 6 * n * tokens / peak,
+      # Frozen LoRA weights need no weight gradients: 4·N per token, not 6·N.
+      "time/update": 2 * (4 if config.lora.rank else 6) * n * tokens / peak,
   }
-  print(f"bench model: {n / 1e6:.1f}M matmul params, vocab {cfg.vocab_size}; {rows_b} rollouts of "
-        f"{new} tokens after 64-token prompts; mean of {len(rows)} iterations")
+  print(f"model: {_MODEL.value or 'random bench model'}: {n / 1e6:.1f}M matmul params, vocab "
+        f"{cfg.vocab_size}, {_DTYPE.value}{f', LoRA rank {config.lora.rank}' if config.lora.rank else ''}; "
+        f"{rows_b} rollouts of {new:.1f} tokens (mean) after <= 64-token prompts; mean of {len(rows)} iterations")
   print(f"machine: matmul peak {peak / 1e9:.1f} GFLOP/s, memory bandwidth {bw / 1e9:.1f} GB/s")
   print(f"{'phase':24s} {'time':>8s} {'share':>7s} {'bound':>8s} {'time/bound':>10s}")
   for k in phases:

@@ -1,11 +1,15 @@
-"""Sampling throughput: r3jax's jitted decode loop vs HF `generate` (PyTorch CPU).
+"""Sampling throughput: r3jax's jitted decode loop vs HF `generate` (PyTorch CPU), with HF
+in fp32 and in bf16 in the same run.
 
-The bench shape of the foundation issue: a Qwen2-shaped model with vocab 32000, hidden
-512, 8 layers, 8 heads, 2 KV heads, intermediate 1408 and random weights; batch 8, prompt
-64, 128 new tokens, top-p 0.9. Both run on the same weights in this process, and the
-ratio is what to read: absolute tokens/s depend on the machine.
+Without --model, the bench shape of the foundation issue: a Qwen2-shaped model with vocab
+32000, hidden 512, 8 layers, 8 heads, 2 KV heads, intermediate 1408 and random weights.
+With --model=<HF dir>, that checkpoint (e.g. the real Qwen2.5-Coder-0.5B-Instruct that
+python -m r3jax.convert_gguf builds). Batch 8, ragged left-padded prompts of up to 64
+random regular-vocabulary ids, 128 new tokens, top-p 0.9; both sides generate every token
+(no stop ids), so the token counts are equal. Both run on the same weights in this process,
+and the ratios are what to read: absolute tokens/s depend on the machine.
 
-  python -m bench.sampler [--repeats=3] [--threads=2] [--dtype=float32]
+  python -m bench.sampler [--model=DIR] [--dtype=bfloat16] [--repeats=3] [--threads=2]
 """
 
 import os
@@ -15,10 +19,40 @@ import time
 
 from absl import app, flags
 
+_MODEL = flags.DEFINE_string("model", "", "HF checkpoint dir; empty: the random bench model.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs per side (median reported).")
 _THREADS = flags.DEFINE_integer("threads", 2, "PyTorch intra-op threads.")
-_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "r3jax compute dtype.")
-_BATCH, _PROMPT, _NEW = 8, 64, 128
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "r3jax weights and compute dtype.")
+_HF_DTYPES = flags.DEFINE_list("hf_dtypes", ["float32", "bfloat16"], "HF generate's dtypes to time.")
+_BATCH = flags.DEFINE_integer("batch", 8, "Prompts per generate call.")
+_NEW = flags.DEFINE_integer("new_tokens", 128, "Tokens generated per row.")
+_PROMPT = 64
+
+
+def _hf_model(path: str):
+  """(the torch model, the HF dir it loads from); the random bench model is saved to a
+  temporary dir so that both sides read the same weights."""
+  import torch
+  from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
+  if path:
+    return AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32).eval(), path
+  torch.manual_seed(0)
+  cfg = Qwen2Config(vocab_size=32000, hidden_size=512, intermediate_size=1408,
+                    num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=2,
+                    max_position_embeddings=2048, tie_word_embeddings=False)
+  model = Qwen2ForCausalLM(cfg).eval()
+  d = tempfile.mkdtemp()
+  model.save_pretrained(d)
+  return model, d
+
+
+def _median_s(fn, repeats: int) -> float:
+  times = []
+  for i in range(repeats):
+    t0 = time.perf_counter()
+    fn(i)
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times)
 
 
 def main(argv):
@@ -27,61 +61,56 @@ def main(argv):
   import jax.numpy as jnp
   import numpy as np
   import torch
-  from transformers import Qwen2Config, Qwen2ForCausalLM
 
   from r3jax.data import padding
   from r3jax.models import hf, sampling
 
   torch.set_num_threads(_THREADS.value)
-  torch.manual_seed(0)
-  hf_cfg = Qwen2Config(vocab_size=32000, hidden_size=512, intermediate_size=1408,
-                       num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=2,
-                       max_position_embeddings=2048, tie_word_embeddings=False)
-  model = Qwen2ForCausalLM(hf_cfg).eval()
-  with tempfile.TemporaryDirectory() as d:
-    model.save_pretrained(d)
-    cfg, params = hf.load(d, param_dtype=_DTYPE.value, dtype=_DTYPE.value)
-
+  model, path = _hf_model(_MODEL.value)
+  cfg, params = hf.load(path, param_dtype=_DTYPE.value, dtype=_DTYPE.value)
+  batch, new = _BATCH.value, _NEW.value
+  # Regular (non-special) ids: Qwen2's special tokens start at 151643.
+  top_id = min(cfg.vocab_size, 151643)
   rng = np.random.RandomState(0)
-  lengths = rng.randint(_PROMPT // 2, _PROMPT + 1, _BATCH)  # Ragged, left-padded prompts.
-  prompts = [rng.randint(10, 32000, n).tolist() for n in lengths]
+  lengths = rng.randint(_PROMPT // 2, _PROMPT + 1, batch)
+  prompts = [rng.randint(10, top_id, n).tolist() for n in lengths]
   tokens_BT, mask_BT = padding.left_pad(prompts, pad_id=0, length=_PROMPT)
-  scfg = sampling.SampleConfig(max_new_tokens=_NEW, top_p=0.9)
+  scfg = sampling.SampleConfig(max_new_tokens=new, top_p=0.9)
 
   def run_ours(seed):
     out = sampling.generate(params, jnp.asarray(tokens_BT), jnp.asarray(mask_BT),
                             jax.random.key(seed), model_cfg=cfg, cfg=scfg)
     return jax.block_until_ready(out)
 
-  def run_hf(seed):
-    torch.manual_seed(seed)
-    with torch.no_grad():
-      return model.generate(input_ids=torch.tensor(tokens_BT, dtype=torch.long),
-                            attention_mask=torch.tensor(mask_BT, dtype=torch.long),
-                            do_sample=True, top_p=0.9, top_k=0, temperature=1.0,
-                            max_new_tokens=_NEW, min_new_tokens=_NEW, pad_token_id=0,
-                            eos_token_id=None)
-
-  def timed(fn):
-    times = []
-    for i in range(_REPEATS.value):
-      t0 = time.perf_counter()
-      fn(i)
-      times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+  def run_hf(m):
+    def run(seed):
+      torch.manual_seed(seed)
+      with torch.no_grad():
+        return m.generate(input_ids=torch.tensor(tokens_BT, dtype=torch.long),
+                          attention_mask=torch.tensor(mask_BT, dtype=torch.long),
+                          do_sample=True, top_p=0.9, top_k=0, temperature=1.0,
+                          max_new_tokens=new, min_new_tokens=new, pad_token_id=0, eos_token_id=None)
+    return run
 
   t0 = time.perf_counter()
   run_ours(100)
   compile_s = time.perf_counter() - t0
-  run_hf(100)  # Warm-up.
-  ours_s, hf_s = timed(run_ours), timed(run_hf)
-  n_tok = _BATCH * _NEW
+  ours_s = _median_s(run_ours, _REPEATS.value)
+  hf_s = {}
+  for dt in _HF_DTYPES.value:
+    m = model if dt == "float32" else model.to(getattr(torch, dt))
+    run_hf(m)(100)  # Warm-up.
+    hf_s[dt] = _median_s(run_hf(m), _REPEATS.value)
+  n_tok = batch * new
   print(f"devices: {jax.devices()}  torch threads: {torch.get_num_threads()}  "
         f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
-  print(f"shape: batch {_BATCH}, prompt {_PROMPT}, new {_NEW}, top-p 0.9, r3jax dtype {_DTYPE.value}")
-  print(f"r3jax  : {n_tok / ours_s:9.1f} tok/s  ({ours_s * 1e3:.0f} ms; first call with compile {compile_s:.1f} s)")
-  print(f"HF     : {n_tok / hf_s:9.1f} tok/s  ({hf_s * 1e3:.0f} ms)")
-  print(f"ratio r3jax / HF: {hf_s / ours_s:.2f}x")
+  print(f"model: {_MODEL.value or 'random bench model'} ({cfg.num_layers} layers, hidden "
+        f"{cfg.hidden_size}, vocab {cfg.vocab_size})")
+  print(f"shape: batch {batch}, prompt <= {_PROMPT}, new {new}, top-p 0.9, r3jax dtype {_DTYPE.value}")
+  print(f"r3jax {_DTYPE.value:9s}: {n_tok / ours_s:9.1f} tok/s  ({ours_s * 1e3:.0f} ms; first call "
+        f"with compile {compile_s:.1f} s)")
+  for dt, s in hf_s.items():
+    print(f"HF    {dt:9s}: {n_tok / s:9.1f} tok/s  ({s * 1e3:.0f} ms)   r3jax / HF {dt}: {s / ours_s:.2f}x")
 
 
 if __name__ == "__main__":

@@ -88,10 +88,10 @@ SFT = ["--config.sft.steps=4", "--config.sft.batch_size=8", "--config.sft.seq_le
        "--config.sft.eval_every=1000", "--config.sft.data.synthetic_examples=200"]
 
 
-def _assert_same_state(a, b):
+def _assert_same_state(a, b, atol=2e-6):
   for name in ("policy", "value", "policy_opt", "moments", "beta"):
     for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(a[name])[0], jax.tree.leaves(b[name])):
-      np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=2e-6, err_msg=f"{name}{path}")
+      np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, err_msg=f"{name}{path}")
 
 
 def test_ppo_across_two_processes_then_resumed_by_one(tmp_path):
@@ -128,5 +128,8 @@ def test_ppo_across_two_processes_then_resumed_by_one(tmp_path):
   assert reward(two)[1] == pytest.approx(reward(one)[1], abs=1e-6)
   _assert_same_state(checkpoint.load_host(one, 1), checkpoint.load_host(two, 1))
   _train(two, 1, steps=2, init_from=one / "sft")  # Another process count restores it.
-  _assert_same_state(checkpoint.load_host(one, 2), checkpoint.load_host(two, 2))
+  # Step 2 starts from states equal only to float rounding (2 x 2 devices reduce in another
+  # order than 1 x 4), and Adam scales a near-zero gradient's rounding up to a visible step
+  # (3e-6 seen); a misplaced shard would still differ by ~lr = 3e-3.
+  _assert_same_state(checkpoint.load_host(one, 2), checkpoint.load_host(two, 2), atol=1e-5)
   assert reward(two)[2] == pytest.approx(reward(one)[2], abs=1e-6)
