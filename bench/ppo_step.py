@@ -5,7 +5,7 @@ shape (hidden 512, 8 layers, 8 heads, 2 KV heads, intermediate 1408; the vocabul
 tiny tokenizer's 2048 so that responses decode) with random weights, so every rollout
 runs to max_new_tokens. With --model=<HF dir> (e.g. the real Qwen2.5-Coder-0.5B-Instruct
 from python -m r3jax.convert_gguf), that checkpoint and its tokenizer answer real prompts
-(--prompts, the Vicuna questions by default), with LoRA adapters (--lora_rank) so that the
+(--prompts_file, the Vicuna questions by default), with LoRA adapters (--lora_rank) so that the
 policy, its optimizer, the value head and the frozen reference fit in a 24 GiB host; its
 answers stop at EOS, so the generated-token counts are the logged mean lengths. The first
 iteration (compilation) is dropped.
@@ -13,7 +13,8 @@ iteration (compilation) is dropped.
 Lower bounds, from the matmul peak and memory bandwidth measured in this same run:
   rollout: each decode step reads every weight once, and does 2·N FLOPs per row;
   reference + value forward: 2 models x 2·N·tokens FLOPs;
-  update: per epoch, policy and value forward + backward, 6·N·tokens FLOPs each.
+  update: per epoch, policy and value forward + backward, 6·N·tokens FLOPs each (4·N with
+  LoRA: frozen weights need no weight gradients).
 
   python -m bench.ppo_step [--iters=4] [--prompts=16] [--new_tokens=128]
   python -m bench.ppo_step --model=DIR [--lora_rank=16] [--prompts=8] [--dtype=bfloat16]
@@ -75,18 +76,17 @@ def main(argv):
   shapes = jax.eval_shape(lambda k: qwen.init_params(cfg, k), jax.random.key(0))
   n = qwen.param_count(shapes) - cfg.vocab_size * cfg.hidden_size  # Matmul params.
   rows_b = n_prompts * config.rollout.n
-  new = float(np.mean([r["rollout/length"] for r in rows]))  # Mean generated length.
-  tokens = rows_b * (64 + new)
+  mean_new = float(np.mean([r["rollout/length"] for r in rows]))  # Real answers stop at EOS.
+  tokens = rows_b * (64 + mean_new)
   peak, bw = matmul_peak(jnp.float32), bandwidth()
   bound = {
-      "time/rollout": new * max(4 * (n + cfg.vocab_size * cfg.hidden_size) / bw, 2 * n * rows_b / peak),
+      "time/rollout": mean_new * max(4 * (n + cfg.vocab_size * cfg.hidden_size) / bw, 2 * n * rows_b / peak),
       "time/reference_value": 2 * 2 * n * tokens / peak,
-      # Frozen LoRA weights need no weight gradients: 4·N per token, not 6·N.
       "time/update": 2 * (4 if config.lora.rank else 6) * n * tokens / peak,
   }
   print(f"model: {_MODEL.value or 'random bench model'}: {n / 1e6:.1f}M matmul params, vocab "
         f"{cfg.vocab_size}, {_DTYPE.value}{f', LoRA rank {config.lora.rank}' if config.lora.rank else ''}; "
-        f"{rows_b} rollouts of {new:.1f} tokens (mean) after <= 64-token prompts; mean of {len(rows)} iterations")
+        f"{rows_b} rollouts of {mean_new:.1f} tokens (mean) after <= 64-token prompts; mean of {len(rows)} iterations")
   print(f"machine: matmul peak {peak / 1e9:.1f} GFLOP/s, memory bandwidth {bw / 1e9:.1f} GB/s")
   print(f"{'phase':24s} {'time':>8s} {'share':>7s} {'bound':>8s} {'time/bound':>10s}")
   for k in phases:
@@ -96,8 +96,8 @@ def main(argv):
     else:
       ratio = f"{t[k] / b:9.1f}x" if b else UNBOUNDED[k].rjust(10)
     print(f"{k[5:]:24s} {t[k]:7.2f}s {t[k] / total:6.1%} " + (f"{b:7.2f}s " if b else f"{'-':>8s} ") + ratio)
-  print(f"iteration {total:.2f}s: {rows_b * new / t['time/rollout']:,.0f} generated tokens/s in the "
-        f"rollout, {rows_b * new / total:,.0f} per iteration second")
+  print(f"iteration {total:.2f}s: {rows_b * mean_new / t['time/rollout']:,.0f} generated tokens/s in the "
+        f"rollout, {rows_b * mean_new / total:,.0f} per iteration second")
 
 
 UNBOUNDED = {"time/reward": "(MiniLM on host)", "time/advantages": "(small, eager)"}

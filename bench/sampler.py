@@ -12,8 +12,8 @@ and the ratios are what to read: absolute tokens/s depend on the machine.
   python -m bench.sampler [--model=DIR] [--dtype=bfloat16] [--repeats=3] [--threads=2]
 """
 
+import itertools
 import os
-import statistics
 import tempfile
 import time
 
@@ -29,30 +29,23 @@ _NEW = flags.DEFINE_integer("new_tokens", 128, "Tokens generated per row.")
 _PROMPT = 64
 
 
-def _hf_model(path: str):
-  """(the torch model, the HF dir it loads from); the random bench model is saved to a
-  temporary dir so that both sides read the same weights."""
+def _models(path: str, dtype: str):
+  """(the torch model, r3jax's config and params) of one checkpoint; the random bench model
+  goes through a temporary HF dir, so that both sides read the same weights."""
   import torch
   from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
+  from r3jax.models import hf
   if path:
-    return AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32).eval(), path
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    return (model, *hf.load(path, param_dtype=dtype, dtype=dtype))
   torch.manual_seed(0)
   cfg = Qwen2Config(vocab_size=32000, hidden_size=512, intermediate_size=1408,
                     num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=2,
                     max_position_embeddings=2048, tie_word_embeddings=False)
   model = Qwen2ForCausalLM(cfg).eval()
-  d = tempfile.mkdtemp()
-  model.save_pretrained(d)
-  return model, d
-
-
-def _median_s(fn, repeats: int) -> float:
-  times = []
-  for i in range(repeats):
-    t0 = time.perf_counter()
-    fn(i)
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
+  with tempfile.TemporaryDirectory() as d:
+    model.save_pretrained(d)
+    return (model, *hf.load(d, param_dtype=dtype, dtype=dtype))
 
 
 def main(argv):
@@ -63,11 +56,11 @@ def main(argv):
   import torch
 
   from r3jax.data import padding
-  from r3jax.models import hf, sampling
+  from r3jax.models import sampling
+  from bench.peaks import median_time
 
   torch.set_num_threads(_THREADS.value)
-  model, path = _hf_model(_MODEL.value)
-  cfg, params = hf.load(path, param_dtype=_DTYPE.value, dtype=_DTYPE.value)
+  model, cfg, params = _models(_MODEL.value, _DTYPE.value)
   batch, new = _BATCH.value, _NEW.value
   # Regular (non-special) ids: Qwen2's special tokens start at 151643.
   top_id = min(cfg.vocab_size, 151643)
@@ -95,12 +88,13 @@ def main(argv):
   t0 = time.perf_counter()
   run_ours(100)
   compile_s = time.perf_counter() - t0
-  ours_s = _median_s(run_ours, _REPEATS.value)
+  seeds = itertools.count()  # A fresh key (torch seed) for every timed call.
+  ours_s = median_time(lambda: run_ours(next(seeds)), _REPEATS.value)
   hf_s = {}
   for dt in _HF_DTYPES.value:
     m = model if dt == "float32" else model.to(getattr(torch, dt))
     run_hf(m)(100)  # Warm-up.
-    hf_s[dt] = _median_s(run_hf(m), _REPEATS.value)
+    hf_s[dt] = median_time(lambda: run_hf(m)(next(seeds)), _REPEATS.value)
   n_tok = batch * new
   print(f"devices: {jax.devices()}  torch threads: {torch.get_num_threads()}  "
         f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
