@@ -18,6 +18,11 @@ Presets (`--config=configs/ppo_qwen.py:<preset>`):
                   python -m r3jax.plan; training needs the paths below.
   r3              (with model.hf_dir, as qwen) the R³ recipe: adaptive KL from 0.2, ε 0.2, γ 1, λ 0.95, 4 PPO epochs,
                   constant LR 1e-5, 512 new tokens, score normalisation with clip 10.
+  real-0.5b       (with model.hf_dir) PPO with R³ on a Qwen2.5-0.5B(-Instruct) within 20 minutes
+                  of a 2-core host: LoRA rank 16 on the policy and value, 20 iterations of 4
+                  Alpaca prompts (../shared/data/alpaca_en_demo.json, their outputs as R³'s
+                  references) x 2 samples of up to 80 tokens (README, "Every recipe on a real
+                  model"; held-out answers via python -m r3jax.eval_gen).
 Full-size presets need --config.model.hf_dir=<HF dir> (architecture and tokenizer),
 --config.init_from=<SFT run or HF dir> (the starting weights; without it PPO starts from the
 hf_dir weights; the tiny SFT warm start runs only when neither is set) and --config.data.prompts=FILE.jsonl with {prompt, reference?, query_type?} rows.
@@ -49,6 +54,8 @@ def get_config(arg=None):
     c.rollout.update(top_p=1.0, max_new_tokens=512)
     c.lora.update(rank=16, alpha=32.0)
     c.prompts_per_step, c.ppo.minibatch = 16, 2
+  elif preset == "real-0.5b":
+    real_05b(c)
   else:
     raise ValueError(f"unknown preset {preset!r}; see the docstring of configs/ppo_qwen.py")
   c.name = f"ppo_{preset}"
@@ -64,3 +71,19 @@ def rm_stages(c):
     del stage["sft"]  # Its start is this run's SFT stage, not an SFT stage of its own.
   # The RM drives PPO; R³ at weight 0 is scored and logged beside it, never optimised.
   c.reward.mode = "1*@rm+0*r3"
+
+
+def real_05b(c):
+  """R³ PPO sized so that 20 iterations (~50 s each here) fit a 20-minute budget."""
+  c.model.update(preset="qwen2.5-0.5b", hf_dir="")  # hf_dir required: the checkpoint.
+  c.data.prompts = "../shared/data/alpaca_en_demo.json"
+  c.steps, c.prompts_per_step = 20, 4
+  c.rollout.update(n=2, top_p=1.0, max_new_tokens=80, prompt_len=128)
+  # LoRA on the frozen instruct weights (also the KL reference): an adapter rate of 1e-4
+  # moves a 0.5B model within 40 updates, where full-weight PPO's 1e-6 would not.
+  c.lora.update(rank=16, alpha=32.0)
+  c.optim.lr, c.value_lr = 1e-4, 1e-4
+  c.ppo.update(epochs=1, minibatch=4, value_warmup_steps=0)
+  c.kl.update(beta=0.1, adaptive=True)
+  c.log_every, c.log_samples_every, c.eval_prompts = 1, 5, 8
+  c.checkpoint.every = 10

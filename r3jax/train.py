@@ -30,6 +30,7 @@ def main(argv):
   if config is None:
     sys.exit("error: --config=configs/<recipe>.py[:preset] is required")
   workdir = _WORKDIR.value or os.path.join("runs", config.name)
+  cli.host_allocator()
   cli.maybe_initialize_distributed()
   cli.compilation_cache(_COMPILE_CACHE.value or os.environ.get("JAX_COMPILATION_CACHE_DIR")
                         or os.path.join(workdir, "compile_cache"))

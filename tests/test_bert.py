@@ -29,6 +29,10 @@ def test_minilm_parity_with_transformers():
   # Relevance ranks the on-topic answer first.
   s = normed @ normed.T
   assert s[0, 1] > s[0, 2]
+  # bf16 compute (reward.encoder_dtype) keeps each embedding's direction and the ranking.
+  b16 = bert.Encoder.from_dir(path, normalize=True, dtype="bfloat16").encode(SENTENCES)
+  assert np.sum(b16 * normed, -1).min() > 0.995
+  assert (b16 @ b16.T)[0, 1] > (b16 @ b16.T)[0, 2]
 
 
 def test_missing_dir_is_a_clear_error(tmp_path):

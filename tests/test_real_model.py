@@ -92,3 +92,30 @@ def test_chat_template_ids_equal_apply_chat_template(models, name):
   # the header's newline and a content's leading blank line is trained.
   contents = "".join(m["content"] + chat.IM_END for m in conv if m["role"] == "assistant")
   assert trained.lstrip("\n") == contents.lstrip("\n")
+
+
+def test_r3_stop_rules_and_ce_fallback_on_real_answers(models):
+  """R³'s stop rules (README, "Using a real checkpoint") on the model's own greedy answers:
+  leading whitespace is stripped, a role marker or a run of blank lines ends the answer,
+  and a closed-ended query without a reference scores by the open-ended branch."""
+  from r3jax.models import bert
+  from r3jax.rewards import r3
+  _, cfg, params, tok = models
+  ids, mask = _prompts(tok)
+  got = sampling.generate(params, jnp.asarray(ids), jnp.asarray(mask), jax.random.key(0), model_cfg=cfg,
+                          cfg=sampling.sample_config(tok, max_new_tokens=48, greedy=True))
+  answers = sampling.decode(tok, got)
+  for y in answers:
+    cut = r3.truncate_response(y)
+    assert cut and y.strip().startswith(cut)
+    assert r3.truncate_response("\n\n \n" + y) == cut  # Leading blank lines no longer empty it.
+    for tail in ("\nUser: and now in Rust?", "\n Assistant: sure", "<|im_end|>junk", "\n\n\n\nP.S. more"):
+      assert r3.truncate_response(y + tail) == cut, tail
+  reward = r3.R3(bert.Encoder.from_dir(bert.minilm_dir(), normalize=True), max_len=48)
+  prompts = ["Write a haiku about sorting.", "What does `git rebase` do? One sentence."]
+  open_ended = reward(prompts, answers)["reward"]
+  no_ref = reward(prompts, answers, [None, ""], ["closed", "closed"])
+  np.testing.assert_allclose(no_ref["reward"], open_ended)
+  assert not no_ref["closed_ended"].any()
+  with_ref = reward(prompts, answers, ["A haiku.", "It replays commits onto another base."], ["closed"] * 2)
+  assert with_ref["closed_ended"].all() and not np.allclose(with_ref["reward"], open_ended)

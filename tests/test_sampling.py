@@ -125,6 +125,25 @@ def test_deterministic_per_key(tiny):
   assert (run(0)[0] != run(0)[1]).any()
 
 
+@pytest.mark.parametrize("sampler", [dict(top_k=8), dict(top_p=0.9), dict(greedy=True)])
+def test_segmented_cache_reads_change_no_token(tiny, sampler):
+  """Decoding in segments that attend over the filled cache only (#18) gives the tokens
+  and log-probs of one loop over the whole cache, for a fixed key."""
+  cfg, params = tiny
+  ids, mask = left_padded_batch(vocab=64)
+  run = lambda chunk: sampling.generate(
+      params, jnp.asarray(ids), jnp.asarray(mask), jax.random.key(4), model_cfg=cfg,
+      cfg=sampling.SampleConfig(max_new_tokens=21, n=2, stop_ids=(5,), cache_chunk=chunk, **sampler))
+  assert sampling.segments(21, 8) == [8, 16, 21] and sampling.segments(21, 0) == [21]
+  whole, parts = run(0), run(8)
+  np.testing.assert_array_equal(parts.tokens_BN, whole.tokens_BN)
+  np.testing.assert_array_equal(parts.mask_BN, whole.mask_BN)
+  np.testing.assert_array_equal(parts.stopped_B, whole.stopped_B)
+  assert int(np.asarray(whole.mask_BN).sum(1).max()) > 8, "some row must reach segment 2"
+  for a, b in ((parts.logprobs_BN, whole.logprobs_BN), (parts.model_logprobs_BN, whole.model_logprobs_BN)):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+
+
 def test_left_pad_truncates_from_the_left():
   toks, mask = padding.left_pad([[1, 2, 3], [4], []], pad_id=9, length=2)
   np.testing.assert_array_equal(toks, [[2, 3], [9, 4], [9, 9]])

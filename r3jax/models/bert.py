@@ -49,11 +49,15 @@ class Bert(nn.Module):
     h, e = cfg.num_heads, cfg.hidden_size // cfg.num_heads
     bias_B11T = jnp.where(mask_BT[:, None, None, :].astype(bool), 0.0, jnp.finfo(jnp.float32).min)
     for i in range(cfg.num_layers):
+      # Heads-major [B, H, T, E] operands: XLA:CPU runs "bhqe,bhke" batched matmuls 3.3x
+      # faster than the same contraction over "bqhe,bkhe" (368 vs 110 ms a layer, #18).
       def split(name, y, i=i):
-        return dense(cfg.hidden_size, name=f"layers_{i}_{name}")(y).reshape(b, t, h, e)
-      q, k, v = split("query", x), split("key", x), split("value", x)
-      logits = jnp.einsum("bqhe,bkhe->bhqk", q, k).astype(jnp.float32) / np.sqrt(e) + bias_B11T
-      attn = jnp.einsum("bhqk,bkhe->bqhe", jax.nn.softmax(logits, -1).astype(dt), v).reshape(b, t, -1)
+        y = dense(cfg.hidden_size, name=f"layers_{i}_{name}")(y)
+        return y.reshape(b, t, h, e).transpose(0, 2, 1, 3)
+      q_BHTE, k_BHTE, v_BHTE = split("query", x), split("key", x), split("value", x)
+      logits = jnp.einsum("bhqe,bhke->bhqk", q_BHTE, k_BHTE).astype(jnp.float32) / np.sqrt(e)
+      probs = jax.nn.softmax(logits + bias_B11T, -1).astype(dt)
+      attn = jnp.einsum("bhqk,bhke->bhqe", probs, v_BHTE).transpose(0, 2, 1, 3).reshape(b, t, -1)
       x = norm(name=f"layers_{i}_attn_norm")(x + dense(cfg.hidden_size, name=f"layers_{i}_attn_out")(attn))
       ff = nn.gelu(dense(cfg.intermediate_size, name=f"layers_{i}_intermediate")(x), approximate=False)
       x = norm(name=f"layers_{i}_out_norm")(x + dense(cfg.hidden_size, name=f"layers_{i}_output")(ff))
@@ -142,8 +146,8 @@ class Encoder:
   truncation_side: str = "right"  # "left" keeps a long text's end.
 
   @classmethod
-  def from_dir(cls, path: str, normalize: bool, **kw):
-    cfg, params, tok = load(path)
+  def from_dir(cls, path: str, normalize: bool, dtype: str = "float32", **kw):
+    cfg, params, tok = load(path, dtype)
     return cls(cfg, params, tok, normalize, **kw)
 
   def encode(self, texts) -> np.ndarray:

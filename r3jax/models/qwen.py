@@ -72,6 +72,10 @@ PRESETS = {
                     intermediate_size=11008),
     "qwen-14b": dict(hidden_size=5120, num_layers=40, num_heads=40, num_kv_heads=40,
                      intermediate_size=13696),
+    # Qwen2.5-0.5B's shape (its Coder-Instruct GGUF ships an untied head: hf_dir decides).
+    "qwen2.5-0.5b": dict(hidden_size=896, num_layers=24, num_heads=14, num_kv_heads=2,
+                         intermediate_size=4864, rope_theta=1e6, tie_embeddings=True,
+                         max_position_embeddings=32768),
 }
 
 

@@ -1,6 +1,7 @@
 """Jitted autoregressive sampling over the KV cache.
 
-One `lax.while_loop` decodes a batch of left-padded prompts. Every row stops at its first
+`lax.while_loop`s decode a batch of left-padded prompts, one per segment of `cache_chunk`
+new slots, each over the cache filled by its end. Every row stops at its first
 stop id (or after `max_new_tokens`), and the loop exits early once all rows have stopped.
 It returns the sampled tokens with two per-token log-probs: under the distribution
 actually sampled from (temperature, top-k and top-p applied), which is what importance
@@ -31,6 +32,11 @@ class SampleConfig:
   n: int = 1  # Samples per prompt; rows come out prompt-major: [p0s0, p0s1, p1s0, ...].
   stop_ids: tuple[int, ...] = ()
   pad_id: int = 0
+  # New slots per decode segment: each segment attends over the prompt and the new slots
+  # up to its end only, so no step reads more than cache_chunk unfilled slots (a full read
+  # at 512 new tokens reads 256 on average); each segment compiles its own loop, hence
+  # segments of 128, leaving shorter generations one loop (0: always one).
+  cache_chunk: int = 128
 
 
 class Samples(NamedTuple):
@@ -105,6 +111,14 @@ def choose(logits_BV, key, cfg: SampleConfig):
   return tok_B.astype(jnp.int32), logp_B, model_logp_B
 
 
+def segments(n_new: int, chunk: int) -> list[int]:
+  """Ends of the decode segments: each attends over the prompt and the new slots up to its
+  end, not the whole cache (chunk 0: one segment)."""
+  if chunk <= 0 or chunk >= n_new:
+    return [n_new]
+  return list(range(chunk, n_new, chunk)) + [n_new]
+
+
 @functools.partial(jax.jit, static_argnames=("model_cfg", "cfg"))
 def generate(params, prompt_BT: jax.Array, prompt_mask_BT: jax.Array, key: jax.Array, *,
              model_cfg: qwen.QwenConfig, cfg: SampleConfig) -> Samples:
@@ -115,36 +129,44 @@ def generate(params, prompt_BT: jax.Array, prompt_mask_BT: jax.Array, key: jax.A
   b, t = prompt_BT.shape
   n_new = cfg.max_new_tokens
   kv_mask_BS = jnp.concatenate([prompt_mask_BT, jnp.ones((b, n_new), jnp.int32)], axis=1)
+  ends = segments(n_new, cfg.cache_chunk)
 
-  cache = qwen.init_cache(model_cfg, b, t + n_new)
+  cache = qwen.init_cache(model_cfg, b, t + ends[0])
   positions_BT = qwen.positions_from_mask(prompt_mask_BT)
-  logits_BTV, _, cache = model.apply({"params": params}, prompt_BT, positions_BT, kv_mask_BS,
-                                     cache, 0, last_only=True)
+  logits_BTV, _, cache = model.apply({"params": params}, prompt_BT, positions_BT,
+                                     kv_mask_BS[:, :t + ends[0]], cache, 0, last_only=True)
   next_pos_B = positions_BT[:, -1] + 1
   stop_ids = jnp.asarray(cfg.stop_ids or (-1,), jnp.int32)
 
-  def cond(state):
-    i, done_B = state[0], state[1]
-    return (i < n_new) & ~jnp.all(done_B)
+  def segment(state, end):
+    """Decodes slots up to `end` with a cache of t + end slots: masked slots past the
+    filled ones add exactly 0 to the softmax, so reading fewer changes no token."""
+    kv_mask = kv_mask_BS[:, :t + end]
 
-  def body(state):
-    i, done_B, logits_BV, cache, tokens, logps, model_logps, mask = state
-    tok_B, logp_B, model_logp_B = choose(logits_BV, jax.random.fold_in(key, i), cfg)
-    live_B = ~done_B
-    tokens = tokens.at[:, i].set(jnp.where(live_B, tok_B, cfg.pad_id))
-    logps = logps.at[:, i].set(jnp.where(live_B, logp_B, 0.0))
-    model_logps = model_logps.at[:, i].set(jnp.where(live_B, model_logp_B, 0.0))
-    mask = mask.at[:, i].set(live_B.astype(jnp.int32))
-    done_B = done_B | jnp.isin(tok_B, stop_ids)
-    logits_B1V, _, cache = model.apply(
-        {"params": params}, tok_B[:, None], (next_pos_B + i)[:, None], kv_mask_BS, cache, t + i)
-    return i + 1, done_B, logits_B1V[:, 0], cache, tokens, logps, model_logps, mask
+    def body(state):
+      i, done_B, logits_BV, cache, tokens, logps, model_logps, mask = state
+      tok_B, logp_B, model_logp_B = choose(logits_BV, jax.random.fold_in(key, i), cfg)
+      live_B = ~done_B
+      tokens = tokens.at[:, i].set(jnp.where(live_B, tok_B, cfg.pad_id))
+      logps = logps.at[:, i].set(jnp.where(live_B, logp_B, 0.0))
+      model_logps = model_logps.at[:, i].set(jnp.where(live_B, model_logp_B, 0.0))
+      mask = mask.at[:, i].set(live_B.astype(jnp.int32))
+      done_B = done_B | jnp.isin(tok_B, stop_ids)
+      logits_B1V, _, cache = model.apply(
+          {"params": params}, tok_B[:, None], (next_pos_B + i)[:, None], kv_mask, cache, t + i)
+      return i + 1, done_B, logits_B1V[:, 0], cache, tokens, logps, model_logps, mask
+
+    grow = lambda x: jnp.pad(x, [(0, 0), (0, 0), (0, t + end - x.shape[2]), (0, 0)])
+    state = state[:3] + (jax.tree.map(grow, state[3]),) + state[4:]
+    return jax.lax.while_loop(lambda s: (s[0] < end) & ~jnp.all(s[1]), body, state)
 
   zeros = jnp.zeros((b, n_new), jnp.float32)
   state = (jnp.int32(0), jnp.zeros((b,), bool), logits_BTV[:, -1], cache,
            jnp.full((b, n_new), cfg.pad_id, jnp.int32), zeros, zeros,
            jnp.zeros((b, n_new), jnp.int32))
-  _, done_B, _, _, tokens, logps, model_logps, mask = jax.lax.while_loop(cond, body, state)
+  for end in ends:
+    state = segment(state, end)
+  _, done_B, _, _, tokens, logps, model_logps, mask = state
   return Samples(tokens, mask, logps, model_logps, done_B)
 
 

@@ -97,10 +97,11 @@ class RewardModel:
 
 
 @functools.lru_cache(maxsize=4)
-def _encoder(path: str, normalize: bool):
-  """One loaded encoder per (path, normalize): several R³ modes, or best-of-N rounds, share it."""
+def _encoder(path: str, normalize: bool, dtype: str = "float32"):
+  """One loaded encoder per (path, normalize, dtype): several R³ modes, or best-of-N rounds,
+  share it."""
   from r3jax.models import bert  # pylint: disable=g-import-not-at-top
-  return bert.Encoder.from_dir(path, normalize=normalize)
+  return bert.Encoder.from_dir(path, normalize=normalize, dtype=dtype)
 
 
 def encoder_truncation(encoder: str, length: int = 0, side: str = "") -> tuple[int, str]:
@@ -113,14 +114,17 @@ def encoder_truncation(encoder: str, length: int = 0, side: str = "") -> tuple[i
 
 
 def make(spec: str, *, max_len: int = 512, encoder: str = "", normalize: bool | None = None,
-         seed: int = 0, mesh=None, encoder_len: int = 0, encoder_side: str = ""):
+         seed: int = 0, mesh=None, encoder_len: int = 0, encoder_side: str = "",
+         encoder_dtype: str = "float32"):
   """A scorer from a name or a reward-model run path (see the module docstring).
 
   R³'s encoder: `encoder` (an HF BERT dir, e.g. Contriever: dot product unless `normalize`)
-  or the packaged MiniLM (cosine), truncating as `encoder_truncation` says."""
+  or the packaged MiniLM (cosine), truncating as `encoder_truncation` says, computing in
+  `encoder_dtype` (bfloat16 halves the reward phase on CPUs with bf16 matmuls)."""
   if spec in r3.MODES:
     from r3jax.models import bert  # pylint: disable=g-import-not-at-top
-    enc = _encoder(encoder or bert.minilm_dir(), (not encoder) if normalize is None else normalize)
+    enc = _encoder(encoder or bert.minilm_dir(), (not encoder) if normalize is None else normalize,
+                   encoder_dtype)
     length, side = encoder_truncation(encoder, encoder_len, encoder_side)
     enc = dataclasses.replace(enc, max_len=length, truncation_side=side)
     reward = r3.R3(enc, max_len=max_len, mode=spec)

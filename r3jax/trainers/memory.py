@@ -63,15 +63,15 @@ def abstract_state(cfg, tx, mesh, rules, scalar_head: bool = False):
 
 def activation_bytes(cfg, length: int) -> int:
   """Bytes per batch row that the policy's forward keeps for its backward pass (token
-  log-probs on [rows, length]): the residuals in `jax.vjp`'s closure at 2 rows minus those
+  log-probs on [rows, length] through lm.head_logprobs, so no logits): the residuals in `jax.vjp`'s closure at 2 rows minus those
   at 1, so the weights (and their compute-dtype casts) it also closes over cancel out."""
   from r3jax.losses import lm
   params = jax.eval_shape(lambda k: qwen.init_params(cfg, k), jax.random.key(0))
 
   def residuals(rows):
-    def loss(p, t):
-      logits, _, _ = qwen.Qwen(cfg).apply({"params": p}, t[:, :-1], kv_mask_BS=jnp.ones_like(t[:, :-1]))
-      return jnp.sum(lm.token_logprobs(logits, t[:, 1:]))
+    def loss(p, t):  # As SFT and PPO compute it: the lean head keeps no [rows, T, V] logits.
+      _, hidden, _ = qwen.Qwen(cfg).apply({"params": p}, t[:, :-1], kv_mask_BS=jnp.ones_like(t[:, :-1]))
+      return jnp.sum(lm.head_logprobs(hidden, qwen.head_kernel(p, cfg), t[:, 1:]))
     tokens = jax.ShapeDtypeStruct((rows, length), jnp.int32)
     return _bytes(jax.eval_shape(lambda p, t: jax.vjp(lambda q: loss(q, t), p)[1], params, tokens))
 

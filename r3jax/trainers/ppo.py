@@ -69,9 +69,10 @@ def kl_in_loss(config) -> bool:
 
 def response_logprobs(params, cfg, seq_BS, mask_BS, prompt_len: int):
   """Log-probs and entropies of the response tokens seq[:, prompt_len:], teacher-forced."""
-  logits_BSV, _, _ = qwen.Qwen(cfg).apply({"params": params}, seq_BS, kv_mask_BS=mask_BS)
-  logits_BNV = logits_BSV[:, prompt_len - 1:-1]
-  return lm.token_logprobs(logits_BNV, seq_BS[:, prompt_len:]), lm.token_entropy(logits_BNV)
+  # The head runs on response positions only, through the lean head (no [B, N, V] residual).
+  _, hidden_BSD, _ = qwen.Qwen(cfg).apply({"params": params}, seq_BS, kv_mask_BS=mask_BS)
+  return lm.head_logprobs_entropy(hidden_BSD[:, prompt_len - 1:-1], qwen.head_kernel(params, cfg),
+                                  seq_BS[:, prompt_len:])
 
 
 def policy_params(config, pol, frozen):
@@ -165,8 +166,9 @@ def make_loss(config, cfg, with_ptx: bool):
       aux["policy/kl_loss"] = ppo.aggregate(kl, resp_mask, config.ppo.loss_agg)
       pol_loss = pol_loss + beta * aux["policy/kl_loss"]
     if with_ptx:
-      logits, _, _ = qwen.Qwen(cfg).apply({"params": pol}, mb["ptx"])
-      nll, n = lm.masked_nll_sum(logits[:, :-1], mb["ptx"][:, 1:], jnp.ones_like(mb["ptx"][:, 1:]))
+      _, hidden, _ = qwen.Qwen(cfg).apply({"params": pol}, mb["ptx"])
+      nll, n = lm.masked_nll_sum_hidden(hidden[:, :-1], qwen.head_kernel(pol, cfg), mb["ptx"][:, 1:],
+                                        jnp.ones_like(mb["ptx"][:, 1:]))
       aux["ptx/loss"] = nll / n
       pol_loss = pol_loss + config.ptx.coef * aux["ptx/loss"]
     if "value" not in trainable:
@@ -236,6 +238,7 @@ def make_setup(config, run, cfg, tok, frozen, lay, rows) -> Setup:
   scorer = scorers.Mix(config.reward.mode, max_len=config.rollout.max_new_tokens,
                        encoder=config.reward.encoder, normalize=config.reward.normalize,
                        encoder_len=config.reward.encoder_len, encoder_side=config.reward.encoder_side,
+                       encoder_dtype=config.reward.encoder_dtype,
                        seed=config.seed, mesh=run.mesh)
   ro = config.rollout
   scfg = sampling.sample_config(tok, max_new_tokens=ro.max_new_tokens, temperature=ro.temperature,

@@ -16,10 +16,12 @@ from r3jax.trainers import harness, state as state_lib, step as step_lib
 def loss_fn(params, batch, rng, *, model_cfg, deterministic=False):
   """(sum NLL over trained target tokens, their count, {}) for one microbatch."""
   tokens, attn = batch["tokens"], batch["attn_mask"]
-  logits_BTV, _, _ = qwen.Qwen(model_cfg).apply(
+  # The model's logits go unused (XLA drops them): the lean head keeps no [B, T, V] residual.
+  _, hidden_BTD, _ = qwen.Qwen(model_cfg).apply(
       {"params": params}, tokens[:, :-1], kv_mask_BS=attn[:, :-1],
       deterministic=deterministic, rngs={"dropout": rng})
-  nll, count = lm.masked_nll_sum(logits_BTV, tokens[:, 1:], batch["loss_mask"][:, 1:])
+  nll, count = lm.masked_nll_sum_hidden(hidden_BTD, qwen.head_kernel(params, model_cfg),
+                                        tokens[:, 1:], batch["loss_mask"][:, 1:])
   return nll, (count, {})
 
 
@@ -82,6 +84,9 @@ def train(config, workdir: str) -> dict:
                    f"unigram baseline loss {unigram:.3f}")
   truncated, last_eval, t_last, tokens_since = 0, {}, time.perf_counter(), 0
   with harness.training(run), harness.mesh_rules(run.mesh, run.rules):
+    if int(state["step"]) == 0:  # The starting point a falling held-out loss is read against.
+      last_eval = evaluate(run, policy, state["params"], eval_fn, eval_rows, eval_prompts, unigram, 0)
+      run.writer.print(f"step 0: eval loss {last_eval['eval/loss']:.3f} (unigram {unigram:.3f})")
     for step in range(int(state["step"]), steps):
       idx = pipeline.process_slice(order.next())
       batch, n_trunc = pipeline.sft_batch(policy.tokenizer, [train_rows[i]["messages"] for i in idx],
@@ -92,8 +97,9 @@ def train(config, workdir: str) -> dict:
       run.writer.advance()
       done = step + 1
       if done % config.log_every == 0 or done == steps:
+        m = jax.device_get(m)  # Waits for the step: dt is its time, not its dispatch's.
         dt = time.perf_counter() - t_last
-        log_train(run, done, step, jax.device_get(m), idx, tokens_since / dt, dt, truncated, order)
+        log_train(run, done, step, m, idx, tokens_since / dt, dt, truncated, order)
         t_last, tokens_since = time.perf_counter(), 0
       if done % config.eval_every == 0 or done == steps:
         last_eval = evaluate(run, policy, state["params"], eval_fn, eval_rows, eval_prompts, unigram, done)

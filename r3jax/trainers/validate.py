@@ -166,6 +166,7 @@ def check_ppo(config, stages=None) -> None:
   terms = check_reward("reward.mode", config.reward.mode, stages or {})
   one_of("reward.query_types", config.reward.query_types, QUERY_TYPES)
   one_of("reward.encoder_side", config.reward.encoder_side, ("", "left", "right"))
+  one_of("reward.encoder_dtype", config.reward.encoder_dtype, ("float32", "bfloat16"))
   if not 0 <= config.reward.encoder_len <= 512:
     raise ConfigError(f"config.reward.encoder_len={config.reward.encoder_len}: word pieces "
                       "kept by R³'s encoder, in [1, 512] (BERT's positions), or 0 for the default")
