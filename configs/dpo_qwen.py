@@ -35,7 +35,8 @@ def real_05b():
   c.model.update(preset="qwen2.5-0.5b", hf_dir="", dtype="bfloat16")
   c.data.update(train="../shared/data/dpo_en_demo.json", eval_fraction=0.08)  # 24 of 300.
   # Prompts (median ~190 tokens) keep their last 128, responses (median ~350) their first
-  # 192: a step of 4 pairs then costs ~15 s here, and the preference shows early in a reply.
+  # 192: a step of 4 pairs with its reference forward then takes ~40 s here, and the
+  # preference shows early in a reply.
   c.steps, c.epochs, c.batch_size, c.seq_len, c.prompt_len = 16, 0, 4, 320, 128
   c.optim.update(lr=5e-6, warmup_steps=2, schedule="constant")
   c.log_every, c.eval_every, c.eval_batches = 2, 8, 6

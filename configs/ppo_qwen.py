@@ -74,7 +74,7 @@ def rm_stages(c):
 
 
 def real_05b(c):
-  """R³ PPO sized so that 20 iterations (~50 s each here) fit a 20-minute budget."""
+  """R³ PPO sized so that 20 iterations (~55 s each here) fit a 20-minute budget."""
   c.model.update(preset="qwen2.5-0.5b", hf_dir="")  # hf_dir required: the checkpoint.
   c.data.prompts = "../shared/data/alpaca_en_demo.json"
   c.steps, c.prompts_per_step = 20, 4

@@ -13,7 +13,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from r3jax.core import cli
+from r3jax.core import cli, host_memory
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:preset].",
                                           lock_config=True)
@@ -30,7 +30,7 @@ def main(argv):
   if config is None:
     sys.exit("error: --config=configs/<recipe>.py[:preset] is required")
   workdir = _WORKDIR.value or os.path.join("runs", config.name)
-  cli.host_allocator()
+  host_memory.configure()
   cli.maybe_initialize_distributed()
   cli.compilation_cache(_COMPILE_CACHE.value or os.environ.get("JAX_COMPILATION_CACHE_DIR")
                         or os.path.join(workdir, "compile_cache"))

@@ -12,6 +12,11 @@ from r3jax.models import qwen
 from r3jax.trainers import ppo as ppo_trainer, sft
 
 
+def _entropy(logits):
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
+
+
 def _plain(hidden, head, targets):
   logits = jnp.einsum("...d,dv->...v", hidden, head.astype(hidden.dtype),
                       preferred_element_type=jnp.float32)
@@ -59,7 +64,7 @@ class HeadLogprobsTest(chex.TestCase):
 
     def plain(h, W, t):
       logits = jnp.einsum("...d,dv->...v", h, W, preferred_element_type=jnp.float32)
-      return lm.token_logprobs(logits, t), lm.token_entropy(logits)
+      return lm.token_logprobs(logits, t), _entropy(logits)
 
     def objective(f):
       def obj(h, W):
@@ -100,8 +105,8 @@ def test_sft_loss_and_grads_equal_the_full_logits_path(tie):
 
   def full_logits(p):
     logits, _, _ = qwen.Qwen(cfg).apply({"params": p}, tokens[:, :-1], kv_mask_BS=mask[:, :-1])
-    nll, n = lm.masked_nll_sum(logits, tokens[:, 1:], loss_mask[:, 1:])
-    return nll / n
+    w = loss_mask[:, 1:].astype(jnp.float32)
+    return -jnp.sum(lm.token_logprobs(logits, tokens[:, 1:]) * w) / jnp.sum(w)
 
   lean = lambda p: (lambda nll, aux: nll / aux[0])(*sft.loss_fn(p, batch, jax.random.key(0), model_cfg=cfg, deterministic=True))
   np.testing.assert_allclose(jax.jit(lean)(params), full_logits(params), rtol=1e-5, atol=1e-5)
@@ -117,7 +122,7 @@ def test_ppo_logprobs_entropy_and_grads_equal_the_full_logits_path(tie):
   def full_logits(p):
     logits, _, _ = qwen.Qwen(cfg).apply({"params": p}, seq, kv_mask_BS=mask)
     logits = logits[:, p_len - 1:-1]
-    return lm.token_logprobs(logits, seq[:, p_len:]), lm.token_entropy(logits)
+    return lm.token_logprobs(logits, seq[:, p_len:]), _entropy(logits)
 
   lean = lambda p: ppo_trainer.response_logprobs(p, cfg, seq, mask, p_len)
   _assert_trees_close(jax.jit(lean)(params), full_logits(params))

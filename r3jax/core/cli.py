@@ -64,22 +64,6 @@ def user_errors():
     sys.exit(1)
 
 
-def host_allocator() -> None:
-  """glibc malloc set up for XLA:CPU's large, short-lived buffers: by default glibc raises
-  its mmap threshold after each large free and keeps later ones in its heaps, so a 0.5B
-  model's full fine-tuning held 14.4 GiB between steps; with a fixed 1 MiB threshold
-  (buffers above it go back to the OS on free) and 4 arenas, 9.1 GiB. Elsewhere than glibc
-  this does nothing."""
-  import ctypes  # pylint: disable=g-import-not-at-top
-  try:
-    libc = ctypes.CDLL("libc.so.6")
-  except OSError:
-    return
-  m_mmap_threshold, m_arena_max = -3, -8  # mallopt parameters from glibc's malloc.h.
-  libc.mallopt(m_mmap_threshold, 1 << 20)
-  libc.mallopt(m_arena_max, 4)
-
-
 def compilation_cache(path: str) -> None:
   """JAX's persistent compilation cache in `path` ("off": none). Programs that took over a
   second to compile are stored; a resumed or repeated run loads them instead (on TPU the

@@ -10,19 +10,6 @@ def token_logprobs(logits_BTV: jax.Array, targets_BT: jax.Array) -> jax.Array:
   return jnp.take_along_axis(logp_BTV, targets_BT[..., None], axis=-1)[..., 0]
 
 
-def token_entropy(logits_BTV: jax.Array) -> jax.Array:
-  logp_BTV = jax.nn.log_softmax(logits_BTV.astype(jnp.float32), axis=-1)
-  return -jnp.sum(jnp.exp(logp_BTV) * logp_BTV, axis=-1)
-
-
-def masked_nll_sum(logits_BTV, targets_BT, weights_BT):
-  """(sum of weighted NLL, sum of weights). Summed, so that microbatches and devices
-  can be added up before one division: the mean is then exact whatever the split."""
-  nll_BT = -token_logprobs(logits_BTV, targets_BT)
-  w_BT = weights_BT.astype(jnp.float32)
-  return jnp.sum(nll_BT * w_BT), jnp.sum(w_BT)
-
-
 def head_logprobs(hidden_TD: jax.Array, head_DV: jax.Array, targets_T: jax.Array) -> jax.Array:
   """token_logprobs(hidden @ head, targets) over any leading dims, in fp32, without
   keeping the [..., V] logits for the backward pass (see `_head_logprobs`)."""
@@ -64,7 +51,7 @@ _head_logprobs.defvjp(_head_fwd, _head_bwd)
 
 
 def head_logprobs_entropy(hidden_TD: jax.Array, head_DV: jax.Array, targets_T: jax.Array):
-  """(head_logprobs, token_entropy of hidden @ head) over any leading dims, in fp32, with
+  """(head_logprobs, entropy of softmax(hidden @ head)) over any leading dims, in fp32, with
   the same backward as `head_logprobs`: no [..., V] residual (PPO's policy loss)."""
   d = hidden_TD.shape[-1]
   lp, ent = _head_lp_ent(hidden_TD.reshape(-1, d), head_DV, targets_T.reshape(-1))
@@ -107,8 +94,10 @@ def _head_grads(hidden_ND, head_DV, dlogits_NV):
 _head_lp_ent.defvjp(_lp_ent_fwd, _lp_ent_bwd)
 
 
-def masked_nll_sum_hidden(hidden_BTD, head_DV, targets_BT, weights_BT):
-  """`masked_nll_sum` of the logits hidden @ head, through the lean head."""
+def masked_nll_sum(hidden_BTD, head_DV, targets_BT, weights_BT):
+  """(sum of weighted NLL of the logits hidden @ head, sum of weights), through the lean
+  head. Summed, so that microbatches and devices can be added up before one division: the
+  mean is then exact whatever the split."""
   nll_BT = -head_logprobs(hidden_BTD, head_DV, targets_BT)
   w_BT = weights_BT.astype(jnp.float32)
   return jnp.sum(nll_BT * w_BT), jnp.sum(w_BT)

@@ -120,7 +120,7 @@ def make(spec: str, *, max_len: int = 512, encoder: str = "", normalize: bool | 
 
   R³'s encoder: `encoder` (an HF BERT dir, e.g. Contriever: dot product unless `normalize`)
   or the packaged MiniLM (cosine), truncating as `encoder_truncation` says, computing in
-  `encoder_dtype` (bfloat16 halves the reward phase on CPUs with bf16 matmuls)."""
+  `encoder_dtype` (bfloat16 is for accelerators: on XLA:CPU it is no faster, bench/encoder)."""
   if spec in r3.MODES:
     from r3jax.models import bert  # pylint: disable=g-import-not-at-top
     enc = _encoder(encoder or bert.minilm_dir(), (not encoder) if normalize is None else normalize,

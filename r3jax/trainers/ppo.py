@@ -167,7 +167,7 @@ def make_loss(config, cfg, with_ptx: bool):
       pol_loss = pol_loss + beta * aux["policy/kl_loss"]
     if with_ptx:
       _, hidden, _ = qwen.Qwen(cfg).apply({"params": pol}, mb["ptx"])
-      nll, n = lm.masked_nll_sum_hidden(hidden[:, :-1], qwen.head_kernel(pol, cfg), mb["ptx"][:, 1:],
+      nll, n = lm.masked_nll_sum(hidden[:, :-1], qwen.head_kernel(pol, cfg), mb["ptx"][:, 1:],
                                         jnp.ones_like(mb["ptx"][:, 1:]))
       aux["ptx/loss"] = nll / n
       pol_loss = pol_loss + config.ptx.coef * aux["ptx/loss"]

@@ -20,7 +20,7 @@ def loss_fn(params, batch, rng, *, model_cfg, deterministic=False):
   _, hidden_BTD, _ = qwen.Qwen(model_cfg).apply(
       {"params": params}, tokens[:, :-1], kv_mask_BS=attn[:, :-1],
       deterministic=deterministic, rngs={"dropout": rng})
-  nll, count = lm.masked_nll_sum_hidden(hidden_BTD, qwen.head_kernel(params, model_cfg),
+  nll, count = lm.masked_nll_sum(hidden_BTD, qwen.head_kernel(params, model_cfg),
                                         tokens[:, 1:], batch["loss_mask"][:, 1:])
   return nll, (count, {})
 
