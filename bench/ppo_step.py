@@ -11,7 +11,8 @@ answers stop at EOS, so the generated-token counts are the logged mean lengths. 
 iteration (compilation) is dropped.
 
 Lower bounds, from the matmul peak and memory bandwidth measured in this same run:
-  rollout: each decode step reads every weight once, and does 2·N FLOPs per row;
+  rollout: the prefill does 2·N FLOPs per prompt token (64 per row, padding included);
+  then each decode step reads every weight once, and does 2·N FLOPs per row;
   reference + value forward: 2 models x 2·N·tokens FLOPs;
   update: per epoch, policy and value forward + backward, 6·N·tokens FLOPs each (4·N with
   LoRA: frozen weights need no weight gradients).
@@ -35,6 +36,7 @@ _PROMPTS_FILE = flags.DEFINE_string(
                                  "vicuna_bench_questions.jsonl"), "Prompts for --model.")
 _LORA = flags.DEFINE_integer("lora_rank", 16, "LoRA rank with --model (0: full fine-tuning).")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
+PROMPT = 64  # Prompt tokens per row, left-padded.
 
 
 def main(argv):
@@ -58,7 +60,7 @@ def main(argv):
     config.model.update(preset="bench", allow_random_init=True, dtype=_DTYPE.value)
     config.init_from = "random"
   config.update(steps=_ITERS.value, prompts_per_step=n_prompts, eval_prompts=2, log_samples_every=1000)
-  config.rollout.update(max_new_tokens=new, prompt_len=64)
+  config.rollout.update(max_new_tokens=new, prompt_len=PROMPT)
   config.ppo.update(minibatch=8, epochs=1, value_warmup_steps=0)
   config.checkpoint.update(every=10_000, async_save=False)
   with tempfile.TemporaryDirectory() as workdir:
@@ -77,16 +79,18 @@ def main(argv):
   n = qwen.param_count(shapes) - cfg.vocab_size * cfg.hidden_size  # Matmul params.
   rows_b = n_prompts * config.rollout.n
   mean_new = float(np.mean([r["rollout/length"] for r in rows]))  # Real answers stop at EOS.
-  tokens = rows_b * (64 + mean_new)
+  tokens = rows_b * (PROMPT + mean_new)
   peak, bw = matmul_peak(jnp.float32), bandwidth()
   bound = {
-      "time/rollout": mean_new * max(4 * (n + cfg.vocab_size * cfg.hidden_size) / bw, 2 * n * rows_b / peak),
+      # The prompts' prefill (2·N FLOPs per prompt token) is part of the rollout phase too.
+      "time/rollout": mean_new * max(4 * (n + cfg.vocab_size * cfg.hidden_size) / bw, 2 * n * rows_b / peak)
+                      + 2 * n * rows_b * PROMPT / peak,
       "time/reference_value": 2 * 2 * n * tokens / peak,
       "time/update": 2 * (4 if config.lora.rank else 6) * n * tokens / peak,
   }
   print(f"model: {_MODEL.value or 'random bench model'}: {n / 1e6:.1f}M matmul params, vocab "
         f"{cfg.vocab_size}, {_DTYPE.value}{f', LoRA rank {config.lora.rank}' if config.lora.rank else ''}; "
-        f"{rows_b} rollouts of {mean_new:.1f} tokens (mean) after <= 64-token prompts; mean of {len(rows)} iterations")
+        f"{rows_b} rollouts of {mean_new:.1f} tokens (mean) after <= {PROMPT}-token prompts; mean of {len(rows)} iterations")
   print(f"machine: matmul peak {peak / 1e9:.1f} GFLOP/s, memory bandwidth {bw / 1e9:.1f} GB/s")
   print(f"{'phase':24s} {'time':>8s} {'share':>7s} {'bound':>8s} {'time/bound':>10s}")
   for k in phases:

@@ -9,11 +9,15 @@ random regular-vocabulary ids, 128 new tokens, top-p 0.9; both sides generate ev
 (no stop ids), so the token counts are equal. Both run on the same weights in this process,
 and the ratios are what to read: absolute tokens/s depend on the machine.
 
-  python -m bench.sampler [--model=DIR] [--dtype=bfloat16] [--repeats=3] [--threads=2]
+With --top_k=K (default 40, the RSO and best-of-N presets' value), r3jax is also timed
+sampling with top-k K alone, and the ratio to its top-p time is printed.
+
+  python -m bench.sampler [--model=DIR] [--dtype=bfloat16] [--repeats=3] [--threads=2] [--top_k=40]
 """
 
 import itertools
 import os
+import statistics
 import tempfile
 import time
 
@@ -26,6 +30,8 @@ _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "r3jax w
 _HF_DTYPES = flags.DEFINE_list("hf_dtypes", ["float32", "bfloat16"], "HF generate's dtypes to time.")
 _BATCH = flags.DEFINE_integer("batch", 8, "Prompts per generate call.")
 _NEW = flags.DEFINE_integer("new_tokens", 128, "Tokens generated per row.")
+_TOP_K = flags.DEFINE_integer("top_k", 40, "Also time r3jax with top-k sampling (no top-p) in "
+                              "the same run, against its top-p time; 0: skip.")
 _PROMPT = 64
 
 
@@ -68,9 +74,8 @@ def main(argv):
   lengths = rng.randint(_PROMPT // 2, _PROMPT + 1, batch)
   prompts = [rng.randint(10, top_id, n).tolist() for n in lengths]
   tokens_BT, mask_BT = padding.left_pad(prompts, pad_id=0, length=_PROMPT)
-  scfg = sampling.SampleConfig(max_new_tokens=new, top_p=0.9)
 
-  def run_ours(seed):
+  def run_ours(seed, scfg=sampling.SampleConfig(max_new_tokens=new, top_p=0.9)):
     out = sampling.generate(params, jnp.asarray(tokens_BT), jnp.asarray(mask_BT),
                             jax.random.key(seed), model_cfg=cfg, cfg=scfg)
     return jax.block_until_ready(out)
@@ -89,7 +94,19 @@ def main(argv):
   run_ours(100)
   compile_s = time.perf_counter() - t0
   seeds = itertools.count()  # A fresh key (torch seed) for every timed call.
-  ours_s = median_time(lambda: run_ours(next(seeds)), _REPEATS.value)
+  if _TOP_K.value:
+    # Top-p and top-k calls alternate, so that a slow moment of this shared host falls on
+    # both rather than on whichever ran second (run one after the other, noise alone moved
+    # their ratio by ±15%).
+    topk_cfg = sampling.SampleConfig(max_new_tokens=new, top_k=_TOP_K.value)
+    run_ours(100, topk_cfg)  # Compiles the top-k variant.
+    times = {"p": [], "k": []}
+    for _ in range(_REPEATS.value):
+      times["p"].append(median_time(lambda: run_ours(next(seeds)), 1))
+      times["k"].append(median_time(lambda: run_ours(next(seeds), topk_cfg), 1))
+    ours_s, topk_s = (statistics.median(times[k]) for k in "pk")
+  else:
+    ours_s = median_time(lambda: run_ours(next(seeds)), _REPEATS.value)
   hf_s = {}
   for dt in _HF_DTYPES.value:
     m = model if dt == "float32" else model.to(getattr(torch, dt))
@@ -103,6 +120,9 @@ def main(argv):
   print(f"shape: batch {batch}, prompt <= {_PROMPT}, new {new}, top-p 0.9, r3jax dtype {_DTYPE.value}")
   print(f"r3jax {_DTYPE.value:9s}: {n_tok / ours_s:9.1f} tok/s  ({ours_s * 1e3:.0f} ms; first call "
         f"with compile {compile_s:.1f} s)")
+  if _TOP_K.value:
+    print(f"r3jax top-k {_TOP_K.value:<3d}: {n_tok / topk_s:7.1f} tok/s  ({topk_s * 1e3:.0f} ms)   "
+          f"top-k time / top-p time: {topk_s / ours_s:.2f}")
   for dt, s in hf_s.items():
     print(f"HF    {dt:9s}: {n_tok / s:9.1f} tok/s  ({s * 1e3:.0f} ms)   r3jax / HF {dt}: {s / ours_s:.2f}x")
 

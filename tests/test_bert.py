@@ -1,5 +1,7 @@
 """The relevance encoder matches transformers' BertModel + mean pooling on MiniLM."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -24,6 +26,11 @@ def test_minilm_parity_with_transformers():
   m = batch["attention_mask"][..., None].float()
   want = ((hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)).numpy()
   assert np.abs(ours - want).max() <= 1e-4
+  # Texts are encoded in groups of one padded width (the third sentence pads to 32 word
+  # pieces, the rest to 16) and in chunks of batch_size: neither changes an embedding or
+  # its place in the output.
+  chunked = dataclasses.replace(enc, batch_size=2).encode(SENTENCES[::-1])[::-1]
+  assert np.abs(chunked - ours).max() <= 1e-5
   normed = bert.Encoder.from_dir(path, normalize=True).encode(SENTENCES)
   np.testing.assert_allclose(np.linalg.norm(normed, axis=-1), 1.0, rtol=1e-5)
   # Relevance ranks the on-topic answer first.

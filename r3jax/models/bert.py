@@ -151,20 +151,23 @@ class Encoder:
     return cls(cfg, params, tok, normalize, **kw)
 
   def encode(self, texts) -> np.ndarray:
-    out = []
-    for i in range(0, len(texts), self.batch_size):
-      chunk = list(texts[i:i + self.batch_size])
-      # Pad to powers of two so a run compiles a handful of shapes, not one per batch.
-      self.tokenizer.truncation_side = self.truncation_side  # Shared by copies of one encoder.
-      enc = self.tokenizer(chunk, truncation=True, max_length=self.max_len, padding=True,
-                           return_tensors="np")
-      t = enc["input_ids"].shape[1]
-      width = padding.bucket(t, 16, self.max_len)
-      # Rows too: R³ encodes a varying number of references per batch.
-      rows = padding.bucket(len(chunk), 8, self.batch_size)
-      ids = np.zeros((rows, width), np.int32)
-      mask = np.zeros((rows, width), np.int32)
-      ids[:len(chunk), :t], mask[:len(chunk), :t] = enc["input_ids"], enc["attention_mask"]
-      emb = embed(self.params, ids, mask, cfg=self.cfg, normalize=self.normalize)
-      out.append(np.asarray(emb)[:len(chunk)])
-    return np.concatenate(out) if out else np.zeros((0, self.cfg.hidden_size), np.float32)
+    """Embeddings [N, D] fp32, in the order of `texts`. Texts are encoded in groups of one
+    padded width, so that R³'s short queries are not padded to the longest response beside
+    them (in the PPO bench that halved the encoded tokens)."""
+    texts = list(texts)
+    self.tokenizer.truncation_side = self.truncation_side  # Shared by copies of one encoder.
+    ids = self.tokenizer(texts, truncation=True, max_length=self.max_len)["input_ids"] if texts else []
+    # Widths and rows padded to powers of two: a run compiles a handful of shapes.
+    widths = np.array([padding.bucket(len(x), 16, self.max_len) for x in ids], np.int64)
+    out = np.zeros((len(texts), self.cfg.hidden_size), np.float32)
+    for width in np.unique(widths):
+      group = np.where(widths == width)[0]
+      for start in range(0, len(group), self.batch_size):
+        rows_i = group[start:start + self.batch_size]
+        tok = np.zeros((padding.bucket(len(rows_i), 8, self.batch_size), width), np.int32)
+        mask = np.zeros_like(tok)
+        for r, i in enumerate(rows_i):
+          tok[r, :len(ids[i])], mask[r, :len(ids[i])] = ids[i], 1
+        emb = embed(self.params, tok, mask, cfg=self.cfg, normalize=self.normalize)
+        out[rows_i] = np.asarray(emb, np.float32)[:len(rows_i)]
+    return out
