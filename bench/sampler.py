@@ -75,7 +75,7 @@ def main(argv):
   prompts = [rng.randint(10, top_id, n).tolist() for n in lengths]
   tokens_BT, mask_BT = padding.left_pad(prompts, pad_id=0, length=_PROMPT)
 
-  def run_ours(seed, scfg=sampling.SampleConfig(max_new_tokens=new, top_p=0.9)):
+  def run_ours(seed, scfg):
     out = sampling.generate(params, jnp.asarray(tokens_BT), jnp.asarray(mask_BT),
                             jax.random.key(seed), model_cfg=cfg, cfg=scfg)
     return jax.block_until_ready(out)
@@ -90,23 +90,22 @@ def main(argv):
                           max_new_tokens=new, min_new_tokens=new, pad_token_id=0, eos_token_id=None)
     return run
 
+  variants = {"top-p": sampling.SampleConfig(max_new_tokens=new, top_p=0.9)}
   t0 = time.perf_counter()
-  run_ours(100)
+  run_ours(100, variants["top-p"])
   compile_s = time.perf_counter() - t0
   seeds = itertools.count()  # A fresh key (torch seed) for every timed call.
   if _TOP_K.value:
-    # Top-p and top-k calls alternate, so that a slow moment of this shared host falls on
-    # both rather than on whichever ran second (run one after the other, noise alone moved
-    # their ratio by ±15%).
-    topk_cfg = sampling.SampleConfig(max_new_tokens=new, top_k=_TOP_K.value)
-    run_ours(100, topk_cfg)  # Compiles the top-k variant.
-    times = {"p": [], "k": []}
-    for _ in range(_REPEATS.value):
-      times["p"].append(median_time(lambda: run_ours(next(seeds)), 1))
-      times["k"].append(median_time(lambda: run_ours(next(seeds), topk_cfg), 1))
-    ours_s, topk_s = (statistics.median(times[k]) for k in "pk")
-  else:
-    ours_s = median_time(lambda: run_ours(next(seeds)), _REPEATS.value)
+    variants["top-k"] = sampling.SampleConfig(max_new_tokens=new, top_k=_TOP_K.value)
+    run_ours(100, variants["top-k"])  # Compiles the top-k variant.
+  # The variants' calls alternate, so that a slow moment of this shared host falls on both
+  # rather than on whichever ran second (run one after the other, noise alone moved their
+  # ratio by ±15%).
+  times = {k: [] for k in variants}
+  for _ in range(_REPEATS.value):
+    for k, scfg in variants.items():
+      times[k].append(median_time(lambda: run_ours(next(seeds), scfg), 1))
+  ours_s = statistics.median(times["top-p"])
   hf_s = {}
   for dt in _HF_DTYPES.value:
     m = model if dt == "float32" else model.to(getattr(torch, dt))
@@ -121,6 +120,7 @@ def main(argv):
   print(f"r3jax {_DTYPE.value:9s}: {n_tok / ours_s:9.1f} tok/s  ({ours_s * 1e3:.0f} ms; first call "
         f"with compile {compile_s:.1f} s)")
   if _TOP_K.value:
+    topk_s = statistics.median(times["top-k"])
     print(f"r3jax top-k {_TOP_K.value:<3d}: {n_tok / topk_s:7.1f} tok/s  ({topk_s * 1e3:.0f} ms)   "
           f"top-k time / top-p time: {topk_s / ours_s:.2f}")
   for dt, s in hf_s.items():
