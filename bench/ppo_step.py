@@ -47,7 +47,7 @@ def main(argv):
   import numpy as np
   from r3jax.data import tokenizer
   from r3jax.models import hf, qwen
-  from r3jax.trainers import pipeline
+  from r3jax.trainers import stages
   from bench.peaks import bandwidth, matmul_peak
 
   config = runpy.run_path(os.path.join(os.path.dirname(__file__), "..", "configs", "ppo_qwen.py"))["get_config"]("qwen")
@@ -64,7 +64,7 @@ def main(argv):
   config.ppo.update(minibatch=8, epochs=1, value_warmup_steps=0)
   config.checkpoint.update(every=10_000, async_save=False)
   with tempfile.TemporaryDirectory() as workdir:
-    pipeline.run(config, workdir)
+    stages.run(config, workdir)
     rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
     rows = [r for r in rows if "time/rollout" in r][1:]
     if _MODEL.value:

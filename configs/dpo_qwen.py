@@ -1,15 +1,20 @@
-"""Offline preference optimisation (SPEC §6): DPO and its variants on comparison pairs.
+"""Offline preference optimisation: DPO (Rafailov et al. 2023) and its variants on pairs.
 
 Presets (`--config=configs/dpo_qwen.py:<preset>`):
   tiny   (default) DPO from the tiny SFT policy (trained first in <workdir>/sft, or reused)
          on the embedded synthetic comparisons.
+  tiny-simpo  the same with SimPO (Meng et al. 2024): reference-free, so no reference
+         model is built or run; β 2, target margin γ (loss.simpo_gamma) 1, the paper's γ/β
+         of a half.
   r3     the R³ paper's DPO baseline (App. F): β 0.1, 3 epochs; needs --config.init_from=<SFT>
          and --config.data.train=<comparisons>.
   real-0.5b  DPO on ../shared/data/dpo_en_demo.json from a Qwen2.5-0.5B checkpoint's weights
          (--config.model.hf_dir=DIR), full fine-tuning in bf16 compute, 16 steps of 4 pairs
          (128 prompt + 192 response tokens each), held-out accuracy on 24 pairs at steps 0,
          8 and 16 (README, "Every recipe on a real model").
-loss.type: sigmoid (DPO), ipo, hinge (SLiC), sigmoid_norm and hinge_norm (RSO; β plays γ).
+loss.type: an entry of r3jax/losses/preference.LOSSES: sigmoid (DPO), ipo, hinge (SLiC),
+sigmoid_norm and hinge_norm (RSO; β plays γ), simpo (SimPO, reference-free; any preset with
+--config.loss.type=simpo --config.loss.beta=B --config.loss.simpo_gamma=G).
 """
 
 from r3jax.trainers import schema
@@ -19,6 +24,10 @@ def get_config(arg=None):
   preset = arg or "tiny"
   if preset == "tiny":
     return schema.dpo_tiny()
+  if preset == "tiny-simpo":
+    c = schema.dpo_tiny("dpo_tiny-simpo")
+    c.loss.update(type="simpo", beta=2.0, simpo_gamma=1.0)
+    return c
   if preset == "real-0.5b":
     return real_05b()
   if preset != "r3":

@@ -1,40 +1,42 @@
-"""Critic-free RL with R³: GRPO, Dr. GRPO, RLOO and REINFORCE++ on PPO's phases, with no
-value model (rl/algorithms.py; schema.use_advantage says what each one changes).
+"""Critic-free RL with R³ on PPO's phases, with no value model: every method of
+rl/algorithms.METHODS (GRPO, Dr. GRPO, RLOO, REINFORCE++, GSPO, ...) but PPO itself.
 
 Presets (`--config=configs/grpo_qwen.py:<preset>`):
   tiny               (default) GRPO on the embedded default: the main job's SFT warm start,
                      reward, KL control and 64 samples per iteration, as 16 prompts x 4,
                      advantages normalised within each prompt's group, k3 KL in the loss,
                      per-sequence loss mean.
-  tiny-dr_grpo       Dr. GRPO: no std normalisation, token-sum aggregation.
-  tiny-rloo          RLOO: leave-one-out baseline, KL in the reward.
-  tiny-reinforce_pp  REINFORCE++: 32 prompts x 2, batch-whitened returns, token-level KL.
+  tiny-<method>      any other method of rl/algorithms.METHODS under the same budget, with
+                     the settings its entry prescribes (algorithms.use_method), e.g.
+                     tiny-dr_grpo (no std, token-sum aggregation), tiny-rloo (leave-one-out
+                     baseline, KL in the reward), tiny-reinforce_pp (32 prompts x 2,
+                     batch-whitened returns), tiny-gspo (sequence-level clipped ratio).
   qwen               (with model.hf_dir) the full-size GRPO recipe: 8 samples per prompt,
                      16 prompts x 8 per iteration, k3 KL β 0.04 in the loss, policy LR
                      1e-6, ε 0.2, 512 new tokens.
   qwen-1.8b, qwen-7b, qwen-14b   that recipe at that size (bf16), e.g. for python -m r3jax.plan.
 Compare them with PPO under one budget: python -m r3jax.compare
---config=configs/ppo_qwen.py --algorithms=gae,grpo,rloo,reinforce_pp (see the README).
+--config=configs/ppo_qwen.py --algorithms=ppo,grpo,rloo,reinforce_pp (see docs/results.md).
 """
 
+from r3jax.rl import algorithms
 from r3jax.trainers import schema
-
-METHODS = ("grpo", "dr_grpo", "rloo", "reinforce_pp")
 
 
 def get_config(arg=None):
   preset = arg or "tiny"
   if preset.startswith("tiny"):
     name = preset.removeprefix("tiny").removeprefix("-") or "grpo"
-    if name not in METHODS:
-      raise ValueError(f"unknown preset {preset!r}; see the docstring of configs/grpo_qwen.py")
-    c = schema.use_advantage(schema.ppo_tiny(), name)
+    if name not in algorithms.METHODS or name == "ppo":
+      raise ValueError(f"unknown preset {preset!r}; expected tiny-<method> with a method of "
+                       f"{', '.join(m for m in algorithms.METHODS if m != 'ppo')}")
+    c = algorithms.use_method(schema.ppo_tiny(), name)
   elif preset in ("qwen", "qwen-1.8b", "qwen-7b", "qwen-14b"):
     c = schema.with_sft_stage(schema.ppo())
     if preset != "qwen":  # Sizes for planning (python -m r3jax.plan) or with model.hf_dir.
       c.model.update(preset=preset, dtype="bfloat16")
     c.prompts_per_step = 64
-    c = schema.use_advantage(c, "grpo", group_n=8)  # 64 x 2 samples -> 16 prompts x 8.
+    c = algorithms.use_method(c, "grpo", group_n=8)  # 64 x 2 samples -> 16 prompts x 8.
     c.kl.update(beta=0.04, adaptive=False)
     c.rollout.update(top_p=1.0, max_new_tokens=512)
   else:

@@ -1,4 +1,5 @@
-"""PPO for RLHF (SPEC §4) with the R³ reward (SPEC §5) — the project's main job.
+"""PPO for RLHF (Qwen report, Bai et al. 2023 §3.2.2) with the R³ reward (Kim & Seo 2024,
+"Preference-free Alignment Learning with Regularized Relevance Reward", §3) — the main job.
 
 Presets (`--config=configs/ppo_qwen.py:<preset>`):
   tiny            (default) the embedded default: a tiny SFT policy trained first (or reused
@@ -6,7 +7,7 @@ Presets (`--config=configs/ppo_qwen.py:<preset>`):
   tiny-relevance  the same with the relevance-only reward (the reward-hacking ablation).
   tiny-hacking    tiny, with 30% of the SFT answers opening by repeating the question, so
                   the policy can copy it (for python -m r3jax.compare; see the README).
-  tiny-rm         the seeds' Qwen pipeline at tiny size: SFT (<workdir>/sft) -> reward model
+  tiny-rm         the Qwen report's pipeline (§3) at tiny size: SFT (<workdir>/sft) -> reward model
                   PMP stage on one comparison set (<workdir>/rm_pmp) -> its fine-tuning on
                   another (<workdir>/rm) -> PPO against that reward model, each stage reused
                   once finished. R³ is logged beside it at weight 0 (not optimised). Add
@@ -85,5 +86,5 @@ def real_05b(c):
   c.optim.lr, c.value_lr = 1e-4, 1e-4
   c.ppo.update(epochs=1, minibatch=4, value_warmup_steps=0)
   c.kl.update(beta=0.1, adaptive=True)
-  c.log_every, c.log_samples_every, c.eval_prompts = 1, 5, 8
+  c.log_samples_every, c.eval_prompts = 5, 8  # PPO logs every iteration.
   c.checkpoint.every = 10

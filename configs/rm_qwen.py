@@ -1,5 +1,6 @@
-"""Reward model (SPEC §3): a Qwen backbone with a scalar head read at the last real token,
-trained with Bradley–Terry over the C(K,2) pairs of each K-wise ranking.
+"""Reward model (Qwen Technical Report, Bai et al. 2023, §3.2.1): a Qwen backbone with a
+scalar head read at the last real token, trained with Bradley–Terry over the C(K,2) pairs of
+each K-wise ranking (Ouyang et al. 2022, InstructGPT, §3.5, eq. 1).
 
 Presets (`--config=configs/rm_qwen.py:<preset>`):
   tiny           (default) PMP-style stage on the embedded synthetic comparisons (the

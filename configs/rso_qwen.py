@@ -1,15 +1,16 @@
-"""RSO (seed 004): statistical rejection sampling from the SFT policy, pairs labelled by a
-reward, then sigmoid-norm / hinge-norm training. Also best-of-N fine-tuning.
+"""RSO (Liu et al. 2024, "Statistical Rejection Sampling Improves Preference Optimization"):
+statistical rejection sampling from the SFT policy, pairs labelled by a reward, then
+sigmoid-norm / hinge-norm training. Also best-of-N fine-tuning (Touvron et al. 2023, §3.2.3).
 
 Presets (`--config=configs/rso_qwen.py:<preset>`):
   tiny            (default) the tiny SFT policy (trained first, or reused from <workdir>/sft),
                   16 candidates per prompt scored by R³ (MiniLM), k = 4 kept, first-round pairs,
                   sigmoid-norm. β is 0.02 here, not the paper's 0.5: the tilt exp(r/β) must be
                   on the scale of the reward, and tiny R³ rewards differ by ~0.05.
-  tiny-sft-rank   the same candidates, k drawn uniformly (seed 004's sft-sample-rank).
-  tiny-direct     the embedded comparisons as they are (seed 004's direct).
+  tiny-sft-rank   the same candidates, k drawn uniformly (RSO's sft-sample-rank).
+  tiny-direct     the embedded comparisons as they are (RSO's direct).
   tiny-best-of-n  best-of-16 by R³, then SFT on the kept answers; 2 rounds.
-  paper           seed 004's sampling and loss settings: N 64 (temperature 0.7, top-k 40),
+  paper           the RSO paper's sampling and loss settings: N 64 (temperature 0.7, top-k 40),
                   k 8, β 0.5, γ 0.05, on the qwen-7b shape; the DPO-stage schedule (steps,
                   batch, LR) is still the tiny one, so set it. Needs --config.init_from=<SFT>,
                   --config.model.hf_dir and --config.data.prompts=FILE.jsonl.

@@ -1,4 +1,4 @@
-"""Supervised fine-tuning (SPEC §2).
+"""Supervised fine-tuning (Qwen Technical Report, Bai et al. 2023, §3.1).
 
 Presets (`--config=configs/sft_qwen.py:<preset>`):
   tiny          (default) the embedded default: tiny model, local tokenizer, synthetic data.
@@ -10,7 +10,7 @@ Presets (`--config=configs/sft_qwen.py:<preset>`):
                 (e.g. the Coder-Instruct from python -m r3jax.convert_gguf) on
                 ../shared/data/alpaca_en_demo.json, bf16 compute, 24 steps of 4 x 256 tokens,
                 held-out loss at steps 0, 12 and 24 (README, "Every recipe on a real model").
-  r3            the R3 paper's SFT (seed 002 App. C): lr 2e-5 cosine, warm-up ratio 0.03,
+  r3            the R3 paper's SFT (Kim & Seo 2024, App. C.2): lr 2e-5 cosine, warm-up ratio 0.03,
                 3 epochs, max length 2048.
 Full-size presets need --config.model.hf_dir=/path/to/hf/checkpoint and
 --config.data.train=/path/to/data.jsonl. Every field and its default: r3jax/trainers/schema.py.

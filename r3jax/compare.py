@@ -1,14 +1,14 @@
-r"""Reward ablations and RL algorithms under one budget: seed 002's reward-hacking
+r"""Reward ablations and RL algorithms under one budget: the R³ paper's reward-hacking
 comparison, and PPO against the critic-free group baselines with R³.
 
   python -m r3jax.compare --config=configs/ppo_qwen.py:tiny-hacking --modes=r3,relevance --workdir=runs/hacking
-  python -m r3jax.compare --config=configs/ppo_qwen.py --algorithms=gae,grpo,rloo,reinforce_pp --workdir=runs/algorithms
+  python -m r3jax.compare --config=configs/ppo_qwen.py --algorithms=ppo,grpo,rloo,reinforce_pp --workdir=runs/algorithms
 
-Each reward mode (SPEC §5: r3, relevance, li_s, no_branch, li_only; a mode with
-"+random_types", e.g. r3+random_types, also draws each response's query type at random,
-the paper's random-query-type ablation) and each advantage estimator (rl/algorithms.py,
-switched by schema.use_advantage: same prompts per iteration × samples, seed and SFT
-start) runs the same PPO config in <workdir>/<run>, <run> = the mode, the estimator, or
+Each reward mode (the R³ paper's §3 and its Table 4 ablations: r3, relevance, li_s,
+no_branch, li_only; a mode with "+random_types", e.g. r3+random_types, also draws each
+response's query type at random, the paper's random-query-type ablation) and each RL method (rl/algorithms.METHODS,
+switched by algorithms.use_method: same prompts per iteration × samples, seed and SFT
+start) runs the same PPO config in <workdir>/<run>, <run> = the mode, the method, or
 both joined by "-" when several of each are given. The table (r3jax/eval/compare.py) goes
 to <workdir>/comparison.md and .csv, with comparison.png and, on the embedded world,
 proxy_vs_gold.png; it adds wall time per iteration and planned memory per device.
@@ -25,17 +25,18 @@ from r3jax.core import cli
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A PPO config file[:preset].")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/compare", "Directory of the comparison's runs.")
 _MODES = flags.DEFINE_list("modes", ["r3", "relevance"], "Reward modes to compare.")
-_ALGORITHMS = flags.DEFINE_list("algorithms", ["gae"], "Advantage estimators (rl/algorithms.py) to compare.")
+_ALGORITHMS = flags.DEFINE_list("algorithms", ["ppo"], "RL methods (rl/algorithms.METHODS) to compare.")
 RANDOM_TYPES = "+random_types"
 
 
 def runs(config, modes, algorithms) -> dict:
-  """{run name: its config}, one per (mode, estimator)."""
-  from r3jax.trainers import pipeline, schema  # pylint: disable=g-import-not-at-top
+  """{run name: its config}, one per (mode, method)."""
+  from r3jax.rl import algorithms as algos  # pylint: disable=g-import-not-at-top
+  from r3jax.trainers import stages  # pylint: disable=g-import-not-at-top
   out = {}
   for algo in algorithms:
     for mode in modes:
-      c = schema.use_advantage(pipeline.with_fields(config), algo)
+      c = algos.use_method(stages.with_fields(config), algo)
       with c.unlocked():
         c.reward.mode = mode.removesuffix(RANDOM_TYPES)
         if mode.endswith(RANDOM_TYPES):
@@ -54,12 +55,12 @@ def main(argv):
   from r3jax.eval import compare
   from r3jax.rewards import r3
   from r3jax.rl import algorithms
-  from r3jax.trainers import pipeline, validate
+  from r3jax.trainers import stages, validate
   bad = [m for m in _MODES.value if m.removesuffix(RANDOM_TYPES) not in r3.MODES]
-  bad += [a for a in _ALGORITHMS.value if a not in algorithms.ADVANTAGES]
+  bad += [a for a in _ALGORITHMS.value if a not in algorithms.METHODS]
   if bad:
-    sys.exit(f"error: unknown reward modes or estimators {bad}; expected modes from {r3.MODES}, each "
-             f"optionally with {RANDOM_TYPES}, and estimators from {tuple(algorithms.ADVANTAGES)}")
+    sys.exit(f"error: unknown reward modes or methods {bad}; expected modes from {r3.MODES}, each "
+             f"optionally with {RANDOM_TYPES}, and methods from {algorithms.METHODS.names()}")
   modes = _MODES.value if _MODES.present or len(_ALGORITHMS.value) == 1 else [config.reward.mode]
   workdir = _WORKDIR.value
   os.makedirs(workdir, exist_ok=True)
@@ -68,14 +69,15 @@ def main(argv):
     planned = runs(config, modes, _ALGORITHMS.value)
     for c in planned.values():
       validate.validate(c)
-    init_from = pipeline.start(config, workdir)  # One SFT start for every run.
+    init_from = stages.start(config, workdir)  # One SFT start for every run.
     for name, c in planned.items():
-      c = pipeline.with_fields(c, init_from=init_from)
+      c = stages.with_fields(c, init_from=init_from)
       if not c.tokenizer and os.path.isdir(os.path.join(init_from, "tokenizer")):
         with c.unlocked():
           c.tokenizer = os.path.join(init_from, "tokenizer")  # The SFT start's own.
-      print(f"== PPO ({c.ppo.advantage}, reward {c.reward.mode!r}) in {workdir}/{name}", file=sys.stderr)
-      pipeline.run(c, os.path.join(workdir, name))
+      print(f"== {c.ppo.advantage} / {c.ppo.policy_loss}, reward {c.reward.mode!r}, in {workdir}/{name}",
+            file=sys.stderr)
+      stages.run(c, os.path.join(workdir, name))
       summaries[name] = compare.summarize(os.path.join(workdir, name), c)
   compare.write_report(workdir, summaries)
 

@@ -1,4 +1,5 @@
-r"""Generation statistics of a policy, optionally against a baseline (SPEC §7, seed 002 §3).
+r"""Generation statistics of a policy, optionally against a baseline (Kim & Seo 2024, R³ paper
+("Preference-free Alignment Learning with Regularized Relevance Reward"), §2.2, §4, App. D).
 
   python -m r3jax.eval_gen --policy=runs/ppo_tiny --baseline=runs/ppo_tiny/sft \
       --prompts=../shared/data/vicuna_bench_questions.jsonl --out=runs/eval_gen
@@ -21,7 +22,7 @@ adjusted win rate (wins + ties/2)/all, judged in both orders, with a 95% interva
 report names the judge of each number, so a win rate is never only the optimised reward's.
 
 Writes <out>/report.md (tables), answers.jsonl, and PNGs: the length histogram, relevance
-by sentence position (seed 002 Fig. 3) and Self-BLEU by query type. Prompts longer than
+by sentence position (R³ paper, Fig. 3) and Self-BLEU by query type. Prompts longer than
 --max_prompt_len tokens keep their last tokens; the report counts them.
 """
 

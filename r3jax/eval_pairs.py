@@ -8,8 +8,8 @@ random) or reward-model run directories. --data: comparison files in any support
 ({prompt, chosen, rejected}, {prompt, responses}, HH, ShareGPT-style), "synthetic" for the
 embedded comparisons, "synrel" for the SynRel-style relevance set on the embedded knowledge
 base, or "synrel:ENTITIES.jsonl" for one on a file of {entity, facts} rows (data/synrel.py).
-Prints seed 002's Table 1 layout (rows: rewards, columns: sets); with --out also writes CSV,
-markdown and a PNG chart (r3jax/eval/pairs.py).
+Prints the Table 1 layout of the R³ paper (Kim & Seo 2024; rows: rewards, columns: sets); with
+--out also writes CSV, markdown and a PNG chart (r3jax/eval/pairs.py).
 """
 
 import os

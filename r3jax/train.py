@@ -1,4 +1,4 @@
-r"""Training entry point: one config file per recipe, run by trainers/pipeline.py.
+r"""Training entry point: one config file per recipe, run by trainers/stages.py.
 
   python -m r3jax.train --config=configs/sft_qwen.py:tiny --workdir=/tmp/sft
   python -m r3jax.train --config=configs/sft_qwen.py --config.optim.lr=1e-5 --workdir=...
@@ -34,10 +34,10 @@ def main(argv):
   cli.maybe_initialize_distributed()
   cli.compilation_cache(_COMPILE_CACHE.value or os.environ.get("JAX_COMPILATION_CACHE_DIR")
                         or os.path.join(workdir, "compile_cache"))
-  from r3jax.trainers import pipeline, validate  # After jax.distributed is up.
+  from r3jax.trainers import stages, validate  # After jax.distributed is up.
   with cli.user_errors():
     validate.validate(config)
-    pipeline.run(config, workdir)
+    stages.run(config, workdir)
   print(f"done: logs, plots and checkpoints are in {workdir}")
 
 

@@ -12,7 +12,8 @@ from r3jax.core.errors import ConfigError
 from r3jax.trainers import validate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PRESETS = {"sft_qwen": ["tiny", "qwen-7b", "r3"], "rm_qwen": ["tiny", "pmp"], "dpo_qwen": ["tiny", "r3"],
+PRESETS = {"sft_qwen": ["tiny", "qwen-7b", "r3"], "rm_qwen": ["tiny", "pmp"],
+           "dpo_qwen": ["tiny", "tiny-simpo", "r3"],
            "rso_qwen": ["tiny", "tiny-sft-rank", "tiny-direct", "tiny-best-of-n", "paper"],
            "ppo_qwen": ["tiny", "tiny-relevance", "tiny-hacking", "qwen", "qwen-7b", "r3"]}
 
@@ -38,15 +39,15 @@ def test_every_preset_validates(name, preset):
 @pytest.mark.parametrize("name,field,value,message", [
     ("ppo_qwen", "reward.query_types", "labels", "config.reward.query_types='labels': expected one of field, classifier, random"),
     ("ppo_qwen", "reward.mode", "rouge", "config.reward.mode='rouge': expected one of r3, relevance, li_s"),
-    ("ppo_qwen", "ppo.advantage", "a2c", "config.ppo.advantage='a2c': expected one of dr_grpo, gae, grpo"),
-    ("ppo_qwen", "ppo.policy_loss", "clip", "config.ppo.policy_loss='clip': expected one of ppo_clip"),
-    ("ppo_qwen", "kl.estimator", "k4", "config.kl.estimator='k4': expected one of k1, k2, k3"),
+    ("ppo_qwen", "ppo.advantage", "a2c", "config.ppo.advantage='a2c': unknown advantage estimator; expected one of gae, grpo, dr_grpo"),
+    ("ppo_qwen", "ppo.policy_loss", "clip", "config.ppo.policy_loss='clip': unknown policy loss; expected one of ppo_clip, gspo"),
+    ("ppo_qwen", "kl.estimator", "k4", "config.kl.estimator='k4': unknown KL estimator; expected one of k1, k2, k3"),
     ("ppo_qwen", "ppo.minibatch", 48, "is not a multiple of ppo.minibatch=48"),
     ("rso_qwen", "rso.construction", "best", "config.rso.construction='best': expected one of rso, sft, direct"),
     ("rso_qwen", "rso.pairing", "all", "config.rso.pairing='all': expected one of first_round, tournament"),
     ("rso_qwen", "rso.reward", "/no/rm", "config.rso.reward='/no/rm': expected one of r3"),
     ("rso_qwen", "rso.k", 32, "config.rso.k=32: expected 1..rso.n=16"),
-    ("dpo_qwen", "loss.type", "kto", "config.loss.type='kto': expected one of sigmoid, ipo, hinge"),
+    ("dpo_qwen", "loss.type", "kto", "config.loss.type='kto': unknown preference loss; expected one of sigmoid, ipo, hinge"),
     ("dpo_qwen", "prompt_len", 96, "config.prompt_len=96: expected 0 (whole rows) or less than seq_len=96"),
     ("ppo_qwen", "rollout.max_new_tokens", 480, "= 528 exceeds the model's context of 512 positions"),
     ("sft_qwen", "trainer", "ppo2", "config.trainer='ppo2': expected one of sft, ppo"),
@@ -59,6 +60,10 @@ def test_every_preset_validates(name, preset):
     ("sft_qwen", "micro_batch_per_device", 7, "batch_size=32 is not a multiple of micro_batch_per_device (7)"),
     ("sft_qwen", "init_from", "random", "init_from=random needs --config.model.allow_random_init=True"),
     ("rm_qwen", "sft.optim.schedule", "step", "config.sft.optim.schedule='step'"),  # The warm-start stage's.
+    # A field no trainer reads: a typo, or another trainer's (PPO logs every iteration).
+    ("ppo_qwen", "log_every", 1, "config.log_every: no ppo trainer reads this field"),
+    ("sft_qwen", "optim.lr_decay", 0.5, "config.optim.lr_decay: no sft trainer reads this field"),
+    ("ppo_qwen", "sft.rollout", 1, "config.sft.rollout: no sft trainer reads this field"),
 ])
 def test_bad_values_fail_in_validation_naming_the_field(name, field, value, message):
   c = config(name)
@@ -70,6 +75,19 @@ def test_bad_values_fail_in_validation_naming_the_field(name, field, value, mess
   with pytest.raises(ConfigError) as e:
     validate.validate(c)
   assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_preference_loss_fields_are_checked_against_its_registry_entry():
+  c = config("dpo_qwen")
+  c.loss.update(type="hinge", label_smoothing=0.1)
+  with pytest.raises(ConfigError, match="label_smoothing=0.1: only the losses sigmoid, sigmoid_norm, "
+                                        "simpo take it, not loss.type=hinge"):
+    validate.validate(c)
+  c = config("dpo_qwen", "tiny-simpo")
+  validate.validate(c)
+  del c.loss["simpo_gamma"]
+  with pytest.raises(ConfigError, match="loss.type=simpo needs config.loss.simpo_gamma"):
+    validate.validate(c)
 
 
 def test_missing_paths_fail_before_any_work(tmp_path):

@@ -151,7 +151,8 @@ def test_eval_pairs_table_on_synrel_with_csv_and_png(tmp_path):
               "--limit=120", f"--out={tmp_path}"])
   acc = {(r["reward"], r["set"]): float(r["accuracy"])
          for r in csv.DictReader(open(tmp_path / "pairs_accuracy.csv"))}
-  # Seed 002 Table 1 at small scale: the relevance encoder separates SynRel almost perfectly.
+  # The R³ paper's Table 1 (Kim & Seo 2024, §2.1) at small scale: the relevance encoder
+  # separates SynRel almost perfectly.
   assert acc[("r3", "synrel")] >= 0.95 and acc[("relevance", "synrel")] >= 0.95
   assert 0.3 < acc[("random", "synrel")] < 0.7
   assert os.path.getsize(tmp_path / "pairs_accuracy.png") > 5000

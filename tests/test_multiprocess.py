@@ -113,12 +113,12 @@ def test_ppo_across_two_processes_then_resumed_by_one(tmp_path):
   for path in ("before_after.md", "plots/reward.png", "hf/model.safetensors", "sft/checkpoints"):
     assert (one / path).exists(), path
   # The SFT warm start is reused, not retrained, when the workdir has it.
-  from r3jax.trainers import pipeline
+  from r3jax.trainers import stages
   config = runpy.run_path(os.path.join(ROOT, "configs/ppo_qwen.py"))["get_config"]()
   config.sft.steps = 4
   printed = io.StringIO()
   with contextlib.redirect_stderr(printed):
-    assert pipeline.start(config, str(one)) == str(one / "sft")
+    assert stages.start(config, str(one)) == str(one / "sft")
   assert "reusing" in printed.getvalue()
 
   tokenizer_lib.tiny(cache_dir=str(two / "tokenizer"))  # Shared by both processes.

@@ -40,3 +40,19 @@ def test_plan_cli_for_qwen_7b_and_a_tpu_type():
   assert "suggested mesh" in out.stdout
   bad = run("--mesh=(('data',-1),('fsdp',8),('tensor',1))")
   assert bad.returncode != 0 and "no -1" in bad.stderr
+
+
+def test_reference_free_preference_loss_plans_no_reference():
+  """SimPO (needs_reference=False) holds no reference weights: the plan's reference row is
+  0, its total lower by the policy's params, and the table says what was saved."""
+  import runpy
+  from r3jax.trainers import memory
+  get_config = runpy.run_path(os.path.join(ROOT, "configs", "dpo_qwen.py"))["get_config"]
+  sizes = {"data": 1, "fsdp": 2, "tensor": 1}
+  dpo, simpo = (memory.plan(get_config(p), sizes) for p in ("tiny", "tiny-simpo"))
+  policy = dpo["rows"]["policy params"]
+  assert policy > 0 and dpo["rows"]["reference"] == policy and "reference_saved" not in dpo
+  assert simpo["rows"]["reference (none with loss.type=simpo)"] == 0
+  assert simpo["reference_saved"] == policy and simpo["total"] == dpo["total"] - policy
+  assert "No reference model" in memory.table(simpo, 16.0)
+  assert "No reference model" not in memory.table(dpo, 16.0)

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from r3jax.eval import gold
-from r3jax.losses import ppo as ppo_losses
+from r3jax.rl import ops as ppo_losses
 from r3jax.rl import algorithms
+from r3jax.rl.records import RLBatch
 from r3jax.trainers import harness, ppo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,14 +46,14 @@ def phases(prepared):
     ro = ppo.rollout(s, state, batch_rows, 0)
     scored = ppo.score(s, ro, 0)
     data = ppo.reference_value(s, state, ro, scored)
-    batch, moments, stats = ppo.advantages(s, state, data)
-  return dict(s=s, state=state, ro=ro, scored=scored, data=data, batch=batch, moments=moments, stats=stats)
+    batch, moments = ppo.advantages(s, state, data)
+  return dict(s=s, state=state, ro=ro, scored=scored, data=data, batch=batch, moments=moments)
 
 
 def test_rollout_shapes_masks_and_logprobs(phases):
   ro = phases["ro"]
-  out = ro["samples"]
-  assert ro["prompt_tok"].shape == (PROMPTS, 24) and out.tokens_BN.shape == (PROMPTS * N, NEW)
+  out = ro.samples
+  assert ro.prompt_tok.shape == (PROMPTS, 24) and out.tokens_BN.shape == (PROMPTS * N, NEW)
   mask = np.asarray(out.mask_BN)
   assert set(np.unique(mask)) <= {0, 1}
   assert (np.diff(mask, axis=1) <= 0).all()  # Response tokens first, then padding.
@@ -61,8 +62,8 @@ def test_rollout_shapes_masks_and_logprobs(phases):
 
 
 def test_score_gives_every_component_per_response(phases):
-  comps = phases["scored"]["components"]
-  assert len(phases["scored"]["texts"]) == PROMPTS * N
+  comps = phases["scored"].components
+  assert len(phases["scored"].texts) == PROMPTS * N
   for k in ("reward", "relevance", "length_incentive", "repetition_penalty", "copies_query"):
     assert np.asarray(comps[k]).shape == (PROMPTS * N,), k
   assert np.isfinite(comps["reward"]).all()
@@ -73,17 +74,17 @@ def test_score_judges_every_rollout_by_gold_and_diversity(phases):
   reward never saw; they are the gold judge's own verdicts on the decoded texts."""
   s, scored, ro = phases["s"], phases["scored"], phases["ro"]
   assert s.gold
-  judged = scored["judged"]
+  judged = scored.judged
   for k in ("gold/score", "gold/precision", "gold/recall", "diversity/rep4", "diversity/distinct2",
             "diversity/distinct_answers",
             "diversity/top_sentence_share"):
     assert judged[k].shape == (PROMPTS * N,), k
-  rows = ppo.repeat(N, ro["rows"])
-  for i, (t, r) in enumerate(zip(scored["texts"], rows)):
+  rows = ppo.repeat(N, ro.rows)
+  for i, (t, r) in enumerate(zip(scored.texts, rows)):
     v = gold.judge(ppo.r3.truncate_response(t), r["entity"], r["asks"])
     assert judged["gold/precision"][i] == v.precision and judged["gold/recall"][i] == v.recall
-  metrics = ppo.iteration_metrics(phases["state"], ro, scored, phases["data"], phases["stats"],
-                                  [{"policy/loss": 0.0}], 0.0, {})
+  itr = ppo.Iteration(ro, scored, phases["batch"], [{"policy/loss": 0.0}], 0.0)
+  metrics = ppo.iteration_metrics(phases["state"], itr, {})
   assert metrics["gold/recall"] == pytest.approx(float(np.mean(judged["gold/recall"])))
 
 
@@ -93,32 +94,35 @@ def test_random_query_types_are_drawn_per_iteration(prepared, phases):
   with s2.config.unlocked():
     s2.config.reward.query_types = "random"
   a, b = ppo.score(s2, phases["ro"], 3), ppo.score(s2, phases["ro"], 3)
-  np.testing.assert_array_equal(a["components"]["reward"], b["components"]["reward"])  # Resumable.
+  np.testing.assert_array_equal(a.components["reward"], b.components["reward"])  # Resumable.
 
 
 def test_reference_equals_behaviour_before_any_update(phases):
-  data, mask = phases["data"], np.asarray(phases["data"]["resp_mask"])
+  data, mask = phases["data"], np.asarray(phases["data"].resp_mask_BT)
   # The policy is the reference at iteration 0: teacher-forced and sampled log-probs agree.
-  np.testing.assert_allclose(np.asarray(data["ref_logp"]) * mask, np.asarray(data["old_logp"]), atol=2e-4)
-  assert data["values"].shape == (PROMPTS * N, NEW)
+  np.testing.assert_allclose(np.asarray(data.ref_logp_BT) * mask, np.asarray(data.old_logp_BT), atol=2e-4)
+  assert data.values_BT.shape == (PROMPTS * N, NEW)
 
 
 def test_advantages_are_the_registered_estimator(phases):
   s, state, data, batch = phases["s"], phases["state"], phases["data"], phases["batch"]
-  rm = data["resp_mask"]
-  kl = ppo_losses.kl_estimate(data["old_logp"], data["ref_logp"], "k1") * rm
-  assert data["score"].shape == (PROMPTS * N, 1)  # One reward term.
+  rm = data.resp_mask_BT
+  kl = algorithms.kl_estimate(data.old_logp_BT, data.ref_logp_BT, "k1") * rm
+  assert data.scores_BK.shape == (PROMPTS * N, 1)  # One reward term.
   one = lambda m: ppo_losses.Moments(*(x[0] for x in m))
-  m = ppo_losses.update_moments(one(ppo_losses.Moments(**state["moments"])), data["score"][:, 0])
-  score = ppo_losses.normalize_score(data["score"][:, 0], m, clip=s.config.reward.clip)
+  m = ppo_losses.update_moments(one(ppo_losses.Moments(**state["moments"])), data.scores_BK[:, 0])
+  score = ppo_losses.normalize_score(data.scores_BK[:, 0], m, clip=s.config.reward.clip)
   rewards = ppo_losses.token_rewards(score, kl, rm, state["beta"])
-  adv, ret = ppo_losses.gae(rewards, data["values"] * rm, rm, s.config.ppo.gamma, s.config.ppo.lam)
-  np.testing.assert_allclose(batch["adv"], ppo_losses.masked_whiten(adv, rm), atol=1e-6)
-  np.testing.assert_allclose(batch["returns"], ret, atol=1e-6)
+  adv, ret = ppo_losses.gae(rewards, data.values_BT * rm, rm, s.config.ppo.gamma, s.config.ppo.lam)
+  np.testing.assert_allclose(batch.adv_BT, ppo_losses.masked_whiten(adv, rm), atol=1e-6)
+  np.testing.assert_allclose(batch.returns_BT, ret, atol=1e-6)
   np.testing.assert_array_equal(one(phases["moments"]), m)
   assert float(one(phases["moments"]).count) == PROMPTS * N
-  assert abs(float(ppo_losses.masked_mean(batch["adv"], rm))) < 1e-5  # Whitened.
-  assert set(batch) == {"seq", "mask", "resp_mask", "old_logp", "adv", "returns", "old_values"}
+  assert abs(float(ppo_losses.masked_mean(batch.adv_BT, rm))) < 1e-5  # Whitened.
+  # The phase fills the batch's derived fields and keeps what reference_value gave.
+  np.testing.assert_array_equal(batch.kl_BT, kl)
+  np.testing.assert_array_equal(batch.seq_BS, data.seq_BS)
+  assert data.adv_BT is None and batch.rewards_BT.shape == (PROMPTS * N, NEW)
 
 
 def test_update_warmup_trains_only_the_value_then_both(phases):
@@ -131,21 +135,26 @@ def test_update_warmup_trains_only_the_value_then_both(phases):
   assert any((x != np.asarray(y)).any() for x, y in zip(jax.tree.leaves(before[1]), jax.tree.leaves(models["value"])))
   models, _ = ppo.update(s, jax.tree.map(jnp.copy, state), batch, it=1)
   assert any((x != np.asarray(y)).any() for x, y in zip(jax.tree.leaves(before[0]), jax.tree.leaves(models["policy"])))
-  new, kl_seq = ppo.next_state(s, state, models, phases["moments"], phases["stats"]["kl"])
+  new, kl_seq = ppo.next_state(s, state, models, phases["moments"], batch.kl_BT)
   assert int(new["step"]) == int(state["step"]) + 1 and np.isfinite(kl_seq)
   assert float(new["beta"]) != float(state["beta"])  # kl.adaptive in the tiny preset.
 
 
-def test_registries_hold_todays_methods():
-  assert set(algorithms.ADVANTAGES) == {"gae", "grpo", "dr_grpo", "rloo", "reinforce_pp"}
-  assert [k for k, a in algorithms.ADVANTAGES.items() if a.uses_value] == ["gae"]
-  assert set(algorithms.POLICY_LOSSES) == {"ppo_clip"}
+def test_registry_entries_are_consistent():
+  """Each method names a registered estimator and policy loss; today's value-free
+  estimators build no value model. Adding an entry never breaks this test."""
+  assert {"gae", "grpo", "dr_grpo", "rloo", "reinforce_pp"} <= set(algorithms.ADVANTAGES)
+  assert algorithms.ADVANTAGES["gae"].uses_value and not algorithms.ADVANTAGES["grpo"].uses_value
+  for name, m in algorithms.METHODS.items():
+    assert m.advantage in algorithms.ADVANTAGES and m.policy_loss in algorithms.POLICY_LOSSES, name
   rng = np.random.default_rng(0)
   logp, old, adv = (jnp.asarray(rng.normal(size=(3, 5)), jnp.float32) for _ in range(3))
   mask = jnp.ones((3, 5))
-  cfg = tiny_config().ppo
-  got = algorithms.POLICY_LOSSES["ppo_clip"](logp, old, adv, mask, cfg)
-  want = ppo_losses.policy_loss(logp, old, adv, mask, cfg.clip_eps)
+  cfg = tiny_config()
+  batch = RLBatch(seq_BS=None, mask_BS=None, resp_mask_BT=mask, old_logp_BT=old, ref_logp_BT=old,
+                  values_BT=None, scores_BK=None, adv_BT=adv)
+  got = algorithms.policy_loss(cfg, logp, batch)
+  want = ppo_losses.policy_loss(logp, old, adv, mask, cfg.ppo.clip_eps)
   np.testing.assert_allclose(got[0], want[0])
 
 
@@ -155,8 +164,8 @@ def test_long_prompts_keep_their_end_and_are_counted(prepared):
   rows[0]["prompt"] = "Tell me everything. " * 40 + rows[0]["prompt"]
   with harness.mesh_rules(s.run.mesh, s.run.rules):
     ro = ppo.rollout(s, state, rows, 0)
-  assert ro["truncated"] == 1 and ro["prompt_tok"].shape == (PROMPTS, 24)
-  assert ro["prompt_mask"][0].all()  # The kept end fills the row.
+  assert ro.truncated == 1 and ro.prompt_tok.shape == (PROMPTS, 24)
+  assert ro.prompt_mask[0].all()  # The kept end fills the row.
 
 
 def test_before_after_has_gold_columns_on_the_embedded_world(tmp_path):
@@ -178,28 +187,44 @@ def test_before_after_has_gold_columns_on_the_embedded_world(tmp_path):
 @pytest.fixture(scope="module")
 def grpo_phases(tmp_path_factory):
   """Iteration 0 of GRPO (2 samples per prompt, k3 KL in the loss): no value model."""
-  from r3jax.trainers import schema  # pylint: disable=g-import-not-at-top
-  c = schema.use_advantage(tiny_config(), "grpo", group_n=N)
+  c = algorithms.use_method(tiny_config(), "grpo", group_n=N)
   s, state, order, rows = ppo.prepare(c, str(tmp_path_factory.mktemp("grpo")))
   with harness.mesh_rules(s.run.mesh, s.run.rules):
     ro = ppo.rollout(s, state, [rows[i] for i in order.next()], 0)
     data = ppo.reference_value(s, state, ro, ppo.score(s, ro, 0))
-    batch, moments, stats = ppo.advantages(s, state, data)
-  return dict(s=s, state=state, data=data, batch=batch, moments=moments, stats=stats)
+    batch, moments = ppo.advantages(s, state, data)
+  return dict(s=s, state=state, data=data, batch=batch, moments=moments)
 
 
 def test_grpo_builds_no_value_model_and_puts_the_kl_in_the_loss(grpo_phases):
   s, state, data, batch = (grpo_phases[k] for k in ("s", "state", "data", "batch"))
   assert not s.uses_value and "value" not in state and "value_opt" not in state
-  np.testing.assert_array_equal(data["values"], 0.0)
-  rm = np.asarray(data["resp_mask"])
-  want = ppo_losses.group_advantages(grpo_phases["stats"]["score"], N, scale=True)
-  np.testing.assert_allclose(batch["adv"], np.asarray(want)[:, None] * rm, rtol=1e-6)
-  assert "ref_logp" in batch  # For the loss's KL term (`want` has no β·KL in it).
+  np.testing.assert_array_equal(data.values_BT, 0.0)
+  rm = np.asarray(data.resp_mask_BT)
+  want = ppo_losses.group_advantages(batch.score_B, N, scale=True)
+  np.testing.assert_allclose(batch.adv_BT, np.asarray(want)[:, None] * rm, rtol=1e-6)
+  # The KL is the loss's term, not the reward's: the rewards hold the score alone.
+  np.testing.assert_allclose(np.asarray(batch.rewards_BT).sum(1), batch.score_B, rtol=1e-6)
   models, ms = ppo.update(s, jax.tree.map(jnp.copy, state), batch, it=0)
   assert set(models) == {"policy", "policy_opt"} and "value/loss" not in ms[0]
   assert abs(float(ms[0]["policy/kl_loss"])) < 1e-5  # The policy starts as the reference.
   assert any((np.asarray(x) != np.asarray(y)).any()
              for x, y in zip(jax.tree.leaves(state["policy"]), jax.tree.leaves(models["policy"])))
-  new, _ = ppo.next_state(s, state, models, grpo_phases["moments"], grpo_phases["stats"]["kl"])
+  new, _ = ppo.next_state(s, state, models, grpo_phases["moments"], batch.kl_BT)
   assert "value" not in new and int(new["step"]) == 1
+
+
+def test_a_registered_policy_loss_runs_by_name_in_the_update(grpo_phases):
+  """ppo.policy_loss=gspo: the same update step, with the loss looked up by name."""
+  s, state, batch = grpo_phases["s"], grpo_phases["state"], grpo_phases["batch"]
+  c = s.config.copy_and_resolve_references()
+  with c.unlocked():
+    c.ppo.policy_loss = "gspo"
+  lay = jax.tree.map(lambda x: x.sharding, state)
+  s2 = ppo.Setup(**{**vars(s), "config": c, "update_fn": ppo.make_update(c, ppo.make_loss(c, s.cfg), lay)})
+  models, ms = ppo.update(s2, jax.tree.map(jnp.copy, state), batch, it=0)
+  # At iteration 0 the policy is the behaviour policy: every sequence ratio is 1.
+  assert float(ms[0]["policy/ratio"]) == pytest.approx(1.0, abs=1e-4)
+  assert all(np.isfinite(float(m["policy/loss"])) for m in ms)
+  assert any((np.asarray(x) != np.asarray(y)).any()
+             for x, y in zip(jax.tree.leaves(state["policy"]), jax.tree.leaves(models["policy"])))

@@ -1,4 +1,5 @@
-"""Preference losses against the SPEC formulas, a float64 numpy reference, and TRL's DPOTrainer."""
+"""Preference losses against the papers' formulas, a float64 numpy reference, and TRL's DPOTrainer
+and CPOTrainer (SimPO)."""
 
 import collections
 import functools
@@ -16,6 +17,8 @@ from absl.testing import parameterized
 from r3jax.losses import preference
 
 LOG2 = math.log(2.0)
+# The losses against a reference model, which the numpy reference below covers.
+REFERENCE_LOSSES = preference.LOSSES.names(needs_reference=True)
 
 
 def random_logps(seed, b=16):
@@ -28,7 +31,7 @@ def random_logps(seed, b=16):
 
 
 def np_dpo(pw, pl, rw, rl, lw, ll, loss_type, beta, eps=0.0):
-  """Straight from SPEC §6, in float64."""
+  """Straight from the papers' formulas (DPO eq. 7, IPO eq. 17, SLiC's hinge), in float64."""
   pw, pl, rw, rl = (np.asarray(x, np.float64) for x in (pw, pl, rw, rl))
   d = (pw - rw) - (pl - rl)
   log_sig = lambda z: -np.logaddexp(0.0, -z)
@@ -53,7 +56,7 @@ def grads(loss_type, beta, pw, pl, rw, rl, **kw):
 class DpoVariantsTest(chex.TestCase):
 
   @chex.variants(with_jit=True, without_jit=True)
-  @parameterized.parameters(*preference.LOSS_TYPES)
+  @parameterized.parameters(*REFERENCE_LOSSES)
   def test_matches_numpy_reference(self, loss_type):
     pw, pl, rw, rl, lw, ll = random_logps(0)
     for beta, eps in [(0.1, 0.0), (0.5, 0.0), (0.05, 0.2)]:
@@ -77,8 +80,11 @@ class DpoVariantsTest(chex.TestCase):
   @chex.variants(with_jit=True, without_jit=True)
   def test_bf16_inputs_give_f32_losses(self):
     pw, pl, rw, rl, lw, ll = (jnp.asarray(x, jnp.bfloat16) for x in random_logps(1))
-    for loss_type in preference.LOSS_TYPES:
-      losses, m = self.variant(loss_fn(loss_type, 0.1))(pw, pl, rw, rl, chosen_len_B=lw, rejected_len_B=ll)
+    for loss_type, entry in preference.LOSSES.items():
+      refs = (rw, rl) if entry.needs_reference else (None, None)
+      params = {name: 0.5 for name in entry.params}
+      losses, m = self.variant(loss_fn(loss_type, 0.1, **params))(pw, pl, *refs, chosen_len_B=lw,
+                                                                    rejected_len_B=ll)
       chex.assert_type([losses, m["rewards/margin"]], jnp.float32)
       chex.assert_tree_all_finite(losses)
 
@@ -154,7 +160,7 @@ def test_ipo_minimum_and_gradient_signs():
     else:
       assert float(loss[0]) == pytest.approx(0.25, rel=1e-5)
       assert np.sign(float(g_w[0])) == sign
-  # IPO at Δ = 0 is 1/(4β²) (SPEC §8).
+  # IPO at Δ = 0 is 1/(4β²) (Azar et al. 2023, eq. 17).
   loss, _ = preference.dpo_loss(pl, pl, pl, pl, loss_type="ipo", beta=beta, chosen_len_B=lw, rejected_len_B=ll)
   np.testing.assert_allclose(loss, 1 / (4 * beta**2), rtol=1e-6)
 
@@ -251,6 +257,71 @@ def test_matches_trl(loss_type):
                          ("rewards/accuracy", "rewards/accuracies"), ("rewards/margin", "rewards/margins"),
                          ("logps/chosen", "logps/chosen"), ("logps/rejected", "logps/rejected")]:
       assert float(m[ours]) == pytest.approx(want[theirs], rel=1e-5, abs=1e-5), ours
+
+
+# --- SimPO: TRL's CPOTrainer(loss_type="simpo", cpo_alpha=0) on a stand-in `self`. ---
+
+def trl_simpo(pw, pl, lw, ll, beta, gamma, eps):
+  """TRL's SimPO loss and metrics for given summed log-probs. TRL's own get_batch_logps
+  length-averages per-token log-probs (logits over a two-token vocabulary that give each
+  token log-prob pw / lw), and its get_batch_loss_metrics (cpo_loss, then the rewards it
+  reports) runs on a stand-in trainer."""
+  torch = pytest.importorskip("torch")
+  cpo = pytest.importorskip("trl.experimental.cpo.cpo_trainer")
+  lengths = np.concatenate([lw, ll]).astype(int)
+  n, t, b = len(lengths), lengths.max() + 1, len(lw)
+  q = np.concatenate([pw, pl]).astype(np.float64) / lengths
+  # Label 1 at positions 1..length (0 is the prompt; -100 is ignored). Logits [0, a] give
+  # it log-prob -softplus(-a), which a = -log(e^-q - 1) makes q.
+  labels = np.where((np.arange(t)[None] >= 1) & (np.arange(t)[None] <= lengths[:, None]), 1, -100)
+  a = np.broadcast_to(-np.log(np.expm1(-q))[:, None], (n, t))
+  logits = torch.tensor(np.stack([np.zeros((n, t)), a], -1))
+  try:
+    avg = cpo.CPOTrainer.get_batch_logps(logits, torch.tensor(labels), average_log_prob=True)
+    stub = types.SimpleNamespace(
+        accelerator=types.SimpleNamespace(device="cpu", gather_for_metrics=lambda x: x),
+        loss_type="simpo", beta=beta, simpo_gamma=gamma, label_smoothing=eps, alpha=0.0,
+        cpo_alpha=0.0, aux_loss_enabled=False)
+    stub.cpo_loss = lambda w, l: cpo.CPOTrainer.cpo_loss(stub, w, l)
+    stub.concatenated_forward = lambda model, batch: (avg[:b], avg[b:], logits[:b], logits[b:],
+                                                      torch.tensor(0.0))
+    loss, metrics = cpo.CPOTrainer.get_batch_loss_metrics(stub, None, {}, "train")
+  except (AttributeError, KeyError, TypeError) as e:  # Experimental API: another TRL may differ.
+    pytest.skip(f"TRL's CPOTrainer.get_batch_loss_metrics is not callable this way here: {e!r}")
+  return float(loss), metrics
+
+
+def test_simpo_matches_trl():
+  pw, pl, _, _, lw, ll = random_logps(10, b=12)
+  for beta, gamma, eps in [(2.0, 1.0, 0.0), (0.1, 0.5, 0.0), (2.5, 1.4, 0.1)]:
+    want_loss, want = trl_simpo(pw, pl, lw, ll, beta, gamma, eps)
+    losses, m = jax.jit(loss_fn("simpo", beta, label_smoothing=eps, simpo_gamma=gamma))(
+        pw, pl, None, None, chosen_len_B=lw, rejected_len_B=ll)
+    assert float(jnp.mean(losses)) == pytest.approx(want_loss, rel=1e-5, abs=1e-5)
+    for ours, theirs in [("rewards/chosen", "rewards/chosen"), ("rewards/rejected", "rewards/rejected"),
+                         ("rewards/accuracy", "rewards/accuracies"), ("rewards/margin", "rewards/margins")]:
+      assert float(m[ours]) == pytest.approx(want[theirs], rel=1e-5, abs=1e-5), ours
+    # TRL's logps/* are length-averaged for SimPO; r3jax's stay the sums for every loss.
+    assert want["logps/chosen"] == pytest.approx(float(np.mean(pw / lw)), rel=1e-5)
+    np.testing.assert_allclose(m["logps/chosen"], pw.mean(), rtol=1e-6)
+
+
+def test_simpo_is_reference_free_with_its_target_margin():
+  entry = preference.LOSSES["simpo"]
+  assert not entry.needs_reference and entry.params == {"simpo_gamma": 0.5}  # TRL's default.
+  pw, pl, rw, rl, lw, ll = random_logps(11)
+  # Equal length-averaged log-probs: -log σ(-γ) whatever β.
+  losses, _ = preference.dpo_loss(pw, pw * 2, None, None, loss_type="simpo", beta=3.0,
+                                  chosen_len_B=lw, rejected_len_B=lw * 2, simpo_gamma=0.7)
+  np.testing.assert_allclose(losses, np.log1p(np.exp(0.7)), rtol=1e-5)
+  with pytest.raises(ValueError, match="reference-free"):
+    preference.dpo_loss(pw, pl, rw, rl, loss_type="simpo", beta=2.0, chosen_len_B=lw,
+                        rejected_len_B=ll, simpo_gamma=1.0)
+  with pytest.raises(ValueError, match="chosen_len_B"):
+    preference.dpo_loss(pw, pl, None, None, loss_type="simpo", beta=2.0, simpo_gamma=1.0)
+  with pytest.raises(ValueError, match="simpo_gamma"):
+    preference.dpo_loss(pw, pl, None, None, loss_type="simpo", beta=2.0, chosen_len_B=lw,
+                        rejected_len_B=ll)
 
 
 # --- Bradley–Terry ---

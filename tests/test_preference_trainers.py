@@ -117,6 +117,34 @@ def test_shared_prompt_logprobs_equal_whole_rows():
     np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5 * float(jnp.max(jnp.abs(b))))
 
 
+def test_reference_free_loss_builds_and_reads_no_reference():
+  """loss.type=simpo: the task's prepare step leaves batches as they are (it would need the
+  train state to copy a reference), and the loss runs on batches without ref_logp."""
+  import types
+  import ml_collections
+  from r3jax.losses import preference as losses
+  from r3jax.trainers import dpo
+  cfg = qwen.preset("tiny", num_layers=2)
+  params = qwen.init_params(cfg, jax.random.key(0))
+  batch, _ = pipeline.ranked_batch(tokenizer_lib.tiny(), synthetic.comparisons(4, seed=1), 64, 24)
+  lcfg = ml_collections.ConfigDict(dict(type="simpo", beta=2.0, label_smoothing=0.0,
+                                        precompute_ref=True, simpo_gamma=1.0))
+  printed = []
+  ctx = types.SimpleNamespace(
+      run=types.SimpleNamespace(config=types.SimpleNamespace(loss=lcfg, prompt_len=24),
+                                writer=types.SimpleNamespace(print=printed.append)),
+      policy=types.SimpleNamespace(cfg=cfg), state=None, fresh=True)
+  prepare = dpo.with_reference(ctx)
+  assert prepare(batch, "train", np.arange(4)) is batch and "no reference model" in printed[0]
+  loss, (weight, m) = jax.jit(lambda p, b: dpo.dpo_loss(p, b, None, model_cfg=cfg, lcfg=lcfg,
+                                                        prompt_len=24))(params, batch)
+  lp, n = dpo.sequence_logprobs(params, cfg, batch, 24)
+  want, want_m = losses.dpo_loss(lp[:, 0], lp[:, 1], None, None, loss_type="simpo", beta=2.0,
+                                 chosen_len_B=n[:, 0], rejected_len_B=n[:, 1], simpo_gamma=1.0)
+  np.testing.assert_allclose(loss / weight, jnp.mean(want), rtol=1e-5)
+  np.testing.assert_allclose(m["rewards/margin"] / weight, want_m["rewards/margin"], rtol=1e-5)
+
+
 def test_reward_read_at_last_real_token_whatever_the_padding_side():
   cfg = qwen.preset("tiny", vocab_size=64, num_layers=2)
   params = {"backbone": qwen.init_params(cfg, jax.random.key(0)),

@@ -1,4 +1,4 @@
-"""R³ against the SPEC formulas on hand-written cases, and with the MiniLM encoder."""
+"""R³ against its formulas (Kim & Seo 2024, §3) on hand-written cases, and with MiniLM."""
 
 import numpy as np
 import pytest

@@ -17,7 +17,7 @@ import pytest
 
 from r3jax.core import checkpoint, metrics, workdir_lock
 from r3jax.core.errors import ConfigError, TrainingError
-from r3jax.trainers import pipeline, step as step_lib
+from r3jax.trainers import stages, step as step_lib
 from helpers import why
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,7 +33,7 @@ def test_a_diverging_run_stops_and_never_saves_non_finite_params(tmp_path):
   c.optim.update(lr=1e4, warmup_steps=0, grad_clip=0.0)
   c.checkpoint.max_to_keep = 2
   with pytest.raises(TrainingError, match=r"non-finite train/\S+ at step \d+; stopped without saving it \(the newest checkpoint is step \d+\)"):
-    pipeline.run(c, str(tmp_path))
+    stages.run(c, str(tmp_path))
   latest = checkpoint.manager(str(tmp_path), 2, 2, False).latest_step()
   assert latest is not None
   for x in jax.tree.leaves(checkpoint.load_host(str(tmp_path), latest)["params"]):
@@ -104,13 +104,13 @@ def tiny_sft(steps: int):
 
 
 def test_a_corrupt_checkpoint_is_set_aside_and_a_changed_config_refused(tmp_path, capsys):
-  pipeline.run(tiny_sft(6), str(tmp_path))
+  stages.run(tiny_sft(6), str(tmp_path))
   files = sorted((p for p in (tmp_path / "checkpoints" / "6").rglob("*") if p.is_file()),
                  key=lambda p: p.stat().st_size)
   with open(files[-1], "r+b") as f:  # Truncate the largest file of the newest checkpoint.
     f.truncate(files[-1].stat().st_size // 2)
   capsys.readouterr()
-  pipeline.run(tiny_sft(8), str(tmp_path))  # More steps: a safe change.
+  stages.run(tiny_sft(8), str(tmp_path))  # More steps: a safe change.
   err = capsys.readouterr().err
   assert "checkpoint 6 does not restore (" in err and "resuming from checkpoint 4 instead" in err
   assert "resuming with changed settings: steps: 6 -> 8" in err
@@ -120,7 +120,7 @@ def test_a_corrupt_checkpoint_is_set_aside_and_a_changed_config_refused(tmp_path
   c.optim.lr, c.seq_len = 1.0, 64
   with pytest.raises(ConfigError, match=r"holds a run with another config \(optim.lr: 0.003 -> 1.0; "
                                         r"seq_len: 48 -> 64\); resume with its values or use a new workdir"):
-    pipeline.run(c, str(tmp_path))
+    stages.run(c, str(tmp_path))
 
 
 def test_a_full_disk_is_one_line(tmp_path, monkeypatch):
@@ -132,7 +132,7 @@ def test_a_full_disk_is_one_line(tmp_path, monkeypatch):
 
   monkeypatch.setattr(harness.checkpoint, "save", full)
   with pytest.raises(TrainingError, match=r"^no space left on device while writing .*checkpoints/1$"):
-    pipeline.run(tiny_sft(2), str(tmp_path))
+    stages.run(tiny_sft(2), str(tmp_path))
 
 
 def test_wrong_types_inside_rows_are_file_line_errors(tmp_path):
@@ -205,7 +205,7 @@ def test_skipping_non_finite_updates_stops_after_too_many_in_a_row(tmp_path):
   c.optim.update(lr=1e4, warmup_steps=0, grad_clip=0.0)
   c.nonfinite.update(action="skip", max_in_a_row=2)
   with pytest.raises(TrainingError, match=r"3 non-finite updates in a row at step \d+ \(nonfinite.max_in_a_row=2\)"):
-    pipeline.run(c, str(tmp_path))
+    stages.run(c, str(tmp_path))
   for step in checkpoint.manager(str(tmp_path), 2, 2, False).all_steps():
     for x in jax.tree.leaves(checkpoint.load_host(str(tmp_path), step)["params"]):
       assert np.isfinite(x).all()  # Skipped updates never reach a checkpoint.

@@ -10,13 +10,14 @@ import ml_collections
 import numpy as np
 import pytest
 
-from r3jax.losses import ppo
+from r3jax.rl import ops as ppo
 from r3jax.rewards import scorers
 from r3jax.rl import algorithms
+from r3jax.rl.records import RLBatch
 from r3jax.trainers import ppo as ppo_trainer, schema
 
 PCFG = ml_collections.ConfigDict(dict(gamma=1.0, lam=0.95, whiten=True, clip_eps=0.2, loss_agg="token_mean"))
-GROUPS = ("grpo", "dr_grpo", "rloo")
+GROUPS = algorithms.ADVANTAGES.names(group=True)
 
 
 def batch_of(scores_B, n_tokens=5, seed=0):
@@ -25,7 +26,9 @@ def batch_of(scores_B, n_tokens=5, seed=0):
   lengths = rng.integers(1, n_tokens + 1, len(scores_B))
   mask = (np.arange(n_tokens)[None] < lengths[:, None]).astype(np.float32)
   rewards = ppo.token_rewards(jnp.asarray(scores_B, jnp.float32), jnp.zeros_like(mask), mask, 0.0)
-  return {"rewards": rewards, "values": jnp.zeros_like(mask), "resp_mask": jnp.asarray(mask)}
+  zeros = jnp.zeros_like(mask)
+  return RLBatch(seq_BS=zeros, mask_BS=zeros, resp_mask_BT=jnp.asarray(mask), old_logp_BT=zeros,
+                 ref_logp_BT=zeros, values_BT=zeros, scores_BK=None, rewards_BT=rewards)
 
 
 class GroupTest(chex.TestCase):
@@ -42,12 +45,12 @@ class GroupTest(chex.TestCase):
       fn = self.variant(lambda b, name=name: algorithms.ADVANTAGES[name].fn(b, PCFG, n))
       b = batch_of(r)
       adv, _ = fn(b)
-      chex.assert_shape(adv, b["resp_mask"].shape)
+      chex.assert_shape(adv, b.resp_mask_BT.shape)
       chex.assert_type(adv, jnp.float32)
-      seq = np.asarray(adv).max(1, initial=-np.inf, where=np.asarray(b["resp_mask"]) > 0)
+      seq = np.asarray(adv).max(1, initial=-np.inf, where=np.asarray(b.resp_mask_BT) > 0)
       np.testing.assert_allclose(seq, want[name].reshape(-1), rtol=1e-5, atol=1e-5)
       np.testing.assert_allclose(seq.reshape(-1, n).sum(1), 0.0, atol=1e-4)  # Per prompt.
-      assert (np.asarray(adv)[np.asarray(b["resp_mask"]) == 0] == 0).all()  # Padding: 0.
+      assert (np.asarray(adv)[np.asarray(b.resp_mask_BT) == 0] == 0).all()  # Padding: 0.
 
 
 def test_rloo_with_two_samples_is_the_score_difference():
@@ -71,7 +74,7 @@ def test_one_sample_groups_are_rejected_and_equal_scores_give_zero(name):
 def test_one_sample_groups_fail_validation_naming_the_field():
   from r3jax.core.errors import ConfigError
   from r3jax.trainers import validate
-  c = schema.use_advantage(schema.ppo_tiny(), "grpo")
+  c = algorithms.use_method(schema.ppo_tiny(), "grpo")
   c.rollout.n = 1
   with pytest.raises(ConfigError, match=r"config.rollout.n=1: ppo.advantage=grpo needs at least 2"):
     validate.validate(c)
@@ -79,13 +82,13 @@ def test_one_sample_groups_fail_validation_naming_the_field():
 
 def test_reinforce_pp_whitens_the_returns_to_go():
   b = batch_of(np.array([1.0, -1.0, 2.0, 0.5]), n_tokens=4)
-  kl = jnp.full(b["resp_mask"].shape, 0.1) * b["resp_mask"]
-  b["rewards"] = b["rewards"] - 0.2 * kl  # Token-level KL in the reward.
+  kl = jnp.full(b.resp_mask_BT.shape, 0.1) * b.resp_mask_BT
+  b = b.replace(rewards_BT=b.rewards_BT - 0.2 * kl)  # Token-level KL in the reward.
   adv, ret = algorithms.reinforce_pp(b, PCFG, 2)
-  want = np.cumsum(np.asarray(b["rewards"])[:, ::-1], 1)[:, ::-1] * np.asarray(b["resp_mask"])
+  want = np.cumsum(np.asarray(b.rewards_BT)[:, ::-1], 1)[:, ::-1] * np.asarray(b.resp_mask_BT)
   np.testing.assert_allclose(ret, want, rtol=1e-6)
-  np.testing.assert_allclose(adv, ppo.masked_whiten(jnp.asarray(want), b["resp_mask"]), rtol=1e-5, atol=1e-6)
-  assert abs(float(ppo.masked_mean(adv, b["resp_mask"]))) < 1e-6
+  np.testing.assert_allclose(adv, ppo.masked_whiten(jnp.asarray(want), b.resp_mask_BT), rtol=1e-5, atol=1e-6)
+  assert abs(float(ppo.masked_mean(adv, b.resp_mask_BT))) < 1e-6
   assert not algorithms.ADVANTAGES["reinforce_pp"].group  # A batch baseline: any n.
 
 
@@ -119,10 +122,9 @@ def data_of(s, texts, seed=0):
   """The reference_value phase's output for these responses, on the host."""
   comps = s.scorer(["What is Renor?"] * len(texts), texts)
   b = batch_of(np.zeros(len(texts)), seed=seed)
-  return comps, {"resp_mask": b["resp_mask"], "old_logp": -jnp.ones_like(b["resp_mask"]),
-                 "ref_logp": -jnp.ones_like(b["resp_mask"]) * 1.1, "values": b["values"],
-                 "seq": b["values"], "mask": b["values"],
-                 "score": jnp.asarray(s.scorer.raw(comps), jnp.float32)}
+  return comps, b.replace(old_logp_BT=-jnp.ones_like(b.resp_mask_BT),
+                          ref_logp_BT=-jnp.ones_like(b.resp_mask_BT) * 1.1, rewards_BT=None,
+                          scores_BK=jnp.asarray(s.scorer.raw(comps), jnp.float32))
 
 
 def state_of(terms):
@@ -140,34 +142,36 @@ def test_a_mix_logs_each_term_raw_and_normalises_each_by_its_own_moments():
   np.testing.assert_array_equal(comps["length/reward"], alone["length"])  # Raw, as logged.
   np.testing.assert_array_equal(comps["random/reward"], alone["random"])
   np.testing.assert_allclose(comps["reward"], 0.7 * alone["length"] + 0.3 * alone["random"])
-  _, moments, stats = ppo_trainer.advantages(mix, state_of(2), data)
+  batch, moments = ppo_trainer.advantages(mix, state_of(2), data)
   z = []
   for k, name in enumerate(("length", "random")):
     m = ppo.update_moments(ppo.Moments.init(), jnp.asarray(alone[name], jnp.float32))
     np.testing.assert_allclose([x[k] for x in moments], m, rtol=1e-6)  # Its own moments.
     z.append(ppo.normalize_score(jnp.asarray(alone[name], jnp.float32), m, clip=10.0))
-  np.testing.assert_allclose(stats["score"], 0.7 * z[0] + 0.3 * z[1], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(batch.score_B, 0.7 * z[0] + 0.3 * z[1], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("advantage", ["gae", "grpo"])
-def test_a_mix_of_one_term_equals_that_term_alone(advantage):
+@pytest.mark.parametrize("method", ["ppo", "grpo"])
+def test_a_mix_of_one_term_equals_that_term_alone(method):
   outs = []
   for spec in ("length", "1*length"):
-    s = setup_of(spec, schema.use_advantage(schema.ppo_tiny(), advantage, group_n=2))
+    s = setup_of(spec, algorithms.use_method(schema.ppo_tiny(), method, group_n=2))
     comps, data = data_of(s, TEXTS)
     outs.append((comps, ppo_trainer.advantages(s, state_of(1), data)))
-  (c1, (b1, m1, s1)), (c2, (b2, m2, s2)) = outs
+  (c1, (b1, m1)), (c2, (b2, m2)) = outs
   assert c1.keys() == c2.keys() == {"reward"}
-  for x, y in zip(jax.tree.leaves((b1, m1, s1)), jax.tree.leaves((b2, m2, s2))):
+  for x, y in zip(jax.tree.leaves((b1, m1)), jax.tree.leaves((b2, m2))):
     np.testing.assert_array_equal(x, y)  # Bitwise.
-  assert ("ref_logp" in b1) == (advantage == "grpo")  # GRPO's KL is in the loss.
+  # GRPO's KL is in the loss: its token rewards hold the score alone.
+  in_reward = not np.allclose(np.asarray(b1.rewards_BT).sum(1), b1.score_B)
+  assert in_reward == (method == "ppo")
 
 
 def test_the_planner_shows_the_memory_a_group_baseline_saves():
   from r3jax.trainers import memory  # pylint: disable=g-import-not-at-top
   sizes = {"data": 1, "fsdp": 8, "tensor": 1}
   ppo_plan = memory.plan(schema.ppo_tiny(), sizes)
-  grpo_plan = memory.plan(schema.use_advantage(schema.ppo_tiny(), "grpo"), sizes)
+  grpo_plan = memory.plan(algorithms.use_method(schema.ppo_tiny(), "grpo"), sizes)
   saved = ppo_plan["rows"]["value model and optimizer"]
   assert saved > 0 and grpo_plan["value_saved"] == saved
   assert "value model (none with ppo.advantage=grpo)" in grpo_plan["rows"]

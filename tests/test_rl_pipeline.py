@@ -1,5 +1,6 @@
-"""The seeds' Qwen pipeline at toy size, in-process: SFT -> RM (PMP, then fine-tuning) ->
-PPO on that RM through "@rm", with a weighted mix and the value model started from the RM."""
+"""The Qwen report's pipeline (Bai et al. 2023, §3) at toy size, in-process: SFT -> RM (PMP,
+then fine-tuning) -> PPO on that RM through "@rm", with a weighted mix and the value model
+started from the RM."""
 
 import os
 import runpy
@@ -8,7 +9,7 @@ import jax
 import numpy as np
 
 from r3jax.core import checkpoint
-from r3jax.trainers import pipeline, ppo, validate
+from r3jax.trainers import stages, ppo, validate
 from helpers import metric_rows
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,9 +36,9 @@ def toy_pipeline():
 def test_ppo_on_the_pipelines_own_reward_model(tmp_path):
   c = toy_pipeline()
   validate.validate(c)
-  pipeline.run(c, str(tmp_path))
+  stages.run(c, str(tmp_path))
   for stage, steps in (("sft", 6), ("rm_pmp", 4), ("rm", 4)):
-    assert pipeline.finished(str(tmp_path / stage), steps), stage  # Reused by a rerun.
+    assert stages.finished(str(tmp_path / stage), steps), stage  # Reused by a rerun.
   rows = metric_rows(tmp_path, "reward/reward")
   assert sorted(rows) == [1, 2]
   for k in ("reward/rm/reward", "reward/length/reward", "value/loss", "gold/recall"):
@@ -45,9 +46,9 @@ def test_ppo_on_the_pipelines_own_reward_model(tmp_path):
   assert rows[1]["reward/reward"] == rows[1]["reward/rm/reward"]  # 1·rm + 0·length, raw.
   assert (tmp_path / "rm" / "model" / "config.json").exists()
   # The value model started as the fine-tuned RM (PPO-max), not as the policy.
-  resolved = pipeline.with_fields(c, init_from=str(tmp_path / "sft"))
+  resolved = stages.with_fields(c, init_from=str(tmp_path / "sft"))
   with resolved.unlocked():
-    resolved.reward.mode = pipeline.resolve(c.reward.mode, {"rm": str(tmp_path / "rm")})
+    resolved.reward.mode = stages.resolve(c.reward.mode, {"rm": str(tmp_path / "rm")})
   s, state, _, _ = ppo.prepare(resolved, str(tmp_path / "fresh"))
   rm_params = checkpoint.load_host(str(tmp_path / "rm"))["params"]
   for x, y in zip(jax.tree.leaves(rm_params), jax.tree.leaves(state["value"])):

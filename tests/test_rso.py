@@ -56,7 +56,7 @@ def test_huge_beta_is_plain_sft_sampling():
 
 
 def reference_loop(rng, rewards, k, beta):
-  """The sequential loop of SPEC §6 step 2, scanning candidates by index, one at a time."""
+  """RSO's Algorithm 1 (Liu et al. 2024, §3) sequentially: candidates by index, one at a time."""
   remaining, accepted = list(range(len(rewards))), []
   while len(accepted) < k and remaining:
     r_max = max(rewards[i] for i in remaining)

@@ -1,7 +1,8 @@
 """ChatML rendering with assistant-only loss masks, and parsers for HH and ShareGPT turns.
 
 A conversation is a list of {"role": "system" | "user" | "assistant", "content": str}.
-SPEC §2: `<|im_start|>{role}\\n{content}<|im_end|>\\n`; only assistant content and its
+ChatML, as in the Qwen Technical Report (Bai et al. 2023, §3.1.1):
+`<|im_start|>{role}\\n{content}<|im_end|>\\n`; only assistant content and its
 `<|im_end|>` are trained.
 """
 

@@ -1,4 +1,4 @@
-"""SynRel-style relevance comparisons (seed 002 §2.1, SPEC §7).
+"""SynRel-style relevance comparisons (Kim & Seo 2024, R³ paper, §2.1 and Table 1).
 
 Each item asks "Please tell me about {entity}."; the chosen response states that entity's
 facts, and the rejected one is an equally fluent description of a different entity. A reward

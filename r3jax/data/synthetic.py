@@ -115,7 +115,7 @@ def generate(n: int, seed: int = 0, num_entities: int = WORLD_SIZE,
 
   With probability `restate` an answer opens by repeating the question, as many real
   assistants' answers do. That gives the policy the behaviour relevance-only PPO can
-  reinforce into pure copying (seed 002 §2.2); the default set has none.
+  reinforce into pure copying (R³ paper, Kim & Seo 2024, §2.2); the default set has none.
   """
   rng = random.Random(seed + 1)
   ents = list(world(num_entities).values())

@@ -1,7 +1,8 @@
-"""Reward ablations and RL algorithms under one PPO budget, summarised: seed 002's
-reward-hacking comparison, and PPO against the group baselines (r3jax/compare.py).
+"""Reward ablations and RL algorithms under one PPO budget, summarised: the R³ paper's
+reward-hacking comparison (Kim & Seo 2024, §2.2, §4.3), and PPO against the group
+baselines (r3jax/compare.py).
 
-Each run (a reward mode, SPEC §5, and/or an advantage estimator) uses the same PPO config,
+Each run (a reward mode, R³ paper Table 4, and/or an advantage estimator) uses the same PPO config,
 seed and SFT warm start in <workdir>/<run>. The table compares the rollouts of the
 first and last 10% of iterations: reward, response length, the fraction of responses
 that copy the query, the repetition penalty (1 = no repeated trigrams), relevance and KL.

@@ -1,4 +1,5 @@
-r"""Proxy reward against √KL(π‖π_ref), the over-optimisation view of seed 004 §2.1.9.
+r"""Proxy reward against √KL(π‖π_ref), the over-optimisation view of Gao et al. 2023
+("Scaling Laws for Reward Model Overoptimization").
 
 A PPO run (metrics.jsonl with kl/seq_kl) gives one point per logged iteration: the mean
 raw reward of its rollouts against √ of their mean summed log-ratio, drawn as a moving
@@ -22,7 +23,7 @@ from r3jax.core import metrics, plots
 
 
 def best_of_n_kl(n: int) -> float:
-  """KL(best-of-n ‖ base) for distinct candidates (Stiennon et al. 2020; seed 004)."""
+  """KL(best-of-n ‖ base) for distinct candidates (Stiennon et al. 2020; Gao et al. 2023)."""
   return math.log(n) - (n - 1) / n
 
 

@@ -1,5 +1,5 @@
-"""Pairwise accuracy of rewards on comparison sets, with 95% Wilson intervals (seed 002's
-Table 1). A K-wise ranking counts its C(K,2) pairs; a tie counts one half."""
+"""Pairwise accuracy of rewards on comparison sets, with 95% Wilson intervals (the R³ paper's
+Table 1, Kim & Seo 2024). A K-wise ranking counts its C(K,2) pairs; a tie counts one half."""
 
 import csv
 import math

@@ -1,4 +1,5 @@
-"""Text statistics of generated answers (SPEC §7): repetition, Self-BLEU, ROUGE-L, win rate.
+"""Text statistics of generated answers: repetition, Self-BLEU, ROUGE-L, win rate (as the R³
+paper, Kim & Seo 2024, §4 and App. D, reports them).
 
 Pure Python on strings: these run once per evaluation, on host, over a few thousand texts.
 Tokens are R³'s word-punctuation tokens (`wordpunct`, as R³ counts them), lower-cased, so "Paris." and
@@ -27,7 +28,7 @@ _WORDPUNCT = re.compile(r"\w+|[^\w\s]+")
 
 
 def wordpunct(text: str) -> list[str]:
-  """NLTK's wordpunct_tokenize: runs of word characters, and runs of punctuation (SPEC §5)."""
+  """NLTK's wordpunct_tokenize: runs of word characters, and runs of punctuation (R³'s LI, RP)."""
   return _WORDPUNCT.findall(text)
 
 
@@ -92,7 +93,7 @@ def rouge_l(candidate: str, reference: str) -> float:
 
 
 def copies_query(query: str, response: str) -> bool:
-  """The response is a copy of the query, the reward hacking of relevance alone (seed 002
+  """The response is a copy of the query, the reward hacking of relevance alone (R³ paper
   §2.2): ROUGE-L F1 against the query >= 0.5, i.e. mostly the query's words in its order.
   That also counts the near-copies a small model makes when it cannot reproduce a name
   ("Describe Banzar." for "Describe Dorzarlo."); an answer that restates the question and

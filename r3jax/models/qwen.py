@@ -1,6 +1,7 @@
 """Qwen decoder (Qwen1, Qwen2, Qwen2.5 and Qwen3 layouts), a pure-functional Flax Linen module.
 
-SPEC §1: pre-norm RMSNorm, RoPE (fp32 angles), bias on q/k/v only (Qwen3: per-head q/k norms), SwiGLU, GQA, optional
+Architecture after the Qwen Technical Report (Bai et al. 2023, §2.3): pre-norm RMSNorm, RoPE
+(fp32 angles), bias on q/k/v only (Qwen3: per-head q/k norms), SwiGLU, GQA, optional
 tied embeddings. Every parameter carries logical axis names so that the sharding rules in
 a config decide its layout; activations carry logical constraints for the same reason,
 under their own names (`act_*`) so that a rule can shard a weight's `embed` dimension
@@ -59,7 +60,7 @@ class QwenConfig:
     return dataclasses.replace(self, **kw)
 
 
-# Qwen1 sizes from the technical report (seed 003); the FFN width is the HF release's.
+# Qwen1 sizes: Qwen Technical Report (Bai et al. 2023), Table 1; the FFN width is the HF release's.
 PRESETS = {
     "tiny": dict(vocab_size=2048, hidden_size=64, num_layers=2, num_heads=4,
                  num_kv_heads=2, intermediate_size=176, max_position_embeddings=512),

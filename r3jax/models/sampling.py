@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from r3jax.core import sharding
+from r3jax.core import registry, sharding
 from r3jax.data import chat, padding
 from r3jax.models import qwen
 
@@ -119,10 +119,17 @@ def segments(n_new: int, chunk: int) -> list[int]:
   return list(range(chunk, n_new, chunk)) + [n_new]
 
 
+# Rollout engines (`rollout.engine`): (params, prompt_BT, prompt_mask_BT, key, *, model_cfg,
+# cfg: SampleConfig) -> Samples, the n samples of each prompt in prompt-major rows.
+ENGINES = registry.Registry("rollout engine")
+
+
+@ENGINES.register("static")
 @functools.partial(jax.jit, static_argnames=("model_cfg", "cfg"))
 def generate(params, prompt_BT: jax.Array, prompt_mask_BT: jax.Array, key: jax.Array, *,
              model_cfg: qwen.QwenConfig, cfg: SampleConfig) -> Samples:
-  """Samples `cfg.n` continuations of each left-padded prompt."""
+  """Samples `cfg.n` continuations of each left-padded prompt: the whole batch in one
+  static-shape loop per cache segment, until its longest row stops."""
   model = qwen.Qwen(model_cfg)
   prompt_BT = jnp.repeat(prompt_BT, cfg.n, axis=0)
   prompt_mask_BT = jnp.repeat(prompt_mask_BT.astype(jnp.int32), cfg.n, axis=0)

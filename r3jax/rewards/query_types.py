@@ -1,4 +1,4 @@
-"""Zero-shot query-type classification with a chat LM (seed 002 App. B.1).
+"""Zero-shot query-type classification with a chat LM (Kim & Seo 2024, R³ paper, App. B.1).
 
 The paper asked GPT-4 with the prompt below. Here any Qwen chat model answers it, and
 instead of parsing free text we compare the log-probabilities it gives the two allowed

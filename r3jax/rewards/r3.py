@@ -1,4 +1,5 @@
-"""R³, the Regularized Relevance Reward (seed 002, as SPEC §5 pins it down).
+"""R³, the Regularized Relevance Reward (Kim & Seo 2024, "Preference-free Alignment Learning
+with Regularized Relevance Reward", §3), as the authors' code computes it.
 
   OE:  R³ = RP(y) · LI(y) · s(x, y)
   CE:  R³ = RP(y) · f(s(y*, y)),   f(s) = s · (max_len / 100) / 3.5
@@ -9,7 +10,7 @@ mean-pooled embeddings (cosine for a normalising encoder such as MiniLM). x is t
 user text and y the response with its leading whitespace stripped (as in the authors'
 code), then cut at the first role marker or blank-line run (_STOP); all three
 terms use that same truncated y (the authors' code scored relevance on the untruncated
-response, which SPEC §8 says to avoid). A CE query without a reference answer falls back
+response, an inconsistency not reproduced here). A CE query without a reference answer falls back
 to the OE formula.
 
 Ablations (paper Table 4) are `mode`s: "r3" (full), "relevance" (s only), "li_s" (LI·s),

@@ -6,7 +6,7 @@ Every scorer returns its components: "reward" always, and R³ also its terms (re
 length incentive, repetition penalty, copies_query, ...), which PPO logs.
 
 prompts are raw user texts or message lists. `make(spec)` builds one from a name:
-  r3, relevance, li_s, no_branch, li_only   R³ and its ablations (SPEC §5), MiniLM by default;
+  r3, relevance, li_s, no_branch, li_only   R³ and its ablations (R³ paper §4.3), MiniLM by default;
   length                                    the word-punctuation token count (a baseline);
   random                                    uniform noise (chance level, seeded);
   <path>                                    a reward-model run's workdir (trainer "rm").
@@ -36,7 +36,7 @@ def as_messages(prompt):
 
 
 def as_text(prompt) -> str:
-  """The raw query: user turns joined with spaces (SPEC §5)."""
+  """The raw query: user turns joined with spaces, as the R³ authors' code scores it."""
   if isinstance(prompt, str):
     return prompt
   return " ".join(m["content"] for m in prompt if m["role"] == "user")

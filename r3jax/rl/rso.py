@@ -1,10 +1,11 @@
-"""Statistical rejection sampling and preference-pair construction (RSO, SPEC §6 and §8).
+"""Statistical rejection sampling and preference-pair construction (RSO: Liu et al. 2024,
+"Statistical Rejection Sampling Improves Preference Optimization", §3, Algorithm 1).
 
 For each prompt, N candidates y ~ π_sft are scored by a reward r. `rejection_sample` keeps k
 of them, distributed as π_r(y) ∝ π_sft(y)·exp(r(y)/β). Pairs are then built from the kept
 ones and labelled by the reward, for the sigmoid_norm / hinge_norm losses.
 
-Seed 004 compares three ways to get training pairs:
+The RSO paper compares three ways to get training pairs:
   rso-sample-rank: `rejection_sample`, then `pairs_first_round` (best) or `pairs_tournament`.
   sft-sample-rank: `sft_sample` (k uniform draws of the N, no reward tilt), same pairing.
   direct: the dataset's own (chosen, rejected) pair as is; nothing to do here, the
@@ -12,8 +13,8 @@ Seed 004 compares three ways to get training pairs:
 
 Sampling is jittable (k static). Pairing runs on host, once per prompt, in numpy.
 Pairs whose two rewards are equal are dropped: the label would be a coin flip and would
-only add noise to the loss. Duplicate texts should count once (SPEC §8): pass
-`unique_mask(texts)` as (part of) `valid_N`.
+only add noise to the loss. Duplicate texts should count once (RSO's Algorithm 1 draws
+only a y not yet accepted): pass `unique_mask(texts)` as (part of) `valid_N`.
 """
 
 import jax
@@ -78,7 +79,7 @@ def rejection_sample_batch(key, rewards_PN, valid_PN, k: int, beta):
 
 
 def sft_sample(key, valid_N, k: int):
-  """seed 004's sft-sample-rank: k of the valid candidates, uniformly, without replacement.
+  """RSO's sft-sample-rank: k of the valid candidates, uniformly, without replacement.
 
   Equal rewards make every candidate pass the first rejection pass, so this is
   `rejection_sample` with the reward tilt switched off.

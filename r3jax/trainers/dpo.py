@@ -1,9 +1,11 @@
-"""Offline preference optimisation (the DPO family, SPEC §6) as a preference task: the
-policy's summed response log-probs against a frozen reference's; the loss is
-`config.loss.type` in losses/preference.LOSS_TYPES.
+"""Offline preference optimisation (DPO, Rafailov et al. 2023 §4, and its family) as a task
+of the supervised loop on comparisons (trainers/preference.py): the policy's summed
+response log-probs against a frozen reference's; the loss is the entry `config.loss.type` of
+losses/preference.LOSSES.
 
 Reference log-probs are computed per batch without gradient, or once for the whole
 dataset up front (`loss.precompute_ref`), after which the reference weights are dropped.
+A reference-free loss (needs_reference=False, e.g. SimPO) builds no reference at all.
 """
 
 import functools
@@ -15,7 +17,7 @@ import numpy as np
 from r3jax.core.errors import DataError
 from r3jax.losses import lm, preference as losses
 from r3jax.models import qwen
-from r3jax.trainers import harness, preference, state as state_lib
+from r3jax.trainers import harness, preference, state as state_lib, supervised
 
 
 def sequence_logprobs(params, cfg, batch, prompt_len: int = 0):
@@ -56,10 +58,13 @@ def sequence_logprobs(params, cfg, batch, prompt_len: int = 0):
 def dpo_loss(params, batch, rng, *, model_cfg, lcfg, prompt_len=0):
   del rng
   lp, n_tok = sequence_logprobs(params, model_cfg, batch, prompt_len)
-  ref = batch["ref_logp"]
+  entry = losses.LOSSES[lcfg.type]
+  ref_BK = batch["ref_logp"] if entry.needs_reference else None
+  ref_w, ref_l = (None, None) if ref_BK is None else (ref_BK[:, 0], ref_BK[:, 1])
   losses_B, m = losses.dpo_loss(
-      lp[:, 0], lp[:, 1], ref[:, 0], ref[:, 1], loss_type=lcfg.type, beta=lcfg.beta,
-      label_smoothing=lcfg.label_smoothing, chosen_len_B=n_tok[:, 0], rejected_len_B=n_tok[:, 1])
+      lp[:, 0], lp[:, 1], ref_w, ref_l, loss_type=lcfg.type, beta=lcfg.beta,
+      label_smoothing=lcfg.label_smoothing, chosen_len_B=n_tok[:, 0], rejected_len_B=n_tok[:, 1],
+      **{name: lcfg[name] for name in entry.params})
   b = lp.shape[0]
   return jnp.sum(losses_B), (jnp.float32(b), {n: v * b for n, v in m.items()})
 
@@ -69,11 +74,15 @@ def check_pairs(train_rows, eval_rows) -> None:
     raise DataError("DPO needs pairs: some comparison has more than 2 responses")
 
 
-def with_reference(ctx: preference.Context):
+def with_reference(ctx: supervised.Context):
   """fn(batch, split, idx) adding the reference's log-probs, [B, 2]. The reference is the
   starting policy: a copy of the fresh state (the train step donates it), or loaded again
-  when the run resumes."""
+  when the run resumes. A reference-free loss gets the batch as it is, and no reference is
+  built."""
   config, cfg = ctx.run.config, ctx.policy.cfg
+  if not losses.LOSSES[config.loss.type].needs_reference:
+    ctx.run.writer.print(f"loss.type={config.loss.type} is reference-free: no reference model")
+    return lambda batch, split, idx: batch
   prompt_len = config.prompt_len
   run = ctx.run
   ref_params = (jax.tree.map(jnp.copy, ctx.state["params"]) if ctx.fresh else
@@ -83,29 +92,26 @@ def with_reference(ctx: preference.Context):
   if not config.loss.precompute_ref:
     return lambda batch, split, idx: {**batch, "ref_logp": np.asarray(ref_fn(ref_params, batch))}
   cache = {}  # (split, row) -> [K] reference log-probs; the weights are dropped after.
-  ctx.run.writer.print(f"precomputing reference log-probs for {len(ctx.train_rows) + ctx.n_eval} comparisons")
+  ctx.run.writer.print(f"precomputing reference log-probs for {len(ctx.train_rows) + ctx.n_eval} "
+                       "comparisons")
   with harness.mesh_rules(ctx.run.mesh, ctx.run.rules):
     for split, rows in (("train", ctx.train_rows), ("eval", ctx.eval_rows[:ctx.n_eval])):
       for i in range(0, len(rows), config.batch_size):
         idx = range(i, min(i + config.batch_size, len(rows)))
         batch, _ = ctx.batch_of([rows[j] for j in idx])
         cache.update({(split, j): v for j, v in zip(idx, np.asarray(ref_fn(ref_params, batch)))})
-  return lambda batch, split, idx: {**batch, "ref_logp": np.stack([cache[(split, int(i))] for i in idx])}
+  return lambda batch, split, idx: {**batch,
+                                    "ref_logp": np.stack([cache[(split, int(i))] for i in idx])}
 
 
-def export(run, params, cfg, tok, start: bool) -> None:
-  if not start:
-    harness.export_hf(run.workdir, params, cfg, tok)
-
-
-TASK = preference.Task(
-    name="dpo", scalar_head=False,
+TASK = preference.task(
+    name="dpo",
     prompt_len=lambda config: config.prompt_len,  # The prompt-split layout (sequence_logprobs).
     check=check_pairs,
-    make_loss=lambda config, cfg: functools.partial(dpo_loss, model_cfg=cfg, lcfg=config.loss,
-                                                    prompt_len=config.prompt_len),
+    make_loss=lambda config, cfg, deterministic: functools.partial(
+        dpo_loss, model_cfg=cfg, lcfg=config.loss, prompt_len=config.prompt_len),
     prepare=with_reference,
-    export=export,
+    export=supervised.export_hf,
     accuracy="rewards/accuracy",
     plots={"dpo": ["train/loss", "eval/loss", "train/rewards/accuracy", "eval/rewards/accuracy",
                    "train/rewards/margin", "train/rewards/chosen", "train/rewards/rejected"]})

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from r3jax.core import optim, sharding
+from r3jax.losses import preference as pref_losses
 from r3jax.models import lora, qwen
 from r3jax.rl import algorithms
 from r3jax.trainers import state as state_lib
@@ -111,8 +112,11 @@ def plan(config, sizes: dict[str, int], remat: bool | None = None) -> dict:
   else:
     rows["policy params"] = policy_bytes
     rows["policy optimizer"] = _bytes(state["opt_state"], shard["opt_state"])
-    if ppo or config.trainer == "dpo":
+    if ppo or (config.trainer == "dpo" and pref_losses.LOSSES[config.loss.type].needs_reference):
       rows["reference"] = policy_bytes
+    elif config.trainer == "dpo":  # A reference-free loss (SimPO) builds no reference.
+      rows[f"reference (none with loss.type={config.loss.type})"] = 0
+      out["reference_saved"] = policy_bytes
     if ppo:  # A {backbone, head} model, sharded like the policy.
       v_state, v_shard = abstract_state(cfg, tx, mesh, rules, scalar_head=True)
       value_bytes = (_bytes(v_state["params"], v_shard["params"]) +
@@ -170,6 +174,9 @@ def table(p: dict, hbm_gib: float) -> str:
   if p.get("value_saved"):
     lines.append(f"\nNo value model: {_fmt(p['value_saved'])} per device of value weights and optimizer "
                  "state saved, and its backward pass (activations counted once, not twice).")
+  if p.get("reference_saved"):
+    lines.append(f"\nNo reference model: {_fmt(p['reference_saved'])} per device of reference weights "
+                 "saved, and its forward pass.")
   if hbm_gib:
     room = hbm_gib * GIB - p["fixed"]
     fits = int(room // p["per_row"]) if room > 0 else 0

@@ -1,22 +1,25 @@
-"""PPO for RLHF (SPEC §4) against any scorer, R³ by default (SPEC §5): policy, value,
-frozen reference, reward. The group baselines (GRPO, Dr. GRPO, RLOO) and REINFORCE++ run
-on the same phases with `ppo.advantage` naming them: no value model is built for them.
+"""RL from a reward (InstructGPT, Ouyang et al. 2022 §3.5; the Qwen report, Bai et al. 2023
+§3.2.2): PPO with a value model, or any method of rl/algorithms.METHODS (GRPO, RLOO,
+REINFORCE++, GSPO, ...) on the same phases, against any scorer, R³ by default (Kim & Seo
+2024, "Preference-free Alignment Learning with Regularized Relevance Reward", §3).
 
-One iteration is five phases, each a module-level function over an explicit state:
+One iteration is five phases, each a module-level function over an explicit state, passing
+the typed records of rl/records.py:
 
-  rollout          sample n responses per prompt with the jitted sampler
-  score            the reward's components for each response (rewards/scorers)
-  reference_value  reference log-probs and values of the rollouts
+  rollout          sample n responses per prompt with the jitted sampler -> Rollout
+  score            the reward's components for each response (rewards/scorers) -> Scored
+  reference_value  reference log-probs and values of the rollouts -> RLBatch
   advantages       each reward term normalised by its running moments, their weighted
                    sum, per-token rewards (β·KL in them when kl.placement=reward), then
-                   `ppo.advantage` (rl/algorithms)
-  update           `ppo.epochs` passes of `ppo.policy_loss` (+ β·KL when kl.placement=loss)
-                   + the clipped value loss over minibatches, then the adaptive KL coefficient
+                   `ppo.advantage` (algorithms.ADVANTAGES) -> the RLBatch completed
+  update           `ppo.epochs` passes over minibatches of the sum of the active
+                   algorithms.LOSS_TERMS (policy, entropy, KL, ptx, value), then the
+                   adaptive KL coefficient
 
 `Setup` holds what stays fixed during a run (models' configs, jitted functions, the frozen
-SFT weights); `state` holds what a checkpoint saves. The value model is a Qwen backbone
-with a scalar head, initialised from the SFT policy, or from the reward model
-(value.init_from_reward, PPO-max).
+SFT weights); `state` holds what a checkpoint saves. A value model (only for estimators
+that use one) is a Qwen backbone with a scalar head, initialised from the SFT policy, or
+from the reward model (value.init_from_reward, PPO-max: Zheng et al. 2023).
 """
 
 import dataclasses
@@ -34,10 +37,11 @@ from r3jax.core import optim, plots, sharding
 from r3jax.core.errors import ConfigError
 from r3jax.data import chat, padding, pipeline, sources, tokenizer as tokenizer_lib
 from r3jax.eval import gold, text_metrics as tm
-from r3jax.losses import lm, ppo
+from r3jax.losses import lm
 from r3jax.models import hf, lora, qwen, sampling
 from r3jax.rewards import query_types, r3, scorers
-from r3jax.rl import algorithms
+from r3jax.rl import algorithms, ops
+from r3jax.rl.records import Forward, Iteration, RLBatch, Rollout, Scored
 from r3jax.trainers import harness, state as state_lib, step as step_lib
 
 
@@ -57,14 +61,6 @@ class Setup:
   update_fn: Callable  # One jitted minibatch update.
   gold: bool = False  # The prompts are the embedded world's: the gold judge reads every rollout.
   uses_value: bool = True  # ppo.advantage needs a value model (GAE); state has one.
-
-
-def uses_value(config) -> bool:
-  return algorithms.ADVANTAGES[config.ppo.advantage].uses_value
-
-
-def kl_in_loss(config) -> bool:
-  return config.kl.placement == "loss"
 
 
 def response_logprobs(params, cfg, seq_BS, mask_BS, prompt_len: int):
@@ -115,10 +111,10 @@ def init_rl_state(config, run, cfg, tok, init_from: str):
   else:
     pol, pol_opt = jax.tree.map(jnp.copy, frozen), state["opt_state"]
   terms = len(scorers.terms(config.reward.mode))
-  moments = jax.tree.map(lambda x: jnp.full((terms,), x), ppo.Moments.init()._asdict())
+  moments = jax.tree.map(lambda x: jnp.full((terms,), x), ops.Moments.init()._asdict())
   state = {"step": state["step"], "policy": pol, "policy_opt": pol_opt, "rng": state["rng"],
            "moments": moments, "beta": jnp.float32(config.kl.beta)}
-  if uses_value(config):
+  if algorithms.uses_value(config):
     if use_lora:
       val = {"lora": lora.init(jax.random.fold_in(lkey, 1), frozen, targets, config.lora.rank),
              "head": qwen.init_scalar_head(cfg)}
@@ -134,50 +130,44 @@ def reward_model_value(config, cfg, frozen):
   """value.init_from_reward (PPO-max): the value model starts as the reward model (backbone
   and head), laid out like the policy. The reward model must have the policy's shape."""
   (path,) = [n for _, n in scorers.terms(config.reward.mode) if n not in scorers.NAMES]
-  rm = scorers.RewardModel(path)
-  mine, theirs = qwen.to_hf_config(cfg), qwen.to_hf_config(rm.cfg)
+  reward_model = scorers.RewardModel(path)
+  mine, theirs = qwen.to_hf_config(cfg), qwen.to_hf_config(reward_model.cfg)
   diff = [f"{k} {theirs.get(k)} vs {mine.get(k)}" for k in sorted(mine) if theirs.get(k) != mine.get(k)
           and k not in ("torch_dtype",)]
   if diff:
     raise ConfigError(f"value.init_from_reward: the reward model {path} is not the policy's "
                       f"architecture ({'; '.join(diff[:3])})")
   backbone = jax.tree.map(lambda x, like: jax.device_put(x.astype(like.dtype), like.sharding),
-                          rm.params["backbone"], frozen)
-  return {"backbone": backbone, "head": rm.params["head"]}
+                          reward_model.params["backbone"], frozen)
+  return {"backbone": backbone, "head": reward_model.params["head"]}
 
 
-def make_loss(config, cfg, with_ptx: bool):
-  """The PPO objective of one minibatch: `ppo.policy_loss` (gated by train_policy during the
-  value warm-up), β·KL to the reference when kl.placement=loss (GRPO), the entropy bonus,
-  the PPO-ptx LM term, and the clipped value loss when there is a value model."""
+def forward(config, cfg, trainable, frozen, mb: RLBatch, ptx_BL) -> Forward:
+  """What the models being trained say of a minibatch: the policy's log-probs and entropies
+  of its responses, the value model's values (if any), the LM loss on a PPO-ptx batch."""
   prompt_len = config.rollout.prompt_len
-  policy_loss = algorithms.POLICY_LOSSES[config.ppo.policy_loss]
+  pol = policy_params(config, trainable["policy"], frozen)  # Merged once, for the log-probs and PPO-ptx.
+  logp, ent = response_logprobs(pol, cfg, mb.seq_BS, mb.mask_BS, prompt_len)
+  fwd = Forward(logp, ent)
+  if ptx_BL is not None:
+    _, hidden, _ = qwen.Qwen(cfg).apply({"params": pol}, ptx_BL)
+    nll, n = lm.masked_nll_sum(hidden[:, :-1], qwen.head_kernel(pol, cfg), ptx_BL[:, 1:],
+                               jnp.ones_like(ptx_BL[:, 1:]))
+    fwd = fwd.replace(ptx_nll=nll / n)
+  if "value" in trainable:
+    v = qwen.scalar_outputs(value_params(config, trainable["value"], frozen), cfg, mb.seq_BS,
+                            mb.mask_BS)[:, prompt_len - 1:-1]
+    fwd = fwd.replace(values_BT=v)
+  return fwd
 
-  def loss_fn(trainable, frozen, mb, train_policy, beta):
-    pol = policy_params(config, trainable["policy"], frozen)  # Merged once, for the log-probs and PPO-ptx.
-    logp, ent = response_logprobs(pol, cfg, mb["seq"], mb["mask"], prompt_len)
-    resp_mask = mb["resp_mask"]
-    pl, pm = policy_loss(logp, mb["old_logp"], mb["adv"], resp_mask, config.ppo)
-    entropy = ppo.masked_mean(ent, resp_mask)
-    aux = {"policy/loss": pl, "policy/entropy": entropy, **pm}
-    pol_loss = pl - config.ppo.entropy_coef * entropy
-    if kl_in_loss(config):
-      kl = ppo.kl_estimate(logp, mb["ref_logp"], config.kl.estimator)
-      aux["policy/kl_loss"] = ppo.aggregate(kl, resp_mask, config.ppo.loss_agg)
-      pol_loss = pol_loss + beta * aux["policy/kl_loss"]
-    if with_ptx:
-      _, hidden, _ = qwen.Qwen(cfg).apply({"params": pol}, mb["ptx"])
-      nll, n = lm.masked_nll_sum(hidden[:, :-1], qwen.head_kernel(pol, cfg), mb["ptx"][:, 1:],
-                                        jnp.ones_like(mb["ptx"][:, 1:]))
-      aux["ptx/loss"] = nll / n
-      pol_loss = pol_loss + config.ptx.coef * aux["ptx/loss"]
-    if "value" not in trainable:
-      return train_policy * pol_loss, aux
-    v = qwen.scalar_outputs(value_params(config, trainable["value"], frozen), cfg, mb["seq"],
-                            mb["mask"])[:, prompt_len - 1:-1]
-    vl, vm = ppo.value_loss(v, mb["old_values"], mb["returns"], resp_mask, config.ppo.value_clip)
-    aux.update({"value/loss": vl, **vm})
-    return train_policy * pol_loss + config.ppo.vf_coef * vl, aux
+
+def make_loss(config, cfg):
+  """The RL objective of one minibatch: the sum of the active algorithms.LOSS_TERMS (the
+  policy-side terms gated by train_policy during the value warm-up)."""
+
+  def loss_fn(trainable, frozen, mb: RLBatch, ptx_BL, train_policy, beta):
+    fwd = forward(config, cfg, trainable, frozen, mb, ptx_BL)
+    return algorithms.objective(config, fwd, mb, train_policy, beta)
 
   return loss_fn
 
@@ -196,13 +186,14 @@ def make_update(config, loss_fn, lay):
   skip = config.nonfinite.action == "skip"
 
   @functools.partial(jax.jit, donate_argnums=(0,), out_shardings=({k: lay[k] for k in names}, None))
-  def update(models, frozen, batch, idx, extra, train_policy, beta):
+  def update(models, frozen, batch, idx, ptx_BL, train_policy, beta):
     # The minibatch is gathered inside the step: an eager gather of sharded rows between
     # steps is a second program with collectives in flight beside the step's own, and
     # XLA:CPU's simulated devices can then deadlock (one device never joins an all-reduce).
-    mb = {**{k: v[idx] for k, v in batch.items()}, **extra}
+    mb = jax.tree.map(lambda v: v[idx], batch)
     trainable = {k: models[k] for k in ("policy", "value") if k in models}
-    (loss, m), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable, frozen, mb, train_policy, beta)
+    (loss, m), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable, frozen, mb, ptx_BL,
+                                                                  train_policy, beta)
     pol, pol_opt = models["policy"], models["policy_opt"]
     u, pol_opt2 = pol_tx.update(grads["policy"], pol_opt, pol)
     # During value warm-up the policy and its optimizer state stay untouched.
@@ -243,10 +234,10 @@ def make_setup(config, run, cfg, tok, frozen, lay, rows) -> Setup:
   ro = config.rollout
   scfg = sampling.sample_config(tok, max_new_tokens=ro.max_new_tokens, temperature=ro.temperature,
                                 top_p=ro.top_p, top_k=ro.top_k, n=ro.n)
-  update = make_update(config, make_loss(config, cfg, ptx is not None), lay)
+  update = make_update(config, make_loss(config, cfg), lay)
   return Setup(config, cfg, tok, run, scorer, ptx, scfg, frozen,
                jax.jit(functools.partial(policy_params, config)), ref_value, update,
-               gold=gold.applicable(rows), uses_value=uses_value(config))
+               gold=gold.applicable(rows), uses_value=algorithms.uses_value(config))
 
 
 def label_query_types(config, rows, policy_params_, cfg, tok, writer) -> None:
@@ -270,20 +261,20 @@ def label_query_types(config, rows, policy_params_, cfg, tok, writer) -> None:
 # ----------------------------------------------------------------------------- phases
 
 
-def rollout(s: Setup, state, batch_rows, it: int) -> dict:
+def rollout(s: Setup, state, batch_rows, it: int) -> Rollout:
   """This process's prompts, left-padded to rollout.prompt_len, and n sampled responses
-  each: {rows, prompt_tok, prompt_mask, samples (this process's rows, host arrays)}."""
+  each (this process's rows, host arrays)."""
   prompt_ids = [chat.tokenize(s.tok, chat.prompt_messages(r["prompt"]), True)[0] for r in batch_rows]
   # Longer prompts keep their last prompt_len tokens (the question and the assistant header).
   truncated = sum(len(x) > s.config.rollout.prompt_len for x in prompt_ids)
   p_tok, p_mask = padding.left_pad(prompt_ids, s.tok.pad_token_id, s.config.rollout.prompt_len)
   prompts = sharding.put_batch({"tok": p_tok, "mask": p_mask}, s.run.mesh)
   key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), it)
-  out = sampling.generate(s.merged_policy(state["policy"], s.frozen), prompts["tok"], prompts["mask"],
+  engine = sampling.ENGINES.get(s.config.rollout.engine, "rollout.engine").fn
+  out = engine(s.merged_policy(state["policy"], s.frozen), prompts["tok"], prompts["mask"],
                           key, model_cfg=s.cfg, cfg=s.scfg)
   out_local = sampling.Samples(*(sharding.local_rows(x, s.run.mesh) for x in out))
-  return {"rows": batch_rows, "prompt_tok": p_tok, "prompt_mask": p_mask, "samples": out_local,
-          "truncated": truncated}
+  return Rollout(batch_rows, p_tok, p_mask, out_local, truncated)
 
 
 def repeat(n: int, values) -> list:
@@ -291,20 +282,18 @@ def repeat(n: int, values) -> list:
   return [v for v in values for _ in range(n)]
 
 
-def score(s: Setup, ro: dict, it: int) -> dict:
-  """{texts, components, judged}: the decoded responses, the scorer's components (reward,
-  and R³'s terms), and what the optimised reward does not see: the gold judge's figures
-  (on the embedded world) and the batch's diversity. With reward.query_types=random, each
-  response's type is drawn afresh."""
-  texts = sampling.decode(s.tok, ro["samples"])
-  qtypes = repeat(s.config.rollout.n, [r["query_type"] for r in ro["rows"]])
+def score(s: Setup, ro: Rollout, it: int) -> Scored:
+  """The decoded responses, the scorer's components (reward, and R³'s terms), and what the
+  optimised reward does not see: the gold judge's figures (on the embedded world) and the
+  batch's diversity. With reward.query_types=random, each response's type is drawn afresh."""
+  texts = sampling.decode(s.tok, ro.samples)
+  qtypes = repeat(s.config.rollout.n, [r["query_type"] for r in ro.rows])
   if s.config.reward.query_types == "random":
     rng = np.random.default_rng([s.config.seed, it])  # Per iteration: resumes exactly.
     qtypes = list(rng.choice(["open_ended", "closed_ended"], len(qtypes)))
-  comps = s.scorer(repeat(s.config.rollout.n, [r["prompt"] for r in ro["rows"]]), texts,
-                   repeat(s.config.rollout.n, [r["reference"] for r in ro["rows"]]), qtypes)
-  return {"texts": texts, "components": comps, "terms": s.scorer.raw(comps),
-          "judged": judged(s, ro["rows"], texts)}
+  comps = s.scorer(repeat(s.config.rollout.n, [r["prompt"] for r in ro.rows]), texts,
+                   repeat(s.config.rollout.n, [r["reference"] for r in ro.rows]), qtypes)
+  return Scored(texts, comps, s.scorer.raw(comps), judged(s, ro.rows, texts))
 
 
 def judged(s: Setup, rows, texts) -> dict[str, np.ndarray]:
@@ -325,52 +314,50 @@ def judged(s: Setup, rows, texts) -> dict[str, np.ndarray]:
           "diversity/top_sentence_share": batch(tm.top_sentence_share(cut, names))}
 
 
-def reference_value(s: Setup, state, ro: dict, scored: dict) -> dict:
+def reference_value(s: Setup, state, ro: Rollout, scored: Scored) -> RLBatch:
   """The rollout batch on the mesh: full sequences and masks, the behaviour log-probs, the
   raw scores ([B, terms]), and the reference log-probs and values (0 without a value
   model) of every response token."""
-  n, out = s.config.rollout.n, ro["samples"]
+  n, out = s.config.rollout.n, ro.samples
   resp, resp_mask = out.tokens_BN, out.mask_BN
   data = sharding.put_batch(dict(
-      seq=np.concatenate([np.repeat(ro["prompt_tok"], n, 0), resp], 1),
-      mask=np.concatenate([np.repeat(ro["prompt_mask"], n, 0), resp_mask], 1),
+      seq=np.concatenate([np.repeat(ro.prompt_tok, n, 0), resp], 1),
+      mask=np.concatenate([np.repeat(ro.prompt_mask, n, 0), resp_mask], 1),
       resp_mask=resp_mask.astype(np.float32),
       old_logp=out.model_logprobs_BN * resp_mask,
-      score=np.asarray(scored["terms"], np.float32) * s.config.reward.scale), s.run.mesh)
-  data["ref_logp"], data["values"] = s.ref_value(state.get("value"), s.frozen, data["seq"], data["mask"])
-  return data
+      score=np.asarray(scored.terms, np.float32) * s.config.reward.scale), s.run.mesh)
+  ref_logp, values = s.ref_value(state.get("value"), s.frozen, data["seq"], data["mask"])
+  return RLBatch(seq_BS=data["seq"], mask_BS=data["mask"], resp_mask_BT=data["resp_mask"],
+                 old_logp_BT=data["old_logp"], ref_logp_BT=ref_logp, values_BT=values,
+                 scores_BK=data["score"])
 
 
-def advantages(s: Setup, state, data: dict):
-  """(batch for the update, moments, stats): each reward term normalised by its own
-  running moments (reward.normalize_score), their weighted sum, per-token rewards with
-  the KL penalty (kl.placement=reward) and the score at the last token, and the
-  configured estimator's advantages and returns."""
+def advantages(s: Setup, state, batch: RLBatch):
+  """(the batch with its KL, score, rewards, advantages and returns, the moments): each
+  reward term normalised by its own running moments (reward.normalize_score), their
+  weighted sum, per-token rewards with the KL penalty (kl.placement=reward) and the score
+  at the last token, and the configured estimator's advantages and returns."""
   c = s.config
-  rm = data["resp_mask"]
-  kl = ppo.kl_estimate(data["old_logp"], data["ref_logp"], c.kl.estimator) * rm
-  terms_BK = data["score"]
-  moments = ppo.Moments(**state["moments"])
+  mask = batch.resp_mask_BT
+  kl = algorithms.kl_estimate(batch.old_logp_BT, batch.ref_logp_BT, c.kl.estimator) * mask
+  terms_BK = batch.scores_BK
+  moments = ops.Moments(**state["moments"])
   if c.reward.normalize_score:
-    moments = jax.vmap(ppo.update_moments, in_axes=(0, 1))(moments, terms_BK)
-    terms_BK = jax.vmap(functools.partial(ppo.normalize_score, clip=c.reward.clip),
+    moments = jax.vmap(ops.update_moments, in_axes=(0, 1))(moments, terms_BK)
+    terms_BK = jax.vmap(functools.partial(ops.normalize_score, clip=c.reward.clip),
                         in_axes=(1, 0), out_axes=1)(terms_BK, moments)
   score = jnp.sum(terms_BK * jnp.asarray(s.scorer.weights, jnp.float32), -1)
-  rewards = ppo.token_rewards(score, kl, rm, 0.0 if kl_in_loss(c) else state["beta"])
-  adv, returns = algorithms.ADVANTAGES[c.ppo.advantage].fn(
-      {"rewards": rewards, "values": data["values"], "resp_mask": rm}, c.ppo, c.rollout.n)
-  batch = {k: data[k] for k in ("seq", "mask", "resp_mask", "old_logp")}
-  batch.update(adv=adv, returns=returns, old_values=data["values"])
-  if kl_in_loss(c):
-    batch["ref_logp"] = data["ref_logp"]
-  return batch, moments, {"kl": kl, "score": score, "returns": returns}
+  rewards = ops.token_rewards(score, kl, mask, 0.0 if algorithms.kl_in_loss(c) else state["beta"])
+  batch = batch.replace(kl_BT=kl, score_B=score, rewards_BT=rewards)
+  adv, returns = algorithms.ADVANTAGES[c.ppo.advantage].fn(batch, c.ppo, c.rollout.n)
+  return batch.replace(adv_BT=adv, returns_BT=returns), moments
 
 
-def update(s: Setup, state, batch: dict, it: int):
+def update(s: Setup, state, batch: RLBatch, it: int):
   """(the MODELS after ppo.epochs passes over shuffled minibatches, the minibatches'
   metrics)."""
   c = s.config
-  n_rollouts = jax.tree.leaves(batch)[0].shape[0]
+  n_rollouts = batch.seq_BS.shape[0]
   train_policy = jnp.float32(it >= c.ppo.value_warmup_steps)
   models = {k: state[k] for k in MODELS if k in state}
   ms = []
@@ -378,11 +365,11 @@ def update(s: Setup, state, batch: dict, it: int):
     perm_rng = np.random.default_rng([c.seed, it, epoch])
     perm = perm_rng.permutation(n_rollouts)
     for j in range(0, n_rollouts, c.ppo.minibatch):
-      extra = {}
+      ptx_BL = None
       if s.ptx is not None:
-        extra["ptx"] = jnp.asarray(s.ptx[perm_rng.integers(0, len(s.ptx), c.ptx.batch)])
+        ptx_BL = jnp.asarray(s.ptx[perm_rng.integers(0, len(s.ptx), c.ptx.batch)])
       models, m = s.update_fn(models, s.frozen, batch, jnp.asarray(perm[j:j + c.ppo.minibatch]),
-                              extra, train_policy, state["beta"])
+                              ptx_BL, train_policy, state["beta"])
       ms.append(m)
   return models, ms
 
@@ -394,24 +381,23 @@ def next_state(s: Setup, state, models, moments, kl):
   kl_seq = float(jnp.mean(jnp.sum(kl, -1)))
   beta = state["beta"]
   if c.kl.adaptive:
-    beta = ppo.adaptive_kl(beta, kl_seq, c.kl.target, c.kl.horizon, c.prompts_per_step * c.rollout.n)
+    beta = ops.adaptive_kl(beta, kl_seq, c.kl.target, c.kl.horizon, c.prompts_per_step * c.rollout.n)
   return {**state, "step": state["step"] + 1, **models,
           **sharding.on_mesh({"moments": moments._asdict(), "beta": beta}, s.run.mesh)}, kl_seq
 
 
-def iteration_metrics(state, ro, scored, data, stats, ms, kl_seq, times) -> dict:
+def iteration_metrics(state, itr: Iteration, times) -> dict:
+  ms, out, batch = itr.update_metrics, itr.rollout.samples, itr.batch
   upd = {k: float(np.mean([float(m[k]) for m in ms])) for k in ms[0]}
-  out = ro["samples"]
   lengths = sharding.host_gather(out.mask_BN.sum(1))
-  rm = data["resp_mask"]
-  gathered = {**{f"reward/{k}": v for k, v in scored["components"].items()}, **scored["judged"]}
+  gathered = {**{f"reward/{k}": v for k, v in itr.scored.components.items()}, **itr.scored.judged}
+  explained = ops.explained_variance(batch.values_BT, batch.returns_BT, batch.resp_mask_BT)
   return {**{k: float(np.mean(sharding.host_gather(v))) for k, v in gathered.items()},
-          "reward/score_normalized": float(jnp.mean(stats["score"])), "kl/seq_kl": kl_seq,
+          "reward/score_normalized": float(jnp.mean(batch.score_B)), "kl/seq_kl": itr.kl_seq,
           "kl/beta": float(state["beta"]), "rollout/length": float(lengths.mean()),
           "rollout/truncated": float(1.0 - sharding.host_gather(out.stopped_B).mean()),
-          "rollout/prompts_truncated": float(sharding.host_gather(np.array([ro["truncated"]])).sum()),
-          **({"value/explained_variance": float(ppo.explained_variance(data["values"], stats["returns"], rm))}
-             if "value" in state else {}),
+          "rollout/prompts_truncated": float(sharding.host_gather(np.array([itr.rollout.truncated])).sum()),
+          **({"value/explained_variance": float(explained)} if "value" in state else {}),
           **upd, **times}
 
 
@@ -447,13 +433,13 @@ def train(config, workdir: str) -> dict:
       with timer("time/reward"):
         scored = score(s, ro, it)
       with timer("time/reference_value"), harness.mesh_rules(run.mesh, run.rules):
-        data = reference_value(s, state, ro, scored)
+        batch = reference_value(s, state, ro, scored)
       with timer("time/advantages"), harness.mesh_rules(run.mesh, run.rules):
-        batch, moments, stats = advantages(s, state, data)
+        batch, moments = advantages(s, state, batch)
       with timer("time/update"), harness.mesh_rules(run.mesh, run.rules):
         models, ms = update(s, state, batch, it)
-        state, kl_seq = next_state(s, state, models, moments, stats["kl"])
-      vals = log_iteration(s, it + 1, state, ro, scored, data, stats, ms, kl_seq, timer.read())
+        state, kl_seq = next_state(s, state, models, moments, batch.kl_BT)
+      vals = log_iteration(s, it + 1, state, Iteration(ro, scored, batch, ms, kl_seq), timer.read())
       truncated += int(vals["rollout/prompts_truncated"])
       harness.check_finite(run, it + 1, {k: vals[k] for k in FINITE if k in vals},
                            sum(float(m["update/skipped"]) for m in ms) if harness.skipping(run) else None)
@@ -471,16 +457,17 @@ def train(config, workdir: str) -> dict:
 FINITE = ("policy/loss", "value/loss", "policy/grad_norm", "kl/seq_kl")  # Checked every iteration.
 
 
-def log_iteration(s: Setup, done: int, state, ro, scored, data, stats, ms, kl_seq, times) -> dict:
-  vals = iteration_metrics(state, ro, scored, data, stats, ms, kl_seq, times)
+def log_iteration(s: Setup, done: int, state, itr: Iteration, times) -> dict:
+  vals = iteration_metrics(state, itr, times)
   writer = s.run.writer
-  writer.scalars(done, vals, bar={"reward": vals["reward/reward"], "kl": kl_seq,
+  writer.scalars(done, vals, bar={"reward": vals["reward/reward"], "kl": itr.kl_seq,
                                   "len": vals["rollout/length"]})
   writer.advance()
   if done % s.config.log_samples_every == 0:
-    prompts = repeat(s.config.rollout.n, [r["prompt"] for r in ro["rows"]])
+    prompts = repeat(s.config.rollout.n, [r["prompt"] for r in itr.rollout.rows])
+    rewards = itr.scored.components["reward"]
     writer.texts(done, "rollouts", [{"prompt": p, "response": t, "reward": float(r)} for p, t, r in
-                                    zip(prompts[:4], scored["texts"][:4], scored["components"]["reward"][:4])])
+                                    zip(prompts[:4], itr.scored.texts[:4], rewards[:4])])
   return vals
 
 

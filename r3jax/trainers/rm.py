@@ -1,5 +1,6 @@
-"""Reward models (SPEC §3) as a preference task: {backbone, head} scores each response at its
-last real token; the loss is Bradley–Terry over every pair of a K-wise ranking."""
+"""Reward models (the Qwen report, Bai et al. 2023 §3.2.1) as a task of the supervised loop on
+comparisons: {backbone, head} scores each response at its last real token; the loss is
+Bradley–Terry over every pair of a K-wise ranking (InstructGPT, Ouyang et al. 2022 §3.5)."""
 
 import functools
 import json
@@ -36,12 +37,12 @@ def save_model_dir(run, params, cfg, tok, start: bool) -> None:
   tok.save_pretrained(path)
 
 
-TASK = preference.Task(
+TASK = preference.task(
     name="rm", scalar_head=True,
     prompt_len=lambda config: 0,  # Reward models read whole rows.
     check=lambda train_rows, eval_rows: None,
-    make_loss=lambda config, cfg: functools.partial(rm_loss, model_cfg=cfg, margin=config.loss.margin),
-    prepare=lambda ctx: lambda batch, split, idx: batch,
+    make_loss=lambda config, cfg, deterministic: functools.partial(rm_loss, model_cfg=cfg,
+                                                                   margin=config.loss.margin),
     export=save_model_dir,
     accuracy="rm/accuracy",
     plots={"rm": ["train/loss", "eval/loss", "train/rm/accuracy", "eval/rm/accuracy",

@@ -1,11 +1,13 @@
-"""The sampling stages of RSO (seed 004, SPEC §6 and §8) and best-of-N fine-tuning: they
-turn a policy into training data; trainers/pipeline.py then trains on it.
+"""The sampling stages of RSO (Liu et al. 2024, "Statistical Rejection Sampling Improves
+Preference Optimization", §3) and best-of-N fine-tuning (Touvron et al. 2023, Llama 2,
+§3.2.3): they
+turn a policy into training data; trainers/stages.py then trains on it.
 
 `build_pairs` writes <workdir>/pairs.jsonl, one {prompt, chosen, rejected} row per pair,
 built by `rso.construction`:
   rso     N candidates per prompt from the SFT policy, scored by `rso.reward`; statistical
           rejection sampling at temperature rso.beta keeps k; pairs by rso.pairing.
-  sft     the same N candidates, k of them drawn uniformly (seed 004's sft-sample-rank).
+  sft     the same N candidates, k of them drawn uniformly (RSO's sft-sample-rank).
   direct  the dataset's own comparisons, unchanged.
 `best_of_n_round` writes round_<r>/best_of_n.jsonl: the top-1 of N samples per prompt.
 On the embedded world both also write the gold judge's figures of what they kept

@@ -10,6 +10,8 @@ splits over the mesh, rollout shapes, paths), each failure one line naming the f
 import ml_collections
 
 from r3jax.core import sharding
+from r3jax.losses import preference as pref_losses
+from r3jax.rl import algorithms
 
 ConfigDict = ml_collections.ConfigDict
 
@@ -46,7 +48,7 @@ def run(trainer: str, name: str) -> ConfigDict:
   """Fields every trainer has."""
   c = ConfigDict()
   c.trainer, c.name, c.seed = trainer, name, 0
-  c.stages = ()  # Warm-start stages run first when init_from is empty (trainers/pipeline.py).
+  c.stages = ()  # Warm-start stages run first when init_from is empty (trainers/stages.py).
   c.mesh = (("data", -1), ("fsdp", 1), ("tensor", 1))
   c.sharding = ConfigDict({"rules": sharding.DEFAULT_RULES})
   c.model = model()
@@ -74,7 +76,7 @@ def supervised(trainer: str, name: str) -> ConfigDict:
 
 
 def sft() -> ConfigDict:
-  """SFT (SPEC §2) with the Qwen recipe's optimizer."""
+  """SFT with the Qwen recipe's optimizer (Qwen report, Bai et al. 2023 §3.1.2)."""
   c = supervised("sft", "sft")
   c.model.dropout_rate = 0.1
   c.data = ConfigDict(dict(
@@ -104,7 +106,8 @@ def sft_tiny() -> ConfigDict:
 
 
 def preference(trainer: str, name: str) -> ConfigDict:
-  """RM (SPEC §3) and DPO (SPEC §6) on comparisons: Qwen's PMP schedule."""
+  """RM (Qwen report §3.2.1; InstructGPT §3.5 eq. 1) and DPO (Rafailov et al. 2023 §4) on
+  comparisons: Qwen's PMP schedule."""
   c = supervised(trainer, name)
   c.steps, c.epochs, c.batch_size = 0, 1, 64
   c.data = ConfigDict(dict(train="", eval="", eval_fraction=0.05, skip_bad=False,
@@ -115,7 +118,11 @@ def preference(trainer: str, name: str) -> ConfigDict:
   if trainer == "rm":
     c.loss = ConfigDict(dict(margin=0.0))
   else:
+    # type: an entry of losses/preference.LOSSES; each entry's own parameters (SimPO's
+    # simpo_gamma, ...) follow at their registered defaults.
     c.loss = ConfigDict(dict(type="sigmoid", beta=0.1, label_smoothing=0.0, precompute_ref=False))
+    for _, entry in pref_losses.LOSSES.items():
+      c.loss.update(entry.params)
     # Columns [0, prompt_len) of each row hold the prompt (its last prompt_len tokens), the
     # rest the response: the prompt then runs once for both responses (pipeline.ranked_batch,
     # trainers/dpo.sequence_logprobs). 0 runs each row in full instead.
@@ -156,13 +163,14 @@ def dpo_tiny(name: str = "dpo_tiny") -> ConfigDict:
 
 
 def ppo() -> ConfigDict:
-  """PPO (SPEC §4) with the Qwen recipe's defaults."""
+  """PPO with the Qwen recipe's defaults (Qwen report, Bai et al. 2023 §3.2.2)."""
   c = run("ppo", "ppo")
   c.steps = 400  # PPO iterations.
   c.prompts_per_step = 64
   c.data = ConfigDict(dict(prompts="", synthetic_examples=2000, prompt_seed=1))
-  c.rollout = ConfigDict(dict(n=2, top_p=0.9, top_k=0, temperature=1.0, max_new_tokens=512,
-                              prompt_len=256))
+  # engine: an entry of models/sampling.ENGINES ("static": one batch-wide decode loop).
+  c.rollout = ConfigDict(dict(engine="static", n=2, top_p=0.9, top_k=0, temperature=1.0,
+                              max_new_tokens=512, prompt_len=256))
   # reward.mode: any scorer (rewards/scorers.make): r3 and its ablations, length, random, a
   # reward-model run directory ("@rm": this run's stage "rm"), or a weighted mix of them,
   # "0.5*r3+0.5*@rm", each term normalised by its own running moments (normalize_score).
@@ -173,16 +181,20 @@ def ppo() -> ConfigDict:
   c.reward = ConfigDict(dict(mode="r3", encoder="", normalize=True, query_types="field",
                              classifier="", scale=1.0, normalize_score=True, clip=10.0,
                              encoder_len=0, encoder_side="", encoder_dtype="float32"))
-  # kl.placement: "reward" (β·KL per token in the reward, SPEC §4) or "loss" (β·KL of the
+  # kl.placement: "reward" (β·KL per token in the reward, InstructGPT eq. 2) or "loss" (β·KL of the
   # current policy added to the policy loss, GRPO's k3 term).
   c.kl = ConfigDict(dict(estimator="k1", beta=0.04, adaptive=False, target=6.0, horizon=10000,
                          placement="reward"))
-  # advantage and policy_loss name entries of rl/algorithms.ADVANTAGES and POLICY_LOSSES;
-  # loss_agg: token_mean, seq_mean (GRPO) or token_sum (Dr. GRPO), losses/ppo.aggregate.
+  # advantage and policy_loss name entries of rl/algorithms.ADVANTAGES and POLICY_LOSSES
+  # (algorithms.use_method sets both, and what else a method prescribes); loss_params holds
+  # each registered policy loss's own parameters, from its registry entry; loss_agg:
+  # token_mean, seq_mean (GRPO) or token_sum (Dr. GRPO), rl/ops.aggregate.
   c.ppo = ConfigDict(dict(advantage="gae", policy_loss="ppo_clip", epochs=1, minibatch=16,
                           clip_eps=0.2, value_clip=0.15, gamma=1.0, lam=0.95, vf_coef=1.0,
                           entropy_coef=0.0, whiten=True, value_warmup_steps=50,
                           loss_agg="token_mean"))
+  c.ppo.loss_params = ConfigDict({name: dict(e.params) for name, e in
+                                  algorithms.POLICY_LOSSES.items() if e.params})
   c.optim = optim(lr=1e-6, weight_decay=0.0)
   c.value_lr = 5e-6
   # init_from_reward (PPO-max): the value model starts as the reward model (reward.mode
@@ -196,31 +208,6 @@ def ppo() -> ConfigDict:
   c.checkpoint = checkpoint(every=50, max_to_keep=2)
   c.eval_prompts = 8
   c.log_samples_every = 10
-  return c
-
-
-GROUP_BASELINES = ("grpo", "dr_grpo", "rloo")  # rl/algorithms entries with group=True.
-
-
-def use_advantage(c: ConfigDict, name: str, group_n: int = 4) -> ConfigDict:
-  """A PPO config switched to another estimator under the same sampling budget (prompts ×
-  samples per iteration), each with its method's own KL placement and loss aggregation:
-    gae           PPO as configured
-    grpo          n = group_n per prompt, k3 KL in the loss, per-sequence mean (GRPO)
-    dr_grpo       as grpo, no std, token-sum aggregation (Dr. GRPO)
-    rloo          n = group_n, leave-one-out baseline, KL in the reward (as TRL's RLOO)
-    reinforce_pp  n as configured, batch-whitened returns, token-level KL in the reward
-  None of them but gae builds a value model, so there is no value warm-up."""
-  c.ppo.advantage = name
-  if name == "gae":
-    return c
-  c.ppo.value_warmup_steps = 0
-  if name in GROUP_BASELINES:
-    budget = c.prompts_per_step * c.rollout.n
-    c.rollout.n, c.prompts_per_step = group_n, budget // group_n
-  if name in ("grpo", "dr_grpo"):
-    c.kl.update(placement="loss", estimator="k3")
-    c.ppo.loss_agg = "seq_mean" if name == "grpo" else "token_sum"
   return c
 
 
@@ -255,3 +242,14 @@ def rso(c: ConfigDict) -> ConfigDict:
   c.loss.update(type="sigmoid_norm", beta=0.05)  # β here is the paper's γ.
   c.best_of_n = ConfigDict(dict(rounds=1, sft_steps=200, lr=1e-5))
   return c
+
+
+def defaults(trainer: str) -> ConfigDict:
+  """Every field a trainer reads, at its default: what `validate` holds a config against
+  (a field outside it is a typo or another trainer's, and is refused)."""
+  if trainer in ("rso", "best_of_n"):
+    return rso(with_sft_stage(preference("dpo", trainer)))
+  builders = {"sft": sft, "ppo": lambda: with_sft_stage(ppo()),
+              "rm": lambda: with_sft_stage(preference("rm", "rm")),
+              "dpo": lambda: with_sft_stage(preference("dpo", "dpo"))}
+  return builders[trainer]()

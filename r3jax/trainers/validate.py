@@ -7,14 +7,15 @@ import os
 
 from etils import epath
 import jax
+import ml_collections
 
 from r3jax.core import sharding
 from r3jax.core.errors import ConfigError
-from r3jax.losses import ppo as ppo_losses, preference as pref_losses
-from r3jax.models import qwen
+from r3jax.losses import preference as pref_losses
+from r3jax.models import qwen, sampling
 from r3jax.rewards import scorers
-from r3jax.rl import algorithms, rso
-from r3jax.trainers import pipeline
+from r3jax.rl import algorithms, ops, rso
+from r3jax.trainers import schema, stages as stages_lib
 
 DTYPES = ("float32", "bfloat16")
 SCHEDULES = ("constant", "cosine")
@@ -35,10 +36,11 @@ def positive(field: str, value, zero_ok: bool = False) -> None:
 def validate(config, stages: dict | None = None) -> None:
   """Raises on the first problem; returns None when the config can run. `stages`: the
   trainers of the stages that run before this config (what "@name" may refer to)."""
-  one_of("trainer", config.trainer, pipeline.TRAINERS)
+  one_of("trainer", config.trainer, stages_lib.TRAINERS)
   done = dict(stages or {})
   for i, name in enumerate(config.stages):
     check_stage(config, i, name, done)
+  check_fields(config, schema.defaults(config.trainer), config.trainer)
   check_common(config, done)
   {"sft": check_supervised, "rm": check_preference, "dpo": check_preference, "ppo": check_ppo,
    "rso": check_rso, "best_of_n": check_rso}[config.trainer](config, done)
@@ -53,7 +55,7 @@ def check_stage(config, i: int, name: str, done: dict) -> None:
     raise ConfigError(f"config.stages: {name!r} has no config.{name} section with a trainer")
   sub_config = config[name]
   if name != "sft":
-    one_of(f"{name}.trainer", sub_config.trainer, pipeline.STAGE_TRAINERS)
+    one_of(f"{name}.trainer", sub_config.trainer, stages_lib.STAGE_TRAINERS)
     positive(f"{name}.steps", sub_config.steps)  # How a finished stage is recognised.
   if name != "sft" or not (config.init_from or config.model.hf_dir):
     try:  # The stage runs: its config must run too.
@@ -61,6 +63,20 @@ def check_stage(config, i: int, name: str, done: dict) -> None:
     except (ConfigError, FileNotFoundError) as e:
       raise type(e)(str(e).replace("config.", f"config.{name}.", 1)) from None
   done[name] = sub_config.trainer
+
+
+def check_fields(config, defaults, trainer: str, prefix: str = "") -> None:
+  """Every field of `config` is one its trainer reads (the stage sections are configs of
+  their own, checked by check_stage)."""
+  for key in config.keys():
+    if not prefix and key in config.stages:
+      continue
+    field = f"{prefix}{key}"
+    if key not in defaults:
+      raise ConfigError(f"config.{field}: no {trainer} trainer reads this field (a typo, or another "
+                        "trainer's); every field and its default is in r3jax/trainers/schema.py")
+    if isinstance(config[key], ml_collections.ConfigDict) and isinstance(defaults[key], ml_collections.ConfigDict):
+      check_fields(config[key], defaults[key], trainer, f"{field}.")
 
 
 def check_common(config, stages: dict) -> None:
@@ -133,7 +149,14 @@ def check_supervised(config, stages=None) -> None:
 def check_preference(config, stages=None) -> None:
   check_supervised(config)
   if config.trainer == "dpo":
-    one_of("loss.type", config.loss.type, pref_losses.LOSS_TYPES)
+    loss = pref_losses.LOSSES.get(config.loss.type, "loss.type")
+    if config.loss.label_smoothing and not loss.smoothing:
+      raise ConfigError(f"config.loss.label_smoothing={config.loss.label_smoothing}: only the losses "
+                        f"{', '.join(pref_losses.LOSSES.names(smoothing=True))} take it, not "
+                        f"loss.type={config.loss.type}")
+    for name in loss.params:  # The loss's own parameters (schema.preference sets them).
+      if name not in config.loss:
+        raise ConfigError(f"config.loss.type={config.loss.type} needs config.loss.{name}")
     if not 0 <= config.prompt_len < config.seq_len:
       raise ConfigError(f"config.prompt_len={config.prompt_len}: expected 0 (whole rows) or less "
                         f"than seq_len={config.seq_len}")
@@ -170,11 +193,12 @@ def check_ppo(config, stages=None) -> None:
   if not 0 <= config.reward.encoder_len <= 512:
     raise ConfigError(f"config.reward.encoder_len={config.reward.encoder_len}: word pieces "
                       "kept by R³'s encoder, in [1, 512] (BERT's positions), or 0 for the default")
-  one_of("kl.estimator", config.kl.estimator, algorithms.KL_ESTIMATORS)
-  one_of("kl.placement", config.kl.placement, algorithms.KL_PLACEMENTS)
-  one_of("ppo.advantage", config.ppo.advantage, sorted(algorithms.ADVANTAGES))
-  one_of("ppo.policy_loss", config.ppo.policy_loss, sorted(algorithms.POLICY_LOSSES))
-  one_of("ppo.loss_agg", config.ppo.loss_agg, ppo_losses.AGGREGATIONS)
+  sampling.ENGINES.get(config.rollout.engine, "rollout.engine")
+  algorithms.KL_ESTIMATORS.get(config.kl.estimator, "kl.estimator")
+  one_of("kl.placement", config.kl.placement, ("reward", "loss"))
+  algorithms.ADVANTAGES.get(config.ppo.advantage, "ppo.advantage")
+  algorithms.POLICY_LOSSES.get(config.ppo.policy_loss, "ppo.policy_loss")
+  one_of("ppo.loss_agg", config.ppo.loss_agg, ops.AGGREGATIONS)
   check_estimator(config, terms)
   for field in ("steps", "prompts_per_step", "rollout.n", "rollout.max_new_tokens",
                 "rollout.prompt_len", "ppo.minibatch", "ppo.epochs", "log_samples_every"):

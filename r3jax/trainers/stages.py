@@ -10,7 +10,7 @@ each other; everything that chains them is here.
                              the main stage's reward.mode, names that stage's directory
                              ("@sft": the main stage's start, whatever gave it).
   trainer "rso"              SFT stage -> sampled pairs (trainers/rso.build_pairs) -> DPO
-                             (the preference loop with the DPO task) on those pairs.
+                             (the supervised loop with the DPO task) on those pairs.
   trainer "best_of_n"        SFT stage -> per round: best of N samples -> SFT on them.
 """
 
@@ -28,12 +28,13 @@ STAGE_REF = re.compile(r"@(\w+)")
 
 
 def trainer(name: str):
-  """The train(config, workdir) function registered under a trainer name."""
-  from r3jax.trainers import dpo, ppo, preference, rm, sft  # pylint: disable=g-import-not-at-top
-  return {"sft": sft.train, "ppo": ppo.train,
-          "rm": functools.partial(preference.train, task=rm.TASK),
-          "dpo": functools.partial(preference.train, task=dpo.TASK),
-          "rso": run_rso, "best_of_n": run_best_of_n}[name]
+  """The train(config, workdir) function registered under a trainer name: SFT, RM and DPO
+  are tasks of the one supervised loop."""
+  from r3jax.trainers import dpo, ppo, rm, sft, supervised  # pylint: disable=g-import-not-at-top
+  tasks = {"sft": sft.TASK, "rm": rm.TASK, "dpo": dpo.TASK}
+  if name in tasks:
+    return functools.partial(supervised.train, task=tasks[name])
+  return {"ppo": ppo.train, "rso": run_rso, "best_of_n": run_best_of_n}[name]
 
 
 def log(msg: str) -> None:

@@ -1,5 +1,7 @@
-"""PPO for RLHF as pure functions (SPEC §4): KL estimators, token rewards, masked GAE,
-whitening, clipped policy and value losses, running reward moments, adaptive KL.
+"""RL's array operations, pure functions on [B, T] batches: masked statistics, token
+rewards, GAE (Schulman et al. 2016) and group baselines, loss aggregation, PPO's clipped
+policy and value losses (Schulman et al. 2017), running score moments and the adaptive KL
+controller (Ziegler et al. 2019). rl/algorithms.py builds the registered methods from them.
 
 Shapes: B sequences, T response tokens. `mask_BT` is 1 on response tokens (a
 contiguous prefix of each row, the stop token included) and 0 on padding.
@@ -24,22 +26,6 @@ def masked_whiten(x, mask, shift_mean: bool = True, eps: float = 1e-8):
   if not shift_mean:
     out = out + mean
   return out * mask
-
-
-def kl_estimate(logp_BT, ref_logp_BT, kind: str = "k1"):
-  """Per-token estimate of KL(π || π_ref) from samples of π.
-
-  k1 = log π - log π_ref (unbiased, can be negative); k2 = ½(log ratio)²; k3 = (ρ - 1) -
-  log ρ with ρ = π_ref / π (unbiased and never negative).
-  """
-  log_ratio = logp_BT - ref_logp_BT
-  if kind == "k1":
-    return log_ratio
-  if kind == "k2":
-    return 0.5 * jnp.square(log_ratio)
-  if kind == "k3":
-    return jnp.expm1(-log_ratio) + log_ratio
-  raise ValueError(f"unknown KL estimator {kind!r}; expected k1, k2 or k3")
 
 
 def last_index(mask_BT):
@@ -177,7 +163,8 @@ def update_moments(m: Moments, x_B) -> Moments:
 
 
 def normalize_score(score_B, m: Moments, use_std: bool = True, clip: float = 0.0):
-  """Normalises with moments that already include this batch (SPEC §8); optional clip."""
+  """Normalises with moments that already include this batch (as TRL's PPOTrainer, which the
+  R³ authors' code runs); optional clip."""
   out = score_B - m.mean
   if use_std:
     out = out * jax.lax.rsqrt(m.var + 1e-8)
