@@ -17,22 +17,23 @@ sigmoid_norm and hinge_norm (RSO; β plays γ), simpo (SimPO, reference-free; an
 --config.loss.type=simpo --config.loss.beta=B --config.loss.simpo_gamma=G).
 """
 
+from configs import common
 from r3jax.trainers import schema
 
 
 def get_config(arg=None):
   preset = arg or "tiny"
   if preset == "tiny":
-    return schema.dpo_tiny()
+    return common.dpo_tiny()
   if preset == "tiny-simpo":
-    c = schema.dpo_tiny("dpo_tiny-simpo")
+    c = common.dpo_tiny("dpo_tiny-simpo")
     c.loss.update(type="simpo", beta=2.0, simpo_gamma=1.0)
     return c
   if preset == "real-0.5b":
     return real_05b()
   if preset != "r3":
     raise ValueError(f"unknown preset {preset!r}; see the docstring of configs/dpo_qwen.py")
-  c = schema.with_sft_stage(schema.preference("dpo", f"dpo_{preset}"))
+  c = common.with_sft_stage(schema.preference("dpo", f"dpo_{preset}"))
   c.model.preset = "qwen-7b"
   c.epochs = 3
   c.optim.update(lr=5e-7, schedule="cosine", warmup_steps=-1, warmup_ratio=0.1)
@@ -49,5 +50,5 @@ def real_05b():
   c.steps, c.epochs, c.batch_size, c.seq_len, c.prompt_len = 16, 0, 4, 320, 128
   c.optim.update(lr=5e-6, warmup_steps=2, schedule="constant")
   c.log_every, c.eval_every, c.eval_batches = 2, 8, 6
-  schema.real_checkpoints(c, every=8)
+  common.real_checkpoints(c, every=8)
   return c

@@ -19,6 +19,7 @@ Compare them with PPO under one budget: python -m r3jax.compare
 --config=configs/ppo_qwen.py --algorithms=ppo,grpo,rloo,reinforce_pp (see docs/results.md).
 """
 
+from configs import common
 from r3jax.rl import algorithms
 from r3jax.trainers import schema
 
@@ -30,9 +31,9 @@ def get_config(arg=None):
     if name not in algorithms.METHODS or name == "ppo":
       raise ValueError(f"unknown preset {preset!r}; expected tiny-<method> with a method of "
                        f"{', '.join(m for m in algorithms.METHODS if m != 'ppo')}")
-    c = algorithms.use_method(schema.ppo_tiny(), name)
+    c = algorithms.use_method(common.ppo_tiny(), name)
   elif preset in ("qwen", "qwen-1.8b", "qwen-7b", "qwen-14b"):
-    c = schema.with_sft_stage(schema.ppo())
+    c = common.with_sft_stage(schema.ppo())
     if preset != "qwen":  # Sizes for planning (python -m r3jax.plan) or with model.hf_dir.
       c.model.update(preset=preset, dtype="bfloat16")
     c.prompts_per_step = 64

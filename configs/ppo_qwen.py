@@ -29,14 +29,15 @@ Full-size presets need --config.model.hf_dir=<HF dir> (architecture and tokenize
 hf_dir weights; the tiny SFT warm start runs only when neither is set) and --config.data.prompts=FILE.jsonl with {prompt, reference?, query_type?} rows.
 """
 
+from configs import common
 from r3jax.trainers import schema
 
 
 def get_config(arg=None):
   preset = arg or "tiny"
-  c = schema.with_sft_stage(schema.ppo())
+  c = common.with_sft_stage(schema.ppo())
   if preset in ("tiny", "tiny-relevance", "tiny-hacking", "tiny-rm"):
-    c = schema.ppo_tiny()
+    c = common.ppo_tiny()
     if preset == "tiny-relevance":
       c.reward.mode = "relevance"
     if preset == "tiny-hacking":
@@ -66,7 +67,7 @@ def get_config(arg=None):
 def rm_stages(c):
   """SFT -> RM PMP -> RM fine-tuning stages, and the reward "@rm" (the fine-tuned RM)."""
   c.stages = ("sft", "rm_pmp", "rm")
-  c.rm_pmp, c.rm = schema.rm_tiny(), schema.rm_tiny(finetune=True)
+  c.rm_pmp, c.rm = common.rm_tiny(), common.rm_tiny(finetune=True)
   for stage, start in ((c.rm_pmp, "@sft"), (c.rm, "@rm_pmp")):
     stage.stages, stage.init_from = (), start
     del stage["sft"]  # Its start is this run's SFT stage, not an SFT stage of its own.

@@ -16,6 +16,7 @@ Comparison files: {prompt, chosen, rejected}, {prompt, responses} (ranked, best 
 pipeline, SFT -> RM (PMP, fine-tuning) -> PPO on that RM, is configs/ppo_qwen.py:tiny-rm.
 """
 
+from configs import common
 from r3jax.trainers import schema
 
 
@@ -24,7 +25,7 @@ def get_config(arg=None):
   if preset in ("tiny", "tiny-finetune"):
     # The backbone starts from the tiny SFT policy (trained first in <workdir>/sft, or
     # reused): from random weights the tiny RM stays at chance on these comparisons.
-    return schema.rm_tiny(finetune=preset == "tiny-finetune")
+    return common.rm_tiny(finetune=preset == "tiny-finetune")
   c = schema.preference("rm", f"rm_{preset}")
   c.checkpoint.every = 500
   if preset == "pmp":

@@ -17,12 +17,13 @@ Presets (`--config=configs/rso_qwen.py:<preset>`):
 rso.reward: r3 (or another R³ mode), length, or a reward-model run directory.
 """
 
+from configs import common
 from r3jax.trainers import schema
 
 
 def get_config(arg=None):
   preset = arg or "tiny"
-  c = schema.rso(schema.dpo_tiny(f"rso_{preset}"))
+  c = schema.rso(common.dpo_tiny(f"rso_{preset}"))
   c.trainer = "rso"
   if preset.startswith("tiny"):
     c.rso.update(n=16, k=4, beta=0.02, num_prompts=400, prompts_per_batch=16)

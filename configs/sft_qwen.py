@@ -16,13 +16,14 @@ Full-size presets need --config.model.hf_dir=/path/to/hf/checkpoint and
 --config.data.train=/path/to/data.jsonl. Every field and its default: r3jax/trainers/schema.py.
 """
 
+from configs import common
 from r3jax.trainers import schema
 
 
 def get_config(arg=None):
   preset = arg or "tiny"
   if preset == "tiny":
-    return schema.sft_tiny()
+    return common.sft_tiny()
   c = schema.sft()
   if preset in ("qwen-1.8b", "qwen-7b", "qwen-14b"):
     c.model.preset = preset
@@ -37,7 +38,7 @@ def get_config(arg=None):
     c.steps, c.batch_size, c.seq_len = 24, 4, 256
     c.optim.update(lr=1e-5, warmup_steps=2, schedule="cosine", min_lr_ratio=0.1)
     c.log_every, c.eval_every, c.eval_batches, c.eval_prompts = 2, 12, 12, 0
-    schema.real_checkpoints(c, every=12)
+    common.real_checkpoints(c, every=12)
   elif preset == "r3":
     c.steps, c.epochs = 0, 3
     c.optim.update(lr=2e-5, schedule="cosine", warmup_steps=-1, warmup_ratio=0.03)

@@ -7,6 +7,7 @@ import runpy
 
 import pytest
 
+from configs import common
 from r3jax.core import registry
 from r3jax.core.errors import ConfigError
 from r3jax.losses import preference
@@ -53,7 +54,6 @@ def test_every_method_but_ppo_has_a_grpo_preset_that_validates():
 def test_a_method_added_to_the_registry_reaches_presets_compare_and_validation(monkeypatch):
   """One entry in METHODS (here added for the test) is all a new method needs."""
   from r3jax import compare  # pylint: disable=g-import-not-at-top
-  from r3jax.trainers import schema  # pylint: disable=g-import-not-at-top
 
   def settings(c):
     c.ppo.loss_agg = "token_sum"
@@ -64,7 +64,7 @@ def test_a_method_added_to_the_registry_reaches_presets_compare_and_validation(m
   validate.validate(c)
   assert (c.ppo.advantage, c.ppo.policy_loss, c.ppo.loss_agg) == ("rloo", "gspo", "token_sum")
   assert c.rollout.n == 4 and c.ppo.value_warmup_steps == 0  # A group method, no value model.
-  runs = compare.runs(schema.ppo_tiny(), ["r3"], ["ppo", "rloo_gspo"])
+  runs = compare.runs(common.ppo_tiny(), ["r3"], ["ppo", "rloo_gspo"])
   assert list(runs) == ["ppo", "rloo_gspo"]
   assert runs["rloo_gspo"].ppo.policy_loss == "gspo" and runs["ppo"].ppo.advantage == "gae"
 
@@ -74,15 +74,14 @@ def test_a_method_added_to_the_registry_reaches_presets_compare_and_validation(m
                                        ("kl.estimator", "KL_ESTIMATORS"),
                                        ("rollout.engine", "ENGINES")])
 def test_validation_reads_the_registries(field, reg):
-  from r3jax.trainers import schema  # pylint: disable=g-import-not-at-top
   for name in REGISTRIES[reg]:
-    c = algorithms.use_method(schema.ppo_tiny(), "grpo")
+    c = algorithms.use_method(common.ppo_tiny(), "grpo")
     section, key = field.split(".")
     c[section][key] = name
     if reg == "ADVANTAGES" and REGISTRIES[reg][name].uses_value:
       c.rollout.n = 2
     validate.validate(c)
-  c = schema.ppo_tiny()
+  c = common.ppo_tiny()
   section, key = field.split(".")
   c[section][key] = "nope"
   names = ", ".join(REGISTRIES[reg])
@@ -115,7 +114,7 @@ def test_no_source_lists_registered_names_by_hand():
 def test_a_preference_loss_added_to_the_registry_reaches_the_schema_and_validation(monkeypatch):
   """One LOSSES entry (here added for the test): its parameters get their defaults in every
   DPO config, validation accepts it by name, and a reference-free one plans no reference."""
-  from r3jax.trainers import memory, schema  # pylint: disable=g-import-not-at-top
+  from r3jax.trainers import memory  # pylint: disable=g-import-not-at-top
 
   def margin_only(h_w_B, h_l_B, *, beta, margin):
     return (margin - beta * (h_w_B - h_l_B)) ** 2, beta * h_w_B, beta * h_l_B
@@ -123,7 +122,7 @@ def test_a_preference_loss_added_to_the_registry_reaches_the_schema_and_validati
   monkeypatch.setitem(preference.LOSSES._entries, "margin_only",  # pylint: disable=protected-access
                       preference.PreferenceLoss(margin_only, needs_reference=False,
                                                 params={"margin": 1.0}))
-  c = schema.dpo_tiny()
+  c = common.dpo_tiny()
   assert c.loss.margin == 1.0
   c.loss.type = "margin_only"
   validate.validate(c)

@@ -10,11 +10,11 @@ import ml_collections
 import numpy as np
 import pytest
 
-from r3jax.rl import ops as ppo
+from configs import common
 from r3jax.rewards import scorers
-from r3jax.rl import algorithms
+from r3jax.rl import algorithms, ops as ppo
 from r3jax.rl.records import RLBatch
-from r3jax.trainers import ppo as ppo_trainer, schema
+from r3jax.trainers import ppo as ppo_trainer
 
 PCFG = ml_collections.ConfigDict(dict(gamma=1.0, lam=0.95, whiten=True, clip_eps=0.2, loss_agg="token_mean"))
 GROUPS = algorithms.ADVANTAGES.names(group=True)
@@ -74,7 +74,7 @@ def test_one_sample_groups_are_rejected_and_equal_scores_give_zero(name):
 def test_one_sample_groups_fail_validation_naming_the_field():
   from r3jax.core.errors import ConfigError
   from r3jax.trainers import validate
-  c = algorithms.use_method(schema.ppo_tiny(), "grpo")
+  c = algorithms.use_method(common.ppo_tiny(), "grpo")
   c.rollout.n = 1
   with pytest.raises(ConfigError, match=r"config.rollout.n=1: ppo.advantage=grpo needs at least 2"):
     validate.validate(c)
@@ -113,7 +113,7 @@ def test_reward_specs_parse_and_label():
 
 
 def setup_of(spec, config=None):
-  c = config or schema.ppo_tiny()
+  c = config or common.ppo_tiny()
   c.reward.mode = spec
   return types.SimpleNamespace(config=c, scorer=scorers.Mix(spec, seed=3))
 
@@ -155,7 +155,7 @@ def test_a_mix_logs_each_term_raw_and_normalises_each_by_its_own_moments():
 def test_a_mix_of_one_term_equals_that_term_alone(method):
   outs = []
   for spec in ("length", "1*length"):
-    s = setup_of(spec, algorithms.use_method(schema.ppo_tiny(), method, group_n=2))
+    s = setup_of(spec, algorithms.use_method(common.ppo_tiny(), method, group_n=2))
     comps, data = data_of(s, TEXTS)
     outs.append((comps, ppo_trainer.advantages(s, state_of(1), data)))
   (c1, (b1, m1)), (c2, (b2, m2)) = outs
@@ -170,8 +170,8 @@ def test_a_mix_of_one_term_equals_that_term_alone(method):
 def test_the_planner_shows_the_memory_a_group_baseline_saves():
   from r3jax.trainers import memory  # pylint: disable=g-import-not-at-top
   sizes = {"data": 1, "fsdp": 8, "tensor": 1}
-  ppo_plan = memory.plan(schema.ppo_tiny(), sizes)
-  grpo_plan = memory.plan(algorithms.use_method(schema.ppo_tiny(), "grpo"), sizes)
+  ppo_plan = memory.plan(common.ppo_tiny(), sizes)
+  grpo_plan = memory.plan(algorithms.use_method(common.ppo_tiny(), "grpo"), sizes)
   saved = ppo_plan["rows"]["value model and optimizer"]
   assert saved > 0 and grpo_plan["value_saved"] == saved
   assert "value model (none with ppo.advantage=grpo)" in grpo_plan["rows"]

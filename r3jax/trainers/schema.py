@@ -1,8 +1,9 @@
-"""The config schema: section builders holding every default, and `validate`.
+"""The config schema: section builders holding every default, and nothing else.
 
-configs/<recipe>.py files build their presets from these sections with plain imports; no
-trainer reads a field that is not set here, so a config printed with --config shows
-everything a run uses. `validate(config)` runs in the entry point before any work: each
+configs/<recipe>.py files build their presets from these sections (the tiny recipes they
+share are configs/common.py); no trainer reads a field that is not set here, and
+`validate` refuses a config field that is not (`defaults`), so a config printed with
+--config shows everything a run uses. `validate(config)` runs in the entry point before any work: each
 option value against what the registries offer, and the cross-field constraints (batch
 splits over the mesh, rollout shapes, paths), each failure one line naming the field.
 """
@@ -29,13 +30,6 @@ def optim(**kw) -> ConfigDict:
                       min_lr_ratio=0.0, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, grad_clip=1.0))
   c.update(kw)
   return c
-
-
-def real_checkpoints(c: ConfigDict, every: int) -> None:
-  """Synchronous saves for a real model's full fine-tuning on a 24 GiB host: an async save
-  (orbax also saves the first step) copies the 7 GiB train state to host beside the next
-  step, which took a 0.5B model from 15 GiB to past 24 GiB at step 2."""
-  c.checkpoint.update(every=every, async_save=False)
 
 
 def checkpoint(**kw) -> ConfigDict:
@@ -90,21 +84,6 @@ def sft() -> ConfigDict:
   return c
 
 
-def sft_tiny() -> ConfigDict:
-  """The embedded default's SFT: tiny model, local tokenizer, synthetic data. Also the
-  warm-start stage of the tiny RL and preference presets."""
-  c = sft()
-  c.name = "sft_tiny"
-  c.model.dropout_rate = 0.0
-  # 600 steps: the policy then states every fact of the embedded world correctly when
-  # sampled at temperature 1 (gold precision 1.0 on held-out questions); after 300 it gets
-  # a third of closed-ended questions right, so RL would mostly reinforce guesses.
-  c.steps, c.batch_size, c.seq_len = 600, 32, 96
-  c.optim.update(lr=3e-3, warmup_steps=30, schedule="cosine", min_lr_ratio=0.1)
-  c.checkpoint.every, c.log_every, c.eval_every = 200, 10, 200
-  return c
-
-
 def preference(trainer: str, name: str) -> ConfigDict:
   """RM (Qwen report §3.2.1; InstructGPT §3.5 eq. 1) and DPO (Rafailov et al. 2023 §4) on
   comparisons: Qwen's PMP schedule."""
@@ -127,38 +106,6 @@ def preference(trainer: str, name: str) -> ConfigDict:
     # rest the response: the prompt then runs once for both responses (pipeline.ranked_batch,
     # trainers/dpo.sequence_logprobs). 0 runs each row in full instead.
     c.prompt_len = c.seq_len // 2
-  return c
-
-
-def with_sft_stage(c: ConfigDict) -> ConfigDict:
-  """Adds the tiny SFT warm start (used when init_from and model.hf_dir are empty)."""
-  c.stages = ("sft",)
-  c.sft = sft_tiny()
-  return c
-
-
-def rm_tiny(finetune: bool = False) -> ConfigDict:
-  """The tiny RM: a PMP-style stage on the embedded comparisons (the reference answer beats
-  a fluent answer with another entity's facts) from the tiny SFT policy, or (finetune) its
-  fine-tuning stage on fresh comparisons from the PMP run (init_from=runs/rm_tiny)."""
-  c = with_sft_stage(preference("rm", "rm_tiny-finetune" if finetune else "rm_tiny"))
-  c.steps, c.batch_size, c.seq_len = 300, 32, 96
-  c.optim.update(lr=3e-4, warmup_steps=20, schedule="cosine", min_lr_ratio=0.1)
-  c.checkpoint.every, c.eval_every = 100, 100
-  if finetune:
-    c.init_from = "runs/rm_tiny"
-    c.steps, c.data.synthetic_seed = 100, 1  # Fresh comparisons; a lower, constant LR.
-    c.optim.update(lr=2e-4, warmup_steps=0, schedule="constant")
-  return c
-
-
-def dpo_tiny(name: str = "dpo_tiny") -> ConfigDict:
-  """DPO from the tiny SFT policy on the embedded comparisons; RSO's training stage."""
-  c = with_sft_stage(preference("dpo", name))
-  c.steps, c.epochs, c.batch_size, c.seq_len, c.prompt_len = 150, 3, 32, 96, 32  # Prompts <= 20 tokens.
-  c.data.synthetic_examples = 3000
-  c.optim.update(lr=2e-4, warmup_steps=10, schedule="constant", warmup_ratio=0.0)
-  c.checkpoint.every, c.eval_every = 50, 50
   return c
 
 
@@ -211,26 +158,6 @@ def ppo() -> ConfigDict:
   return c
 
 
-def ppo_tiny() -> ConfigDict:
-  """The embedded default's PPO (the main job): the tiny SFT warm start, then PPO against
-  R³ with the packaged MiniLM encoder. Also the base of the tiny GRPO-family presets."""
-  c = with_sft_stage(ppo())
-  c.name = "ppo_tiny"
-  c.steps, c.prompts_per_step = 120, 32
-  # 40 new tokens: a complete answer (all six facts) is 35-39 tokens, so R³'s length
-  # incentive pays for completeness, not for padding; at 48 the policy learns to pad.
-  c.rollout.update(max_new_tokens=40, prompt_len=48)
-  # KL target 1.5 and policy LR 1e-4: the gold judge's precision holds near KL 1.5 and
-  # falls beyond, as R³'s length incentive turns into padding (stray "1903." sentences,
-  # answers run to the token limit); at LR 3e-4 or target 8 it falls within 120
-  # iterations (README, the main job's paragraph).
-  c.kl.update(adaptive=True, beta=0.05, target=1.5, horizon=1000)
-  c.ppo.update(epochs=2, minibatch=16, value_warmup_steps=5, value_clip=0.2)
-  c.optim.lr, c.value_lr = 1e-4, 1e-3
-  c.checkpoint.every = 20
-  return c
-
-
 def rso(c: ConfigDict) -> ConfigDict:
   """Adds RSO's sampling stage (trainers/rso.py) to a DPO config; best-of-N's too."""
   c.data.prompts = ""  # {prompt, reference?, query_type?} rows, as for PPO.
@@ -248,8 +175,9 @@ def defaults(trainer: str) -> ConfigDict:
   """Every field a trainer reads, at its default: what `validate` holds a config against
   (a field outside it is a typo or another trainer's, and is refused)."""
   if trainer in ("rso", "best_of_n"):
-    return rso(with_sft_stage(preference("dpo", trainer)))
-  builders = {"sft": sft, "ppo": lambda: with_sft_stage(ppo()),
-              "rm": lambda: with_sft_stage(preference("rm", "rm")),
-              "dpo": lambda: with_sft_stage(preference("dpo", "dpo"))}
+    c = rso(preference("dpo", trainer))
+    c.sft = sft()  # best-of-N's fine-tuning rounds.
+    return c
+  builders = {"sft": sft, "ppo": ppo, "rm": lambda: preference("rm", "rm"),
+              "dpo": lambda: preference("dpo", "dpo")}
   return builders[trainer]()
