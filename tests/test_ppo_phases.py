@@ -172,7 +172,7 @@ def test_before_after_has_gold_columns_on_the_embedded_world(tmp_path):
   from r3jax.data import synthetic  # pylint: disable=g-import-not-at-top
   rows = synthetic.questions(2, seed=99)
   prompts = [{"role": "user", "content": r["prompt"]} for r in rows]
-  scorer = lambda q, y, ref, qt: {"reward": np.arange(len(y), dtype=float)}
+  scorer = lambda rows, y: {"reward": np.arange(len(y), dtype=float)}
   ppo.write_before_after(str(tmp_path), prompts, ["x", "y"], [r["reference"] for r in rows], scorer, rows)
   lines = (tmp_path / "before_after.md").read_text().splitlines()
   assert lines[0] == "| prompt | before (SFT) | R3 | gold P / R | after (PPO) | R3 | gold P / R |"

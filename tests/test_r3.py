@@ -100,6 +100,7 @@ def test_encoder_truncation_side_and_length():
   """A long answer whose relevant part is at its end: the authors' Contriever setting
   (left truncation) sees it, the first 256 pieces do not. Defaults: a given encoder keeps
   its last 512 pieces, the packaged MiniLM its first 256."""
+  import ml_collections
   from r3jax.rewards import scorers
   assert scorers.encoder_truncation("/models/contriever") == (512, "left")
   assert scorers.encoder_truncation("") == (256, "right")
@@ -108,10 +109,10 @@ def test_encoder_truncation_side_and_length():
   filler = " ".join(["The weather was mild and the market sold apples, bread and cheese."] * 40)
   answer = filler + " The capital city of France is Paris."
   right = scorers.make("relevance", max_len=128)
-  left = scorers.make("relevance", max_len=128, encoder_side="left")
-  r, l = right([q], [answer])["reward"][0], left([q], [answer])["reward"][0]
+  left = scorers.make("relevance", ml_collections.ConfigDict({"encoder_side": "left"}), max_len=128)
+  r, l = right([{"prompt": q}], [answer])["reward"][0], left([{"prompt": q}], [answer])["reward"][0]
   assert l > r + 0.2, (l, r)
-  assert right([q], [answer])["reward"][0] == r  # The shared tokenizer is set per call.
+  assert right([{"prompt": q}], [answer])["reward"][0] == r  # The shared tokenizer is set per call.
 
 
 def test_score_command(tmp_path):

@@ -120,7 +120,7 @@ def setup_of(spec, config=None):
 
 def data_of(s, texts, seed=0):
   """The reference_value phase's output for these responses, on the host."""
-  comps = s.scorer(["What is Renor?"] * len(texts), texts)
+  comps = s.scorer([{"prompt": "What is Renor?"}] * len(texts), texts)
   b = batch_of(np.zeros(len(texts)), seed=seed)
   return comps, b.replace(old_logp_BT=-jnp.ones_like(b.resp_mask_BT),
                           ref_logp_BT=-jnp.ones_like(b.resp_mask_BT) * 1.1, rewards_BT=None,
@@ -138,7 +138,7 @@ TEXTS = ["Renor is a city.", "Renor", "It is old and large and very busy.", "No.
 def test_a_mix_logs_each_term_raw_and_normalises_each_by_its_own_moments():
   mix = setup_of("0.7*length+0.3*random")
   comps, data = data_of(mix, TEXTS)
-  alone = {name: scorers.make(name, seed=3)(["q"] * 6, TEXTS)["reward"] for name in ("length", "random")}
+  alone = {name: scorers.make(name, seed=3)([{"prompt": "q"}] * 6, TEXTS)["reward"] for name in ("length", "random")}
   np.testing.assert_array_equal(comps["length/reward"], alone["length"])  # Raw, as logged.
   np.testing.assert_array_equal(comps["random/reward"], alone["random"])
   np.testing.assert_allclose(comps["reward"], 0.7 * alone["length"] + 0.3 * alone["random"])

@@ -197,8 +197,14 @@ def load_comparisons(path: str, skip_bad: bool = False) -> Loaded:
   return load_rows(path, to_comparison, skip_bad, "comparisons")
 
 
+# The fields to_prompt reads a prompt and its reference from; any other field of a row
+# (an answer key, a task id) passes through to the rewards, which see the whole row.
+PROMPT_FORMAT_FIELDS = ("prompt", "turns", "instruction", "input", "output", "instances", "reference")
+
+
 def to_prompt(obj, where: str) -> dict:
-  """{"prompt": user text, "reference"?, "query_type"?, "category"?} from
+  """{"prompt": user text, "reference"?, "query_type"?, "category"?, and every other field
+  of the row} from
     {prompt, reference?}                       a plain prompt file (as PPO reads);
     {turns: [...]}                             Vicuna-Bench / MT-Bench questions (first turn);
     {instruction, input?, output?}             Alpaca; output is the reference;
@@ -232,8 +238,8 @@ def to_prompt(obj, where: str) -> dict:
     reference = reference[0]  # MT-Bench: one reference per turn.
   if reference is not None and not isinstance(reference, str):
     raise DataError(f"{where}: the reference answer should be a string, got {type(reference).__name__}")
-  out = {"prompt": prompt, "reference": reference or None, "query_type": obj.get("query_type"),
-         "category": obj.get("category")}
+  out = {k: v for k, v in obj.items() if k not in PROMPT_FORMAT_FIELDS}
+  out.update(prompt=prompt, reference=reference or None)
   return {k: v for k, v in out.items() if v is not None}
 
 

@@ -80,7 +80,7 @@ def prompts(dcfg):
       qtype = r3.query_type(r.get("query_type"))
     except ValueError as e:
       raise DataError(f"{r['where']}: field 'query_type': {e}") from None
-    rows.append({"prompt": r["prompt"], "reference": r.get("reference"), "query_type": qtype})
+    rows.append({**r, "reference": r.get("reference"), "query_type": qtype})  # The row's own fields too.
   return rows
 
 

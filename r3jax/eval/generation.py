@@ -219,29 +219,29 @@ def load_rows(prompts: str, limit: int, skip_bad: bool):
 
 
 def judges(spec: str, rows, max_len: int) -> dict:
-  """{name: pointwise judge(queries, answers, refs, qtypes) -> [N]} from a comma-separated
+  """{name: pointwise judge(rows, answers) -> [N]} from a comma-separated
   list: "gold" (the embedded world's gold score; dropped with a note for other prompts)
   or any rewards/scorers.make spec."""
   out = {}
   for name in [x.strip() for x in spec.split(",") if x.strip()]:
     if name == "gold":
       if gold.applicable(rows):
-        out[name] = lambda q, a, ref, qt: gold.judge_batch([r3.truncate_response(x) for x in a], rows)["score"]
+        out[name] = lambda rs, a: gold.judge_batch([r3.truncate_response(x) for x in a], rs)["score"]
       else:
         print("judge gold: these prompts are not questions about the embedded world; skipped",
               file=sys.stderr)
       continue
     scorer = scorers.make(name, max_len=max_len)
-    out[name] = lambda q, a, ref, qt, f=scorer: np.asarray(f(q, a, ref, qt)["reward"])
+    out[name] = lambda rs, a, f=scorer: np.asarray(f(rs, a)["reward"])
   return out
 
 
 def judged_win_rate(judge, rows, stats) -> dict:
   """The policy's adjusted win rate over the baseline under a pointwise judge: each answer
   set is scored once, and both orders read the same scores."""
-  queries, refs, qts = [r["prompt"] for r in rows], [r.get("reference") for r in rows], [r.get("query_type") for r in rows]
+  queries = [r["prompt"] for r in rows]
   answers = {n: stats[n]["answers"] for n in ("policy", "baseline")}
-  score = {n: np.asarray(judge(queries, a, refs, qts)) for n, a in answers.items()}
+  score = {n: np.asarray(judge(rows, a)) for n, a in answers.items()}
   name = lambda x: "policy" if x is answers["policy"] else "baseline"
   pref = lambda p, a, b: score[name(a)] - score[name(b)]
   return tm.win_rate(pref, queries, answers["policy"], answers["baseline"])

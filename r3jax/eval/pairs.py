@@ -24,14 +24,9 @@ def wilson(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
 
 def pair_accuracy(scorer, rows) -> tuple[float, int]:
   """(wins + ties/2, number of pairs) over every ordered pair of each ranking."""
-  prompts, responses, refs, types = [], [], [], []
-  for r in rows:
-    for y in r["responses"]:
-      prompts.append(r["prompt"])
-      responses.append(y)
-      refs.append(r.get("reference"))
-      types.append(r.get("query_type"))
-  scores = np.asarray(scorer(prompts, responses, refs, types)["reward"], np.float64)
+  per_response = [r for r in rows for _ in r["responses"]]
+  responses = [y for r in rows for y in r["responses"]]
+  scores = np.asarray(scorer(per_response, responses)["reward"], np.float64)
   wins, n, pos = 0.0, 0, 0
   for r in rows:
     s = scores[pos:pos + len(r["responses"])]

@@ -1,11 +1,16 @@
 """One reward interface for PPO, RSO, best-of-N, eval_pairs and eval_gen:
 
-  score(prompts, responses, references=None, query_types=None) -> {"reward": [N], ...}
+  scorer(rows, responses) -> {"reward": [N], ...}
 
-Every scorer returns its components: "reward" always, and R³ also its terms (relevance,
-length incentive, repetition penalty, copies_query, ...), which PPO logs.
+`rows` holds one prompt row per response: {"prompt": a user text or a message list,
+"reference"?, "query_type"?, and any other field the data carries (an answer key, ...)},
+as data/readers.to_prompt reads them. Every scorer returns its components: "reward"
+always, and R³ also its terms (relevance, length incentive, repetition penalty,
+copies_query, ...), which PPO logs.
 
-prompts are raw user texts or message lists. `make(spec)` builds one from a name:
+A reward is an entry of `REWARDS`: a factory that reads its own config section (PPO's
+`config.reward`; fields it does not find take their schema defaults) and returns a scorer.
+`make(spec, section)` builds one from a registered name or a reward-model run directory:
   r3, relevance, li_s, no_branch, li_only   R³ and its ablations (R³ paper §4.3), MiniLM by default;
   length                                    the word-punctuation token count (a baseline);
   random                                    uniform noise (chance level, seeded);
@@ -20,11 +25,14 @@ import dataclasses
 import functools
 import json
 import os
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
+from r3jax.core import registry
 from r3jax.data import chat, padding
 from r3jax.eval import text_metrics
 from r3jax.models import qwen
@@ -54,7 +62,7 @@ class RewardModel:
 
   def __init__(self, workdir: str, batch_size: int = 32, max_len: int = 2048, mesh=None):
     # Local: the checkpoint and tokenizer libraries are slow to import, and config
-    # validation imports this module for NAMES and check().
+    # validation imports this module for REWARDS and check().
     from r3jax.core import checkpoint  # pylint: disable=g-import-not-at-top
     from r3jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
     model_dir = os.path.join(workdir, "model")
@@ -80,8 +88,8 @@ class RewardModel:
       batch_size = -(-batch_size // shards) * shards
     self.batch_size, self.max_len = batch_size, max_len
 
-  def __call__(self, prompts, responses, references=None, query_types=None) -> dict:
-    del references, query_types
+  def __call__(self, rows, responses) -> dict:
+    prompts = [r["prompt"] for r in rows]
     out = []
     for i in range(0, len(responses), self.batch_size):
       ids = [chat.tokenize_response(self.tokenizer, as_messages(p), r)[0][-self.max_len:]
@@ -113,33 +121,58 @@ def encoder_truncation(encoder: str, length: int = 0, side: str = "") -> tuple[i
   return length or (512 if encoder else 256), side or ("left" if encoder else "right")
 
 
-def make(spec: str, *, max_len: int = 512, encoder: str = "", normalize: bool | None = None,
-         seed: int = 0, mesh=None, encoder_len: int = 0, encoder_side: str = "",
-         encoder_dtype: str = "float32"):
-  """A scorer from a name or a reward-model run path (see the module docstring).
+@dataclasses.dataclass(frozen=True)
+class Reward:
+  fn: Callable  # (section: ConfigDict, *, max_len, seed, mesh) -> scorer(rows, responses)
 
-  R³'s encoder: `encoder` (an HF BERT dir, e.g. Contriever: dot product unless `normalize`)
-  or the packaged MiniLM (cosine), truncating as `encoder_truncation` says, computing in
-  `encoder_dtype` (bfloat16 is for accelerators: on XLA:CPU it is no faster, bench/encoder)."""
-  if spec in r3.MODES:
-    from r3jax.models import bert  # pylint: disable=g-import-not-at-top
-    enc = _encoder(encoder or bert.minilm_dir(), (not encoder) if normalize is None else normalize,
-                   encoder_dtype)
-    length, side = encoder_truncation(encoder, encoder_len, encoder_side)
-    enc = dataclasses.replace(enc, max_len=length, truncation_side=side)
-    reward = r3.R3(enc, max_len=max_len, mode=spec)
-    return lambda p, y, ref=None, qt=None: reward([as_text(x) for x in p], y, ref, qt)
-  if spec == "length":
-    return lambda p, y, ref=None, qt=None: {"reward": np.array(
-        [len(text_metrics.wordpunct(r3.truncate_response(x))) for x in y], float)}
-  if spec == "random":
-    rng = np.random.default_rng(seed)
-    return lambda p, y, ref=None, qt=None: {"reward": rng.random(len(y))}
+
+REWARDS = registry.Registry("reward", Reward)
+
+
+def r3_scorer(section, *, max_len: int, seed: int, mesh, mode: str):
+  """R³ (or an ablation, `mode`) with its relevance encoder: section.encoder (an HF BERT
+  dir, e.g. Contriever: dot product unless section.normalize) or the packaged MiniLM
+  (cosine), truncating as `encoder_truncation` says, computing in section.encoder_dtype
+  (bfloat16 is for accelerators: on XLA:CPU it is no faster, bench/encoder)."""
+  del seed, mesh
+  from r3jax.models import bert  # pylint: disable=g-import-not-at-top
+  encoder = section.get("encoder", "")
+  normalize = section.get("normalize", None)
+  enc = _encoder(encoder or bert.minilm_dir(), (not encoder) if normalize is None else normalize,
+                 section.get("encoder_dtype", "float32"))
+  length, side = encoder_truncation(encoder, section.get("encoder_len", 0), section.get("encoder_side", ""))
+  reward = r3.R3(dataclasses.replace(enc, max_len=length, truncation_side=side), max_len=max_len, mode=mode)
+  return lambda rows, ys: reward([as_text(r["prompt"]) for r in rows], ys,
+                                 [r.get("reference") for r in rows], [r.get("query_type") for r in rows])
+
+
+for _mode in r3.MODES:  # R³ and each ablation of the paper's Table 4.
+  REWARDS.register(_mode)(functools.partial(r3_scorer, mode=_mode))
+
+
+@REWARDS.register("length")
+def length_scorer(section, *, max_len: int, seed: int, mesh):
+  """The response's word-punctuation token count (a baseline that rewards length alone)."""
+  del section, max_len, seed, mesh
+  return lambda rows, ys: {"reward": np.array([len(text_metrics.wordpunct(r3.truncate_response(y)))
+                                               for y in ys], float)}
+
+
+@REWARDS.register("random")
+def random_scorer(section, *, max_len: int, seed: int, mesh):
+  """Uniform noise, seeded: chance level."""
+  del section, max_len, mesh
+  rng = np.random.default_rng(seed)
+  return lambda rows, ys: {"reward": rng.random(len(ys))}
+
+
+def make(spec: str, section=None, *, max_len: int = 512, seed: int = 0, mesh=None):
+  """A scorer from a REWARDS name (reading `section`, its config section) or a reward-model
+  run path (see the module docstring)."""
+  if spec in REWARDS:
+    return REWARDS[spec].fn(section or ml_collections.ConfigDict(), max_len=max_len, seed=seed, mesh=mesh)
   check(spec)
   return RewardModel(spec, mesh=mesh)
-
-
-NAMES = r3.MODES + ("length", "random")
 
 
 def terms(spec: str) -> list[tuple[float, str]]:
@@ -162,7 +195,7 @@ def terms(spec: str) -> list[tuple[float, str]]:
 
 def label(name: str) -> str:
   """A term's name in logs: the scorer's name, or a reward-model run's directory name."""
-  return name if name in NAMES else os.path.basename(os.path.normpath(name))
+  return name if name in REWARDS else os.path.basename(os.path.normpath(name))
 
 
 class Mix:
@@ -171,10 +204,10 @@ class Mix:
   "<label>/" and "reward" = Σ weight · raw value, which is what an unnormalised mix scores
   (before_after.md). `raw(components)` is the [N, terms] matrix PPO normalises per term."""
 
-  def __init__(self, spec: str, **kw):
+  def __init__(self, spec: str, section=None, **kw):
     self.labels = self.check_labels(spec)
     self.weights, names = zip(*terms(spec))
-    self.scorers = tuple(make(n, **kw) for n in names)
+    self.scorers = tuple(make(n, section, **kw) for n in names)
 
   @staticmethod
   def check_labels(spec: str) -> tuple[str, ...]:
@@ -184,8 +217,8 @@ class Mix:
       raise ValueError(f"reward {spec!r}: two terms share a name in {labels}")
     return labels
 
-  def __call__(self, prompts, responses, references=None, query_types=None) -> dict:
-    parts = [f(prompts, responses, references, query_types) for f in self.scorers]
+  def __call__(self, rows, responses) -> dict:
+    parts = [f(rows, responses) for f in self.scorers]
     if len(parts) == 1:
       return parts[0]
     out = {f"{l}/{k}": v for l, p in zip(self.labels, parts) for k, v in p.items()}
@@ -200,8 +233,8 @@ class Mix:
 
 def check(spec: str) -> None:
   """FileNotFoundError unless `spec` names a scorer: cheap, for config validation."""
-  if spec in NAMES:
+  if spec in REWARDS:
     return
   if not os.path.exists(os.path.join(spec, "model", "config.json")):
-    raise FileNotFoundError(f"reward {spec!r}: not one of {', '.join(NAMES)} and not a "
+    raise FileNotFoundError(f"reward {spec!r}: not one of {', '.join(REWARDS)} and not a "
                             "reward-model run directory (no model/config.json)")

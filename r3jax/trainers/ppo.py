@@ -129,7 +129,7 @@ def init_rl_state(config, run, cfg, tok, init_from: str):
 def reward_model_value(config, cfg, frozen):
   """value.init_from_reward (PPO-max): the value model starts as the reward model (backbone
   and head), laid out like the policy. The reward model must have the policy's shape."""
-  (path,) = [n for _, n in scorers.terms(config.reward.mode) if n not in scorers.NAMES]
+  (path,) = [n for _, n in scorers.terms(config.reward.mode) if n not in scorers.REWARDS]
   reward_model = scorers.RewardModel(path)
   mine, theirs = qwen.to_hf_config(cfg), qwen.to_hf_config(reward_model.cfg)
   diff = [f"{k} {theirs.get(k)} vs {mine.get(k)}" for k in sorted(mine) if theirs.get(k) != mine.get(k)
@@ -226,10 +226,7 @@ def make_setup(config, run, cfg, tok, frozen, lay, rows) -> Setup:
     return ref_logp, values
 
   ptx = sources.ptx_rows(config.ptx, tok)
-  scorer = scorers.Mix(config.reward.mode, max_len=config.rollout.max_new_tokens,
-                       encoder=config.reward.encoder, normalize=config.reward.normalize,
-                       encoder_len=config.reward.encoder_len, encoder_side=config.reward.encoder_side,
-                       encoder_dtype=config.reward.encoder_dtype,
+  scorer = scorers.Mix(config.reward.mode, config.reward, max_len=config.rollout.max_new_tokens,
                        seed=config.seed, mesh=run.mesh)
   ro = config.rollout
   scfg = sampling.sample_config(tok, max_new_tokens=ro.max_new_tokens, temperature=ro.temperature,
@@ -287,12 +284,12 @@ def score(s: Setup, ro: Rollout, it: int) -> Scored:
   optimised reward does not see: the gold judge's figures (on the embedded world) and the
   batch's diversity. With reward.query_types=random, each response's type is drawn afresh."""
   texts = sampling.decode(s.tok, ro.samples)
-  qtypes = repeat(s.config.rollout.n, [r["query_type"] for r in ro.rows])
+  rows = repeat(s.config.rollout.n, ro.rows)
   if s.config.reward.query_types == "random":
     rng = np.random.default_rng([s.config.seed, it])  # Per iteration: resumes exactly.
-    qtypes = list(rng.choice(["open_ended", "closed_ended"], len(qtypes)))
-  comps = s.scorer(repeat(s.config.rollout.n, [r["prompt"] for r in ro.rows]), texts,
-                   repeat(s.config.rollout.n, [r["reference"] for r in ro.rows]), qtypes)
+    qtypes = rng.choice(["open_ended", "closed_ended"], len(rows))
+    rows = [{**r, "query_type": str(t)} for r, t in zip(rows, qtypes)]
+  comps = s.scorer(rows, texts)
   return Scored(texts, comps, s.scorer.raw(comps), judged(s, ro.rows, texts))
 
 
@@ -490,13 +487,11 @@ def write_before_after(workdir, prompts, before, after, scorer, rows, reward: st
   if jax.process_index() != 0:
     return
   q = [p["content"] for p in prompts]
-  refs = [r["reference"] for r in rows]
-  types = [r["query_type"] for r in rows]
   judged = gold.applicable(rows)
   cell = lambda x: x.replace("|", "\\|").replace("\n", " ")
   columns = []  # Per answer set: [answer, R³, gold?] cells for each prompt.
   for texts in (before, after):
-    cols = [[cell(t) for t in texts], [f"{x:.3f}" for x in scorer(q, texts, refs, types)["reward"]]]
+    cols = [[cell(t) for t in texts], [f"{x:.3f}" for x in scorer(rows, texts)["reward"]]]
     if judged:
       g = gold.judge_batch([r3.truncate_response(t) for t in texts], rows)
       cols.append([f"{p:.2f} / {r:.2f}" for p, r in zip(g["precision"], g["recall"])])

@@ -25,6 +25,7 @@ from etils import epath
 import jax
 from jax.experimental import multihost_utils
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 
@@ -47,7 +48,8 @@ def sample_candidates(config, init_dir, workdir, rows, log):
   cfg, tok = policy.cfg.replace(dropout_rate=0.0), policy.tokenizer
   state, _ = state_lib.init_state(state_lib.Policy(cfg, tok, None), optax.set_to_zero(), mesh, rules,
                                   config.seed, init_from=init_dir)
-  scorer = scorers.make(config.rso.reward, max_len=config.rollout.max_new_tokens, encoder=config.rso.encoder)
+  scorer = scorers.make(config.rso.reward, ml_collections.ConfigDict({"encoder": config.rso.encoder}),
+                        max_len=config.rollout.max_new_tokens)
   n, ro = config.rso.n, config.rollout
   scfg = sampling.sample_config(tok, max_new_tokens=ro.max_new_tokens, temperature=ro.temperature,
                                 top_k=ro.top_k, top_p=ro.top_p, n=n)
@@ -61,9 +63,7 @@ def sample_candidates(config, init_dir, workdir, rows, log):
       ys, _ = sampling.generate_text(state["params"], cfg, tok, ids, jax.random.fold_in(jax.random.key(config.seed), i),
                                      scfg, length=ro.prompt_len)
       ys = [t.strip() for t in ys][:len(chunk) * n]
-      rep = lambda xs: [x for x in xs for _ in range(n)]
-      r = scorer(rep([c["prompt"] for c in chunk]), ys, rep([c.get("reference") for c in chunk]),
-                 rep([c.get("query_type") for c in chunk]))["reward"]
+      r = scorer([c for c in chunk for _ in range(n)], ys)["reward"]
       texts += [ys[j * n:(j + 1) * n] for j in range(len(chunk))]
       rewards.append(np.asarray(r).reshape(len(chunk), n))
       log(f"sampled and scored {min(i + bs, len(rows))}/{len(rows)} prompts")

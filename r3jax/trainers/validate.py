@@ -180,7 +180,7 @@ def check_reward(field: str, spec: str, stages: dict, mix: bool = True) -> list:
       scorers.check(name)
     except FileNotFoundError as e:
       term = f" (its term {name!r})" if len(terms) > 1 else ""
-      raise ConfigError(f"config.{field}={spec!r}{term}: expected one of {', '.join(scorers.NAMES)}, a "
+      raise ConfigError(f"config.{field}={spec!r}{term}: expected one of {', '.join(scorers.REWARDS)}, a "
                         "reward-model run directory or an earlier rm stage (@name)") from e
   return terms
 
@@ -228,7 +228,7 @@ def check_estimator(config, terms) -> None:
     raise ConfigError(f"config.ppo.value_warmup_steps={config.ppo.value_warmup_steps}: ppo.advantage="
                       f"{config.ppo.advantage} has no value model to warm up; set it to 0")
   if config.value.init_from_reward:
-    models = [n for _, n in terms if n not in scorers.NAMES]
+    models = [n for _, n in terms if n not in scorers.REWARDS]
     if not est.uses_value or config.lora.rank > 0 or len(models) != 1:
       raise ConfigError("config.value.init_from_reward=True needs a value model (ppo.advantage=gae), "
                         f"no LoRA and exactly one reward-model term in reward.mode (it has {len(models)})")
