@@ -52,7 +52,7 @@ def r3jax_step_times(cfg, rows):
   ocfg = ml_collections.ConfigDict(dict(lr=1e-6, schedule="constant", warmup_steps=0,
                                         warmup_ratio=0.0, min_lr_ratio=0.0, b1=0.9, b2=0.999,
                                         eps=1e-8, weight_decay=0.0, grad_clip=1.0))
-  lcfg = ml_collections.ConfigDict(dict(type="sigmoid", beta=0.1, label_smoothing=0.0))
+  loss_config = ml_collections.ConfigDict(dict(type="sigmoid", beta=0.1, label_smoothing=0.0))
   tx = optim.make(ocfg, 100)
   mesh = sharding.make_mesh((("data", -1), ("fsdp", 1), ("tensor", 1)))
   rules = sharding.DEFAULT_RULES
@@ -63,7 +63,7 @@ def r3jax_step_times(cfg, rows):
   # The prompt-split layout of pipeline.ranked_batch (no padding here: every prompt is P).
   shared = p if _SHARE.value else 0
   step_fn = step_lib.make_train_step(
-      functools.partial(dpo.dpo_loss, model_cfg=cfg, lcfg=lcfg, prompt_len=shared), tx,
+      functools.partial(dpo.dpo_loss, model_cfg=cfg, loss_config=loss_config, prompt_len=shared), tx,
       shardings, mesh)
   ref_fn = jax.jit(lambda params, b: dpo.sequence_logprobs(params, cfg, b, shared)[0])
 

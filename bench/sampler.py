@@ -75,9 +75,9 @@ def main(argv):
   prompts = [rng.randint(10, top_id, n).tolist() for n in lengths]
   tokens_BT, mask_BT = padding.left_pad(prompts, pad_id=0, length=_PROMPT)
 
-  def run_ours(seed, scfg):
+  def run_ours(seed, sample_cfg):
     out = sampling.generate(params, jnp.asarray(tokens_BT), jnp.asarray(mask_BT),
-                            jax.random.key(seed), model_cfg=cfg, cfg=scfg)
+                            jax.random.key(seed), model_cfg=cfg, cfg=sample_cfg)
     return jax.block_until_ready(out)
 
   def run_hf(m):
@@ -103,8 +103,8 @@ def main(argv):
   # ratio by ±15%).
   times = {k: [] for k in variants}
   for _ in range(_REPEATS.value):
-    for k, scfg in variants.items():
-      times[k].append(median_time(lambda: run_ours(next(seeds), scfg), 1))
+    for k, sample_cfg in variants.items():
+      times[k].append(median_time(lambda: run_ours(next(seeds), sample_cfg), 1))
   ours_s = statistics.median(times["top-p"])
   hf_s = {}
   for dt in _HF_DTYPES.value:

@@ -58,10 +58,10 @@ def main(argv):
   else:
     prompts = [chat.tokenize(tok, chat.prompt_messages(p, _SYSTEM.value), True)[0]
                for p in _PROMPT.value]
-  scfg = sampling.sample_config(
+  sample_cfg = sampling.sample_config(
       tok, max_new_tokens=_MAX_NEW.value, temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
       top_p=_TOP_P.value, greedy=_GREEDY.value, n=_N.value)
-  texts, _ = sampling.generate_text(params, cfg, tok, prompts, jax.random.key(_SEED.value), scfg)
+  texts, _ = sampling.generate_text(params, cfg, tok, prompts, jax.random.key(_SEED.value), sample_cfg)
   for i, text in enumerate(texts):
     prompt = _PROMPT.value[i // _N.value]
     print(f"### prompt {i // _N.value} sample {i % _N.value}: {prompt}\n{text}\n")

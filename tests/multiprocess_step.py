@@ -55,8 +55,8 @@ def step(trainer):
     with harness.mesh_rules(mesh, rules):
       ref_logp = ref(state["params"], sharding.put_batch(batch, mesh))
     batch["ref_logp"] = np.asarray(multihost_utils.process_allgather(ref_logp, tiled=True))[idx]
-    lcfg = ml_collections.ConfigDict(dict(type="sigmoid", beta=0.1, label_smoothing=0.0))
-    loss_fn = functools.partial(dpo.dpo_loss, model_cfg=policy.cfg, lcfg=lcfg, prompt_len=p_len)
+    loss_config = ml_collections.ConfigDict(dict(type="sigmoid", beta=0.1, label_smoothing=0.0))
+    loss_fn = functools.partial(dpo.dpo_loss, model_cfg=policy.cfg, loss_config=loss_config, prompt_len=p_len)
   step_fn = step_lib.make_train_step(loss_fn, tx, shardings, mesh)
   with harness.mesh_rules(mesh, rules):
     state, m = step_fn(state, sharding.put_batch(pipeline.microbatches(batch, 1), mesh, 1))

@@ -127,16 +127,16 @@ def test_reference_free_loss_builds_and_reads_no_reference():
   cfg = qwen.preset("tiny", num_layers=2)
   params = qwen.init_params(cfg, jax.random.key(0))
   batch, _ = pipeline.ranked_batch(tokenizer_lib.tiny(), synthetic.comparisons(4, seed=1), 64, 24)
-  lcfg = ml_collections.ConfigDict(dict(type="simpo", beta=2.0, label_smoothing=0.0,
+  loss_config = ml_collections.ConfigDict(dict(type="simpo", beta=2.0, label_smoothing=0.0,
                                         precompute_ref=True, simpo_gamma=1.0))
   printed = []
   ctx = types.SimpleNamespace(
-      run=types.SimpleNamespace(config=types.SimpleNamespace(loss=lcfg, prompt_len=24),
+      run=types.SimpleNamespace(config=types.SimpleNamespace(loss=loss_config, prompt_len=24),
                                 writer=types.SimpleNamespace(print=printed.append)),
       policy=types.SimpleNamespace(cfg=cfg), state=None, fresh=True)
   prepare = dpo.with_reference(ctx)
   assert prepare(batch, "train", np.arange(4)) is batch and "no reference model" in printed[0]
-  loss, (weight, m) = jax.jit(lambda p, b: dpo.dpo_loss(p, b, None, model_cfg=cfg, lcfg=lcfg,
+  loss, (weight, m) = jax.jit(lambda p, b: dpo.dpo_loss(p, b, None, model_cfg=cfg, loss_config=loss_config,
                                                         prompt_len=24))(params, batch)
   lp, n = dpo.sequence_logprobs(params, cfg, batch, 24)
   want, want_m = losses.dpo_loss(lp[:, 0], lp[:, 1], None, None, loss_type="simpo", beta=2.0,

@@ -16,7 +16,7 @@ from r3jax.data import chat, readers, synthetic
 from r3jax.rewards import r3
 
 
-def conversations(dcfg, workdir: str, seed: int):
+def conversations(data_config, workdir: str, seed: int):
   """(train_rows, eval_rows, skipped) from data.train / data.eval, or the embedded default.
 
   The embedded default generates the synthetic Q/A set (also written to workdir/data for
@@ -25,41 +25,41 @@ def conversations(dcfg, workdir: str, seed: int):
   skipped = []
 
   def load(path):
-    if dcfg.use_tfds:
+    if data_config.use_tfds:
       from r3jax.data import tfds_local  # Local: TFDS is slow to import.
       name = os.path.splitext(os.path.basename(path))[0]
       return tfds_local.load_conversations(path, os.path.join(workdir, "tfds", name),
-                                           dcfg.format, dcfg.skip_bad)
-    return readers.load_conversations(path, dcfg.format, dcfg.skip_bad)
+                                           data_config.format, data_config.skip_bad)
+    return readers.load_conversations(path, data_config.format, data_config.skip_bad)
 
-  if dcfg.train:
-    loaded = load(dcfg.train)
+  if data_config.train:
+    loaded = load(data_config.train)
     rows, skipped = loaded.rows, loaded.skipped
   else:
-    examples = synthetic.generate(dcfg.synthetic_examples, seed=0, restate=dcfg.synthetic_restate)
+    examples = synthetic.generate(data_config.synthetic_examples, seed=0, restate=data_config.synthetic_restate)
     rows = [dict(where=f"synthetic:{i}", **ex) for i, ex in enumerate(examples)]
     if jax.process_index() == 0:
       readers.write_jsonl(os.path.join(workdir, "data", "synthetic.jsonl"),
                           [{k: v for k, v in r.items() if k != "where"} for r in rows])
-  if dcfg.eval:
-    loaded = load(dcfg.eval)
+  if data_config.eval:
+    loaded = load(data_config.eval)
     return rows, loaded.rows, skipped + loaded.skipped
-  return _hold_out(rows, dcfg.eval_fraction, seed) + (skipped,)
+  return _hold_out(rows, data_config.eval_fraction, seed) + (skipped,)
 
 
-def comparisons(dcfg, seed: int):
+def comparisons(data_config, seed: int):
   """(train, eval, skipped) comparison rows: files, or the synthetic comparisons."""
   skipped = []
-  if dcfg.train:
-    loaded = readers.load_comparisons(dcfg.train, dcfg.skip_bad)
+  if data_config.train:
+    loaded = readers.load_comparisons(data_config.train, data_config.skip_bad)
     rows, skipped = loaded.rows, loaded.skipped
   else:
     rows = [dict(where=f"synthetic:{i}", **c) for i, c in
-            enumerate(synthetic.comparisons(dcfg.synthetic_examples, seed=dcfg.synthetic_seed))]
-  if dcfg.eval:
-    loaded = readers.load_comparisons(dcfg.eval, dcfg.skip_bad)
+            enumerate(synthetic.comparisons(data_config.synthetic_examples, seed=data_config.synthetic_seed))]
+  if data_config.eval:
+    loaded = readers.load_comparisons(data_config.eval, data_config.skip_bad)
     return rows, loaded.rows, skipped + loaded.skipped
-  return _hold_out(rows, dcfg.eval_fraction, seed) + (skipped,)
+  return _hold_out(rows, data_config.eval_fraction, seed) + (skipped,)
 
 
 def _hold_out(rows, fraction: float, seed: int):
@@ -68,14 +68,14 @@ def _hold_out(rows, fraction: float, seed: int):
   return [rows[i] for i in order[n_eval:]], [rows[i] for i in order[:n_eval]]
 
 
-def prompts(dcfg):
+def prompts(data_config):
   """Prompts with references and query types: the synthetic questions, or data.prompts in
   any of readers.to_prompt's forms ({prompt, reference?, query_type?}, Vicuna, Alpaca,
   SuperNI)."""
-  if not dcfg.prompts:
-    return synthetic.questions(dcfg.synthetic_examples, seed=dcfg.prompt_seed)
+  if not data_config.prompts:
+    return synthetic.questions(data_config.synthetic_examples, seed=data_config.prompt_seed)
   rows = []
-  for r in readers.load_prompts(dcfg.prompts).rows:
+  for r in readers.load_prompts(data_config.prompts).rows:
     try:
       qtype = r3.query_type(r.get("query_type"))
     except ValueError as e:
@@ -84,26 +84,26 @@ def prompts(dcfg):
   return rows
 
 
-def sampling_prompts(dcfg, n: int):
+def sampling_prompts(data_config, n: int):
   """{prompt (messages), reference, query_type, responses?} rows for RSO and best-of-N:
   data.prompts as for RL, else synthetic comparisons about the world's entities (whose
   responses `direct` uses; their entity and asks fields let the gold judge read samples)."""
-  if dcfg.prompts:
-    return [dict(r, prompt=chat.prompt_messages(r["prompt"])) for r in prompts(dcfg)][:n]
-  return synthetic.comparisons(n, seed=dcfg.synthetic_seed + 10, world_only=True)
+  if data_config.prompts:
+    return [dict(r, prompt=chat.prompt_messages(r["prompt"])) for r in prompts(data_config)][:n]
+  return synthetic.comparisons(n, seed=data_config.synthetic_seed + 10, world_only=True)
 
 
-def ptx_rows(pcfg, tok) -> np.ndarray | None:
+def ptx_rows(ptx_config, tok) -> np.ndarray | None:
   """PPO-ptx text packed into [rows, ptx.seq_len] token ids: ptx.data ({"text"} JSONL or
   .txt), else documents about the embedded synthetic entities."""
-  if pcfg.coef <= 0:
+  if ptx_config.coef <= 0:
     return None
-  if pcfg.data:
-    texts = [r["text"] for r in readers.load_texts(pcfg.data).rows]
+  if ptx_config.data:
+    texts = [r["text"] for r in readers.load_texts(ptx_config.data).rows]
   else:
-    texts = [" ".join(synthetic.facts(e)) for e in synthetic.entities(pcfg.synthetic_docs, seed=7)]
+    texts = [" ".join(synthetic.facts(e)) for e in synthetic.entities(ptx_config.synthetic_docs, seed=7)]
   ids = np.concatenate([np.asarray(tok(t)["input_ids"] + [tok.eos_token_id], np.int32) for t in texts])
-  n = len(ids) // pcfg.seq_len
+  n = len(ids) // ptx_config.seq_len
   if n < 1:
-    raise DataError(f"ptx.data={pcfg.data}: fewer than ptx.seq_len={pcfg.seq_len} tokens")
-  return ids[:n * pcfg.seq_len].reshape(n, pcfg.seq_len)
+    raise DataError(f"ptx.data={ptx_config.data}: fewer than ptx.seq_len={ptx_config.seq_len} tokens")
+  return ids[:n * ptx_config.seq_len].reshape(n, ptx_config.seq_len)

@@ -36,7 +36,7 @@ _POSITIONS = 8  # Sentence positions shown in the relevance plot.
 def generate(cfg, params, tok, rows, n: int, greedy: bool, seed: int, opts: Options):
   """(texts [P][n], token counts [P][n], truncated prompt count): answers to each row's
   prompt; a count is of the generated tokens, the stop token excluded."""
-  scfg = sampling.sample_config(tok, max_new_tokens=opts.max_new_tokens, top_p=opts.top_p,
+  sample_cfg = sampling.sample_config(tok, max_new_tokens=opts.max_new_tokens, top_p=opts.top_p,
                                 greedy=greedy, n=n)
   if opts.max_prompt_len + opts.max_new_tokens > cfg.max_position_embeddings:
     raise ValueError(f"max_prompt_len + max_new_tokens = {opts.max_prompt_len + opts.max_new_tokens} "
@@ -48,7 +48,7 @@ def generate(cfg, params, tok, rows, n: int, greedy: bool, seed: int, opts: Opti
     truncated += sum(len(x) > opts.max_prompt_len for x in ids)
     ids += [ids[-1]] * (bs - len(ids))  # One batch shape: one compile.
     texts, s = sampling.generate_text(params, cfg, tok, ids, jax.random.fold_in(jax.random.key(seed), i),
-                                      scfg, length=opts.max_prompt_len)  # Keeps each prompt's end.
+                                      sample_cfg, length=opts.max_prompt_len)  # Keeps each prompt's end.
     texts = [t.strip() for t in texts]
     lens = np.asarray(s.mask_BN).sum(-1) - np.asarray(s.stopped_B)
     out += [texts[j * n:(j + 1) * n] for j in range(len(chunk))]

@@ -208,11 +208,11 @@ def chat_ids(tok, conversations) -> list[np.ndarray]:
   return [chat.tokenize(tok, m, add_generation_prompt=True)[0] for m in conversations]
 
 
-def generate_text(params, model_cfg, tok, prompt_ids, key, scfg: SampleConfig, *,
+def generate_text(params, model_cfg, tok, prompt_ids, key, sample_cfg: SampleConfig, *,
                   length: int | None = None, put=jnp.asarray) -> tuple[list[str], Samples]:
-  """(texts, samples): `scfg.n` continuations of each prompt (token id lists), left-padded
+  """(texts, samples): `sample_cfg.n` continuations of each prompt (token id lists), left-padded
   to `length` (their longest without it) and placed with `put` (e.g. replicated on a mesh
   when the params span several processes)."""
   tokens_BT, mask_BT = padding.left_pad(prompt_ids, tok.pad_token_id, length)
-  samples = generate(params, put(tokens_BT), put(mask_BT), key, model_cfg=model_cfg, cfg=scfg)
+  samples = generate(params, put(tokens_BT), put(mask_BT), key, model_cfg=model_cfg, cfg=sample_cfg)
   return decode(tok, samples), samples

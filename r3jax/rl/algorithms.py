@@ -81,43 +81,43 @@ def sequence_rewards(batch: RLBatch):
 
 
 @ADVANTAGES.register("gae", uses_value=True)
-def gae(batch: RLBatch, pcfg, n):
+def gae(batch: RLBatch, ppo_config, n):
   """PPO's learned value baseline: masked GAE(γ, λ) (Schulman et al. 2016) over the shaped
   token rewards, whitened over the batch if ppo.whiten (Ouyang et al. 2022, InstructGPT)."""
   del n
   mask = batch.resp_mask_BT
-  adv, returns = ops.gae(batch.rewards_BT, batch.values_BT * mask, mask, pcfg.gamma, pcfg.lam)
-  return (ops.masked_whiten(adv, mask) if pcfg.whiten else adv), returns
+  adv, returns = ops.gae(batch.rewards_BT, batch.values_BT * mask, mask, ppo_config.gamma, ppo_config.lam)
+  return (ops.masked_whiten(adv, mask) if ppo_config.whiten else adv), returns
 
 
 @ADVANTAGES.register("grpo", uses_value=False, group=True)
-def grpo(batch: RLBatch, pcfg, n):
+def grpo(batch: RLBatch, ppo_config, n):
   """GRPO (Shao et al. 2024, DeepSeekMath §4.1): (r - group mean) / group std, per prompt."""
-  del pcfg
+  del ppo_config
   return sequence(ops.group_advantages(sequence_rewards(batch), n, scale=True), batch.resp_mask_BT)
 
 
 @ADVANTAGES.register("dr_grpo", uses_value=False, group=True)
-def dr_grpo(batch: RLBatch, pcfg, n):
+def dr_grpo(batch: RLBatch, ppo_config, n):
   """Dr. GRPO (Liu et al. 2025, "Understanding R1-Zero-like training" §3): r - group mean."""
-  del pcfg
+  del ppo_config
   return sequence(ops.group_advantages(sequence_rewards(batch), n, scale=False), batch.resp_mask_BT)
 
 
 @ADVANTAGES.register("rloo", uses_value=False, group=True)
-def rloo(batch: RLBatch, pcfg, n):
+def rloo(batch: RLBatch, ppo_config, n):
   """RLOO (Ahmadian et al. 2024, §3.3): r minus the mean of the prompt's other samples."""
-  del pcfg
+  del ppo_config
   return sequence(ops.leave_one_out(sequence_rewards(batch), n), batch.resp_mask_BT)
 
 
 @ADVANTAGES.register("reinforce_pp", uses_value=False)
-def reinforce_pp(batch: RLBatch, pcfg, n):
+def reinforce_pp(batch: RLBatch, ppo_config, n):
   """REINFORCE++ (Hu 2025, §3): returns-to-go of the token rewards (γ = ppo.gamma; no
   value: λ = 1 against V = 0), whitened over every response token of the batch."""
   del n
   mask = batch.resp_mask_BT
-  _, returns = ops.gae(batch.rewards_BT, jnp.zeros_like(mask), mask, pcfg.gamma, 1.0)
+  _, returns = ops.gae(batch.rewards_BT, jnp.zeros_like(mask), mask, ppo_config.gamma, 1.0)
   return ops.masked_whiten(returns, mask), returns
 
 
@@ -134,23 +134,23 @@ POLICY_LOSSES = registry.Registry("policy loss", PolicyLoss)
 
 
 @POLICY_LOSSES.register("ppo_clip")
-def ppo_clip(logp_BT, batch: RLBatch, pcfg, params):
+def ppo_clip(logp_BT, batch: RLBatch, ppo_config, params):
   """PPO's clipped surrogate (Schulman et al. 2017, eq. 7), ε = ppo.clip_eps, aggregated
   by ppo.loss_agg."""
   del params
   return ops.policy_loss(logp_BT, batch.old_logp_BT, batch.adv_BT, batch.resp_mask_BT,
-                         pcfg.clip_eps, pcfg.loss_agg)
+                         ppo_config.clip_eps, ppo_config.loss_agg)
 
 
 @POLICY_LOSSES.register("gspo", params={"eps_low": 3e-4, "eps_high": 4e-4, "max_log_ratio": 10.0})
-def gspo(logp_BT, batch: RLBatch, pcfg, params):
+def gspo(logp_BT, batch: RLBatch, ppo_config, params):
   """GSPO (Zheng et al. 2025, "Group Sequence Policy Optimization", §4.1-4.2): the
   importance ratio of a whole sequence, s = exp(mean_t log π/π_old), clipped to
   [1 - eps_low, 1 + eps_high] per sequence; each sequence's clipped objective is averaged
   over its tokens, then over sequences (ppo.loss_agg is not used, as in verl). The token
   form s·π_t/sg(π_t) has the sequence form's value and, for a sequence-level advantage,
   its gradient. The log-ratio is capped at max_log_ratio before exp, as verl does."""
-  del pcfg
+  del ppo_config
   mask_BT = batch.resp_mask_BT
   log_ratio_BT = logp_BT - batch.old_logp_BT
   seq_log_ratio_B = ops.masked_mean(log_ratio_BT, mask_BT, axis=-1)

@@ -55,16 +55,16 @@ def sequence_logprobs(params, cfg, batch, prompt_len: int = 0):
   return jnp.sum(lp_NR * w_NR, -1).reshape(b, k), jnp.sum(w_NR, -1).reshape(b, k)
 
 
-def dpo_loss(params, batch, rng, *, model_cfg, lcfg, prompt_len=0):
+def dpo_loss(params, batch, rng, *, model_cfg, loss_config, prompt_len=0):
   del rng
   lp, n_tok = sequence_logprobs(params, model_cfg, batch, prompt_len)
-  entry = losses.LOSSES[lcfg.type]
+  entry = losses.LOSSES[loss_config.type]
   ref_BK = batch["ref_logp"] if entry.needs_reference else None
   ref_w, ref_l = (None, None) if ref_BK is None else (ref_BK[:, 0], ref_BK[:, 1])
   losses_B, m = losses.dpo_loss(
-      lp[:, 0], lp[:, 1], ref_w, ref_l, loss_type=lcfg.type, beta=lcfg.beta,
-      label_smoothing=lcfg.label_smoothing, chosen_len_B=n_tok[:, 0], rejected_len_B=n_tok[:, 1],
-      **{name: lcfg[name] for name in entry.params})
+      lp[:, 0], lp[:, 1], ref_w, ref_l, loss_type=loss_config.type, beta=loss_config.beta,
+      label_smoothing=loss_config.label_smoothing, chosen_len_B=n_tok[:, 0], rejected_len_B=n_tok[:, 1],
+      **{name: loss_config[name] for name in entry.params})
   b = lp.shape[0]
   return jnp.sum(losses_B), (jnp.float32(b), {n: v * b for n, v in m.items()})
 
@@ -109,7 +109,7 @@ TASK = preference.task(
     prompt_len=lambda config: config.prompt_len,  # The prompt-split layout (sequence_logprobs).
     check=check_pairs,
     make_loss=lambda config, cfg, deterministic: functools.partial(
-        dpo_loss, model_cfg=cfg, lcfg=config.loss, prompt_len=config.prompt_len),
+        dpo_loss, model_cfg=cfg, loss_config=config.loss, prompt_len=config.prompt_len),
     prepare=with_reference,
     export=supervised.export_hf,
     accuracy="rewards/accuracy",

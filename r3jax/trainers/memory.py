@@ -84,12 +84,12 @@ def plan(config, sizes: dict[str, int], remat: bool | None = None) -> dict:
   `remat` overrides config.model.remat."""
   mesh = abstract_mesh(sizes)
   rules = sharding.rules_from_config(config.sharding.rules)
-  mcfg = config.model
-  cfg = qwen.preset(mcfg.preset, param_dtype=mcfg.param_dtype, dtype=mcfg.dtype,
-                    remat=mcfg.remat if remat is None else remat)
-  if mcfg.hf_dir:
+  model_config = config.model
+  cfg = qwen.preset(model_config.preset, param_dtype=model_config.param_dtype, dtype=model_config.dtype,
+                    remat=model_config.remat if remat is None else remat)
+  if model_config.hf_dir:
     from r3jax.models import hf
-    cfg = hf.load_config(mcfg.hf_dir, param_dtype=mcfg.param_dtype, dtype=mcfg.dtype, remat=cfg.remat)
+    cfg = hf.load_config(model_config.hf_dir, param_dtype=model_config.param_dtype, dtype=model_config.dtype, remat=cfg.remat)
   steps = max(config.steps, 1)
   tx = optim.make(config.optim, steps)
   ppo = config.trainer == "ppo"
@@ -97,7 +97,7 @@ def plan(config, sizes: dict[str, int], remat: bool | None = None) -> dict:
   params, p_shard = state["params"], shard["params"]
   policy_bytes = _bytes(params, p_shard)
   n = qwen.param_count(params)
-  out = {"model": f"{mcfg.preset} ({n / 1e9:.2f}B params)" if n > 1e8 else f"{mcfg.preset} ({n / 1e6:.2f}M params)",
+  out = {"model": f"{model_config.preset} ({n / 1e9:.2f}B params)" if n > 1e8 else f"{model_config.preset} ({n / 1e6:.2f}M params)",
          "mesh": sizes}
   rows = {}
   if ppo and config.lora.rank > 0:

@@ -54,7 +54,7 @@ class Setup:
   run: harness.Run
   scorer: scorers.Mix  # The reward spec's terms; raw values [N, terms] via scorer.raw.
   ptx: np.ndarray | None
-  scfg: sampling.SampleConfig
+  sample_cfg: sampling.SampleConfig
   frozen: Any  # The SFT params: the KL reference, and with LoRA the adapters' base.
   merged_policy: Callable  # (policy, frozen) -> full policy params
   ref_value: Callable  # (value | None, frozen, seq, mask) -> (reference log-probs, values)
@@ -229,10 +229,10 @@ def make_setup(config, run, cfg, tok, frozen, lay, rows) -> Setup:
   scorer = scorers.Mix(config.reward.mode, config.reward, max_len=config.rollout.max_new_tokens,
                        seed=config.seed, mesh=run.mesh)
   ro = config.rollout
-  scfg = sampling.sample_config(tok, max_new_tokens=ro.max_new_tokens, temperature=ro.temperature,
+  sample_cfg = sampling.sample_config(tok, max_new_tokens=ro.max_new_tokens, temperature=ro.temperature,
                                 top_p=ro.top_p, top_k=ro.top_k, n=ro.n)
   update = make_update(config, make_loss(config, cfg), lay)
-  return Setup(config, cfg, tok, run, scorer, ptx, scfg, frozen,
+  return Setup(config, cfg, tok, run, scorer, ptx, sample_cfg, frozen,
                jax.jit(functools.partial(policy_params, config)), ref_value, update,
                gold=gold.applicable(rows), uses_value=algorithms.uses_value(config))
 
@@ -244,11 +244,11 @@ def label_query_types(config, rows, policy_params_, cfg, tok, writer) -> None:
   if config.reward.query_types != "classifier":
     return
   if config.reward.classifier:
-    qcfg, qparams = hf.load(config.reward.classifier)
+    classifier_cfg, qparams = hf.load(config.reward.classifier)
     qtok = tokenizer_lib.load(config.reward.classifier)
   else:
-    qcfg, qparams, qtok = cfg, policy_params_, tok
-  labels, _ = query_types.classify(qparams, qcfg, qtok, [r["prompt"] for r in rows])
+    classifier_cfg, qparams, qtok = cfg, policy_params_, tok
+  labels, _ = query_types.classify(qparams, classifier_cfg, qtok, [r["prompt"] for r in rows])
   for r, label in zip(rows, labels):
     r["query_type"] = label
   writer.print(f"query types from the classifier: {labels.count('open_ended')} open-ended, "
@@ -269,7 +269,7 @@ def rollout(s: Setup, state, batch_rows, it: int) -> Rollout:
   key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), it)
   engine = sampling.ENGINES.get(s.config.rollout.engine, "rollout.engine").fn
   out = engine(s.merged_policy(state["policy"], s.frozen), prompts["tok"], prompts["mask"],
-                          key, model_cfg=s.cfg, cfg=s.scfg)
+                          key, model_cfg=s.cfg, cfg=s.sample_cfg)
   out_local = sampling.Samples(*(sharding.local_rows(x, s.run.mesh) for x in out))
   return Rollout(batch_rows, p_tok, p_mask, out_local, truncated)
 
@@ -470,10 +470,10 @@ def log_iteration(s: Setup, done: int, state, itr: Iteration, times) -> dict:
 
 def greedy_answers(s: Setup, params, conversations) -> list[str]:
   """Greedy answers to fixed prompts (before_after.md), replicated on the mesh."""
-  scfg = sampling.sample_config(s.tok, max_new_tokens=s.config.rollout.max_new_tokens, greedy=True)
+  sample_cfg = sampling.sample_config(s.tok, max_new_tokens=s.config.rollout.max_new_tokens, greedy=True)
   with harness.mesh_rules(s.run.mesh, s.run.rules):
     texts, _ = sampling.generate_text(params, s.cfg, s.tok, sampling.chat_ids(s.tok, conversations),
-                                      jax.random.key(0), scfg,
+                                      jax.random.key(0), sample_cfg,
                                       put=lambda x: sharding.replicate(x, s.run.mesh))
   return texts
 

@@ -8,10 +8,10 @@ from r3jax.data import pipeline, sources
 from r3jax.trainers import supervised
 
 
-def drop_ties(dcfg, *splits):
+def drop_ties(data_config, *splits):
   """(splits without the comparisons that repeat a response, how many were dropped); with
   data.keep_ties nothing is dropped."""
-  if dcfg.keep_ties:
+  if data_config.keep_ties:
     return splits, 0
   kept = [[r for r in rows if len(set(r["responses"])) == len(r["responses"])] for rows in splits]
   return kept, sum(len(a) - len(b) for a, b in zip(splits, kept))

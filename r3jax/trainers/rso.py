@@ -51,7 +51,7 @@ def sample_candidates(config, init_dir, workdir, rows, log):
   scorer = scorers.make(config.rso.reward, ml_collections.ConfigDict({"encoder": config.rso.encoder}),
                         max_len=config.rollout.max_new_tokens)
   n, ro = config.rso.n, config.rollout
-  scfg = sampling.sample_config(tok, max_new_tokens=ro.max_new_tokens, temperature=ro.temperature,
+  sample_cfg = sampling.sample_config(tok, max_new_tokens=ro.max_new_tokens, temperature=ro.temperature,
                                 top_k=ro.top_k, top_p=ro.top_p, n=n)
   texts, rewards = [], []
   bs = config.rso.prompts_per_batch
@@ -61,7 +61,7 @@ def sample_candidates(config, init_dir, workdir, rows, log):
       ids = sampling.chat_ids(tok, [r["prompt"] for r in chunk])
       ids += [ids[-1]] * (bs - len(chunk))  # A fixed batch shape; the extra rows are dropped.
       ys, _ = sampling.generate_text(state["params"], cfg, tok, ids, jax.random.fold_in(jax.random.key(config.seed), i),
-                                     scfg, length=ro.prompt_len)
+                                     sample_cfg, length=ro.prompt_len)
       ys = [t.strip() for t in ys][:len(chunk) * n]
       r = scorer([c for c in chunk for _ in range(n)], ys)["reward"]
       texts += [ys[j * n:(j + 1) * n] for j in range(len(chunk))]

@@ -1,6 +1,7 @@
-"""Supervised fine-tuning (the Qwen report, Bai et al. 2023 §3.1.2) as a task of the supervised loop (trainers/supervised.py):
-masked next-token loss on assistant tokens; held-out loss against the unigram baseline,
-perplexity and greedy answers to a few held-out prompts."""
+"""Supervised fine-tuning (the Qwen report, Bai et al. 2023 §3.1.2) as a task of the
+supervised loop (trainers/supervised.py): masked next-token loss on assistant tokens;
+held-out loss against the unigram baseline, perplexity and greedy answers to a few
+held-out prompts."""
 
 import functools
 
@@ -57,9 +58,9 @@ def greedy_answers(ctx: supervised.Context, params, step: int) -> None:
   prompts = [r["messages"][:-1] for r in ctx.eval_rows[:config.eval_prompts]]
   if not prompts:
     return
-  scfg = sampling.sample_config(tok, max_new_tokens=config.sample_tokens, greedy=True)
+  sample_cfg = sampling.sample_config(tok, max_new_tokens=config.sample_tokens, greedy=True)
   answers, _ = sampling.generate_text(params, ctx.policy.cfg.replace(dropout_rate=0.0), tok,
-                                      sampling.chat_ids(tok, prompts), jax.random.key(0), scfg,
+                                      sampling.chat_ids(tok, prompts), jax.random.key(0), sample_cfg,
                                       put=lambda x: sharding.replicate(x, ctx.run.mesh))
   ctx.run.writer.texts(step, "eval_samples", [{"prompt": p[-1]["content"], "answer": a}
                                               for p, a in zip(prompts, answers)])

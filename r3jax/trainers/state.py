@@ -24,20 +24,20 @@ class Policy:
   hf_dir: str | None  # Initial weights from an HF dir; None: random init.
 
 
-def build_policy(mcfg, workdir: str, tokenizer_dir: str = "") -> Policy:
+def build_policy(model_config, workdir: str, tokenizer_dir: str = "") -> Policy:
   """model.hf_dir: an HF Qwen2 checkpoint; else model.preset with the tiny tokenizer."""
-  overrides = dict(param_dtype=mcfg.param_dtype, dtype=mcfg.dtype,
-                   dropout_rate=mcfg.dropout_rate, remat=mcfg.remat)
-  if mcfg.hf_dir:
-    cfg = hf.load_config(mcfg.hf_dir, **overrides)
-    return Policy(cfg, tokenizer_lib.load(tokenizer_dir or mcfg.hf_dir), mcfg.hf_dir)
-  if mcfg.preset not in ("tiny", "bench") and not mcfg.allow_random_init:
+  overrides = dict(param_dtype=model_config.param_dtype, dtype=model_config.dtype,
+                   dropout_rate=model_config.dropout_rate, remat=model_config.remat)
+  if model_config.hf_dir:
+    cfg = hf.load_config(model_config.hf_dir, **overrides)
+    return Policy(cfg, tokenizer_lib.load(tokenizer_dir or model_config.hf_dir), model_config.hf_dir)
+  if model_config.preset not in ("tiny", "bench") and not model_config.allow_random_init:
     raise ConfigError(
-        f"model.preset={mcfg.preset!r} is a full-size model: set --config.model.hf_dir=/path "
+        f"model.preset={model_config.preset!r} is a full-size model: set --config.model.hf_dir=/path "
         "to an HF checkpoint (or --config.model.allow_random_init=True)")
   tok = (tokenizer_lib.load(tokenizer_dir) if tokenizer_dir else
          tokenizer_lib.tiny(cache_dir=os.path.join(workdir, "tokenizer")))
-  cfg = qwen.preset(mcfg.preset, vocab_size=len(tok), **overrides)
+  cfg = qwen.preset(model_config.preset, vocab_size=len(tok), **overrides)
   return Policy(cfg, tok, None)
 
 
