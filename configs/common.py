@@ -77,7 +77,7 @@ def ppo_tiny() -> ConfigDict:
   # KL target 1.5 and policy LR 1e-4: the gold judge's precision holds near KL 1.5 and
   # falls beyond, as R³'s length incentive turns into padding (stray "1903." sentences,
   # answers run to the token limit); at LR 3e-4 or target 8 it falls within 120
-  # iterations (README, the main job's paragraph).
+  # iterations (docs/results.md, the main job).
   c.kl.update(adaptive=True, beta=0.05, target=1.5, horizon=1000)
   c.ppo.update(epochs=2, minibatch=16, value_warmup_steps=5, value_clip=0.2)
   c.optim.lr, c.value_lr = 1e-4, 1e-3

@@ -11,7 +11,7 @@ Presets (`--config=configs/dpo_qwen.py:<preset>`):
   real-0.5b  DPO on ../shared/data/dpo_en_demo.json from a Qwen2.5-0.5B checkpoint's weights
          (--config.model.hf_dir=DIR), full fine-tuning in bf16 compute, 16 steps of 4 pairs
          (128 prompt + 192 response tokens each), held-out accuracy on 24 pairs at steps 0,
-         8 and 16 (README, "Every recipe on a real model").
+         8 and 16 (docs/results.md, "Every recipe on a real model").
 loss.type: an entry of r3jax/losses/preference.LOSSES: sigmoid (DPO), ipo, hinge (SLiC),
 sigmoid_norm and hinge_norm (RSO; β plays γ), simpo (SimPO, reference-free; any preset with
 --config.loss.type=simpo --config.loss.beta=B --config.loss.simpo_gamma=G).

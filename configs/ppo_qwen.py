@@ -6,7 +6,7 @@ Presets (`--config=configs/ppo_qwen.py:<preset>`):
                   from <workdir>/sft), then PPO against R³ with the packaged MiniLM encoder.
   tiny-relevance  the same with the relevance-only reward (the reward-hacking ablation).
   tiny-hacking    tiny, with 30% of the SFT answers opening by repeating the question, so
-                  the policy can copy it (for python -m r3jax.compare; see the README).
+                  the policy can copy it (for python -m r3jax.compare; see docs/results.md).
   tiny-rm         the Qwen report's pipeline (§3) at tiny size: SFT (<workdir>/sft) -> reward model
                   PMP stage on one comparison set (<workdir>/rm_pmp) -> its fine-tuning on
                   another (<workdir>/rm) -> PPO against that reward model, each stage reused
@@ -22,7 +22,7 @@ Presets (`--config=configs/ppo_qwen.py:<preset>`):
   real-0.5b       (with model.hf_dir) PPO with R³ on a Qwen2.5-0.5B(-Instruct) within 20 minutes
                   of a 2-core host: LoRA rank 16 on the policy and value, 20 iterations of 4
                   Alpaca prompts (../shared/data/alpaca_en_demo.json, their outputs as R³'s
-                  references) x 2 samples of up to 80 tokens (README, "Every recipe on a real
+                  references) x 2 samples of up to 80 tokens (docs/results.md, "Every recipe on a real
                   model"; held-out answers via python -m r3jax.eval_gen).
 Full-size presets need --config.model.hf_dir=<HF dir> (architecture and tokenizer),
 --config.init_from=<SFT run or HF dir> (the starting weights; without it PPO starts from the

@@ -9,7 +9,7 @@ Presets (`--config=configs/sft_qwen.py:<preset>`):
   real-0.5b     a short run that fits a 2-core, 24 GiB host: full fine-tuning of a Qwen2.5-0.5B
                 (e.g. the Coder-Instruct from python -m r3jax.convert_gguf) on
                 ../shared/data/alpaca_en_demo.json, bf16 compute, 24 steps of 4 x 256 tokens,
-                held-out loss at steps 0, 12 and 24 (README, "Every recipe on a real model").
+                held-out loss at steps 0, 12 and 24 (docs/results.md, "Every recipe on a real model").
   r3            the R3 paper's SFT (Kim & Seo 2024, App. C.2): lr 2e-5 cosine, warm-up ratio 0.03,
                 3 epochs, max length 2048.
 Full-size presets need --config.model.hf_dir=/path/to/hf/checkpoint and
