@@ -14,7 +14,7 @@ def tok():
 
 
 def test_special_tokens_are_single_ids(tok):
-  for t in chat.SPECIAL_TOKENS:
+  for t in chat.CONTROL_TOKENS:
     assert len(tok.encode(t, add_special_tokens=False)) == 1
   assert tok.eos_token == chat.IM_END and tok.pad_token == chat.ENDOFTEXT
   text = "Héllo wörld, 1234!"
@@ -84,7 +84,7 @@ def test_qwen1_tiktoken_tokenizer_matches_tiktoken(tmp_path):
   with open(tmp_path / "qwen.tiktoken", "w") as f:
     f.writelines(f"{base64.b64encode(t).decode()} {r}\n" for t, r in ranks.items())
   tok = tokenizer.load(str(tmp_path))
-  special = {t: len(ranks) + i for i, t in enumerate(tokenizer.QWEN1_SPECIAL)}
+  special = {t: len(ranks) + i for i, t in enumerate(tokenizer.QWEN1_CONTROL_TOKENS)}
   ref = tiktoken.Encoding("qwen1", pat_str=tokenizer.QWEN1_PATTERN, mergeable_ranks=ranks,
                           special_tokens=special)
   for text in ("hello world", "Hello, world!! 1234\n\n  hello\tworld's", "<|im_start|>user\nhello<|im_end|>\n"):

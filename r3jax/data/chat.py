@@ -11,7 +11,7 @@ import re
 import numpy as np
 
 IM_START, IM_END, ENDOFTEXT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
-SPECIAL_TOKENS = [ENDOFTEXT, IM_START, IM_END]
+CONTROL_TOKENS = [ENDOFTEXT, IM_START, IM_END]
 ROLES = ("system", "user", "assistant")
 
 

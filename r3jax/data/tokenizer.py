@@ -35,7 +35,7 @@ def from_pretrained(path: str):
 QWEN1_VOCAB = "qwen.tiktoken"
 QWEN1_PATTERN = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
                  r"""|\s*[\r\n]+|\s+(?!\S)|\s+""")
-QWEN1_SPECIAL = chat.SPECIAL_TOKENS + [f"<|extra_{i}|>" for i in range(205)]
+QWEN1_CONTROL_TOKENS = chat.CONTROL_TOKENS + [f"<|extra_{i}|>" for i in range(205)]
 
 
 def qwen1(path: str) -> transformers.PreTrainedTokenizerFast:
@@ -46,7 +46,7 @@ def qwen1(path: str) -> transformers.PreTrainedTokenizerFast:
     raise FileNotFoundError(f"{vocab}: a Qwen (v1) tokenizer needs `pip install tiktoken`; or pass "
                             "--config.tokenizer=<an HF tokenizer directory with tokenizer.json>")
   from transformers.convert_slow_tokenizer import TikTokenConverter  # pylint: disable=g-import-not-at-top
-  tok = TikTokenConverter(vocab, pattern=QWEN1_PATTERN, extra_special_tokens=QWEN1_SPECIAL).converted()
+  tok = TikTokenConverter(vocab, pattern=QWEN1_PATTERN, extra_special_tokens=QWEN1_CONTROL_TOKENS).converted()
   return transformers.PreTrainedTokenizerFast(
       tokenizer_object=tok, eos_token=chat.IM_END, pad_token=chat.ENDOFTEXT,
       additional_special_tokens=[chat.IM_START], clean_up_tokenization_spaces=False)
@@ -68,7 +68,7 @@ def train_bpe(texts, vocab_size: int = 2048) -> transformers.PreTrainedTokenizer
   tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
   tok.decoder = decoders.ByteLevel()
   trainer = trainers.BpeTrainer(
-      vocab_size=vocab_size, special_tokens=chat.SPECIAL_TOKENS, show_progress=False,
+      vocab_size=vocab_size, special_tokens=chat.CONTROL_TOKENS, show_progress=False,
       initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
   tok.train_from_iterator(texts, trainer)
   return transformers.PreTrainedTokenizerFast(
