@@ -146,6 +146,7 @@ def test_synrel_triplets(tmp_path):
     synrel.load_entities(bad)
 
 
+@pytest.mark.slow
 def test_eval_pairs_table_on_synrel_with_csv_and_png(tmp_path):
   out = _run(["r3jax.eval_pairs", "--reward=r3,relevance,length,random", "--data=synrel,synthetic",
               "--limit=120", f"--out={tmp_path}"])
@@ -179,6 +180,7 @@ def two_policies(tmp_path_factory):
   return dirs
 
 
+@pytest.mark.slow
 def test_eval_gen_report_tables_and_plots(tmp_path, two_policies):
   prompts = shared_file("vicuna_bench_questions.jsonl")
   out = tmp_path / "report"
@@ -198,6 +200,7 @@ def test_eval_gen_report_tables_and_plots(tmp_path, two_policies):
   assert "Win rate" in res.stdout
 
 
+@pytest.mark.slow
 def test_eval_gen_rejects_bad_input_with_file_and_line(tmp_path, two_policies):
   bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "fine"}, {"text": "no prompt"}])
   err = _run(["r3jax.eval_gen", f"--policy={two_policies[0]}", f"--prompts={bad}"], ok=False)

@@ -45,6 +45,7 @@ def final_params(workdir, step):
   return jax.device_get(out["state"]["params"])
 
 
+@pytest.mark.slow
 def test_sharding_equivalence_on_8_devices(tmp_path):
   out = run([sys.executable, "tests/sharded_step.py", str(tmp_path)], timeout=600,
             env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "PYTHONPATH": ROOT})
@@ -61,6 +62,7 @@ def test_sharding_equivalence_on_8_devices(tmp_path):
   assert res["data=8"]["shards"] == single["shards"]
 
 
+@pytest.mark.slow
 def test_exact_resume_after_sigkill_and_sigterm_checkpoint(tmp_path):
   ref_dir, kill_dir = tmp_path / "ref", tmp_path / "killed"
   ref = run(train_cmd(ref_dir))
@@ -123,6 +125,7 @@ def test_bad_rows_name_file_line_and_problem(tmp_path, kind):
   assert str(e.value).startswith(str(path)) and expected in str(e.value)
 
 
+@pytest.mark.slow
 def test_skip_bad_counts_and_cli_messages(tmp_path):
   good = [{"instruction": f"Question {i}?", "output": f"Answer {i}."} for i in range(40)]
   lines = [json.dumps(g).encode() for g in good] + [b'{"instruction": "x"}', b'not json']

@@ -96,6 +96,7 @@ def _assert_trees_close(a, b, tol=1e-5):
     np.testing.assert_allclose(x, y, rtol=tol, atol=tol)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tie", [False, True])
 def test_sft_loss_and_grads_equal_the_full_logits_path(tie):
   """The lean head is a pure refactor of SFT's loss: same value, same gradients (#18)."""
@@ -113,6 +114,7 @@ def test_sft_loss_and_grads_equal_the_full_logits_path(tie):
   _assert_trees_close(jax.jit(jax.grad(lean))(params), jax.grad(full_logits)(params))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tie", [False, True])
 def test_ppo_logprobs_entropy_and_grads_equal_the_full_logits_path(tie):
   cfg, params, seq, mask = _tiny(tie)

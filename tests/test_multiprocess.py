@@ -23,6 +23,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "tests", "multiprocess_step.py")
 TIMEOUT = 300
 
+pytestmark = pytest.mark.slow  # Each test runs several JAX processes (~50-80 s).
+
 
 def _free_port() -> int:
   with socket.socket() as s:

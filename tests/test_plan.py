@@ -4,12 +4,16 @@ import json
 import os
 import subprocess
 import sys
+
+import pytest
+
 from helpers import why
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_planned_state_bytes_match_a_real_run(tmp_path):
   """Full fine-tuning and LoRA rank 4, each a real tiny PPO run on 8 simulated devices."""
   out = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "plan_vs_run.py"), str(tmp_path), "0", "4"],
@@ -28,6 +32,7 @@ def test_planned_state_bytes_match_a_real_run(tmp_path):
     assert planned["reference"] == measured["reference"] == (0 if lora_rank != "0" else measured["policy"])
 
 
+@pytest.mark.slow
 def test_plan_cli_for_qwen_7b_and_a_tpu_type():
   run = lambda *a: subprocess.run([sys.executable, "-m", "r3jax.plan", "--config=configs/ppo_qwen.py:qwen-7b", *a],
                                   cwd=ROOT, capture_output=True, text=True, timeout=600,

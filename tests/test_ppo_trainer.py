@@ -16,6 +16,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # plots, HF export) is tests/test_multiprocess.py's one-process reference run.
 
 
+pytestmark = pytest.mark.slow  # Three 8-device PPO runs per variant.
+
 ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
 
 

@@ -91,6 +91,7 @@ def test_ranked_batch_prompt_split_layout():
     pipeline.ranked_batch(tok, rows, 64, prompt_len=64)
 
 
+@pytest.mark.slow
 def test_shared_prompt_logprobs_equal_whole_rows():
   """sequence_logprobs with the prompt run once equals running every row in full, in
   value and in gradient, on prompts and responses of mixed lengths."""
@@ -185,6 +186,7 @@ def sft_dir(tmp_path_factory):
   return path
 
 
+@pytest.mark.slow
 def test_rm_loop_lowers_loss_and_scores_through_eval_pairs(tmp_path, sft_dir):
   rm_dir = tmp_path / "rm"
   _run(["r3jax.train", "--config=configs/rm_qwen.py", f"--workdir={rm_dir}", f"--config.init_from={sft_dir}",
@@ -203,6 +205,7 @@ def test_rm_loop_lowers_loss_and_scores_through_eval_pairs(tmp_path, sft_dir):
   assert (tmp_path / "pairs_accuracy.csv").exists()
 
 
+@pytest.mark.slow
 def test_eval_pairs_on_hh_sample_reports_skips_and_accuracy(tmp_path):
   path = shared_file("hh_harmless_base_sample.jsonl")
   bad = subprocess.run([sys.executable, "-m", "r3jax.eval_pairs", "--reward=length", f"--data={path}"],
@@ -213,6 +216,7 @@ def test_eval_pairs_on_hh_sample_reports_skips_and_accuracy(tmp_path):
   assert "skipped 1 bad rows" in out.stderr and "| length |" in out.stdout and "| relevance |" in out.stdout
 
 
+@pytest.mark.slow
 def test_dpo_on_8_devices_fits_and_resumes_exactly_after_sigkill(tmp_path, sft_dir):
   env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
 
@@ -251,6 +255,7 @@ def test_dpo_on_8_devices_fits_and_resumes_exactly_after_sigkill(tmp_path, sft_d
     np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.slow
 def test_rso_on_8_devices_builds_ranked_pairs_and_resumes_exactly_after_sigkill(tmp_path, sft_dir):
   """RSO end to end on a data=2 x fsdp=4 mesh: sample, score, rejection-sample and pair,
   then DPO with sigmoid-norm. A copy killed during the DPO stage reuses the pairs, resumes,

@@ -112,6 +112,7 @@ def test_dtype_policy_and_rope_in_fp32():
   assert float(jnp.abs(got - want).max()) < 0.05
 
 
+@pytest.mark.slow
 def test_remat_and_dropout():
   cfg = qwen.preset("tiny", dropout_rate=0.1)
   params = qwen.init_params(cfg, jax.random.key(0))

@@ -103,6 +103,7 @@ def tiny_sft(steps: int):
   return c
 
 
+@pytest.mark.slow
 def test_a_corrupt_checkpoint_is_set_aside_and_a_changed_config_refused(tmp_path, capsys):
   stages.run(tiny_sft(6), str(tmp_path))
   files = sorted((p for p in (tmp_path / "checkpoints" / "6").rglob("*") if p.is_file()),

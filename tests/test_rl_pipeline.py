@@ -7,6 +7,7 @@ import runpy
 
 import jax
 import numpy as np
+import pytest
 
 from r3jax.core import checkpoint
 from r3jax.trainers import stages, ppo, validate
@@ -33,6 +34,7 @@ def toy_pipeline():
   return c
 
 
+@pytest.mark.slow
 def test_ppo_on_the_pipelines_own_reward_model(tmp_path):
   c = toy_pipeline()
   validate.validate(c)
