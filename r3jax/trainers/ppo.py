@@ -354,6 +354,10 @@ def update(s: Setup, state, batch: RLBatch, it: int):
   """(the MODELS after ppo.epochs passes over shuffled minibatches, the minibatches'
   metrics)."""
   c = s.config
+  # The advantages phase runs eagerly, with collectives over the batch; they finish before
+  # the first update step starts its own: two programs with collectives in flight at once
+  # can deadlock XLA:CPU's simulated devices (one never joins an all-reduce).
+  batch = jax.block_until_ready(batch)
   n_rollouts = batch.seq_BS.shape[0]
   train_policy = jnp.float32(it >= c.ppo.value_warmup_steps)
   models = {k: state[k] for k in MODELS if k in state}
