@@ -51,7 +51,7 @@ def get_config(arg=None):
     c.rollout.update(n=2, top_p=0.9)
   elif preset == "r3":
     c.kl.update(beta=0.2, adaptive=True)
-    c.ppo.update(epochs=4, clip_eps=0.2, gamma=1.0, lam=0.95, value_clip=0.2, value_warmup_steps=0)
+    c.ppo.update(epochs=4, gamma=1.0, lam=0.95, value_clip=0.2, value_warmup_steps=0)
     c.optim.lr = c.value_lr = 1e-5
     c.rollout.update(top_p=1.0, max_new_tokens=512)
     c.lora.update(rank=16, alpha=32.0)

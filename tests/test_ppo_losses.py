@@ -140,7 +140,8 @@ def test_adaptive_kl_stays_in_band():
 def test_whiten():
   x, _, m = random_masked(7)
   w = np.asarray(ppo.masked_whiten(jnp.asarray(x), jnp.asarray(m)))
-  assert abs(w[m == 1].mean()) < 1e-5 and abs(w[m == 1].std() - 1) < 1e-3 and (w[m == 0] == 0).all()
+  # Unit sample std (ddof=1: the unbiased variance, as TRL and verl whiten).
+  assert abs(w[m == 1].mean()) < 1e-5 and abs(w[m == 1].std(ddof=1) - 1) < 1e-3 and (w[m == 0] == 0).all()
 
 
 def gspo_reference(logp, old, adv_B, mask, eps_low, eps_high):
@@ -180,7 +181,9 @@ class GSPOTest(chex.TestCase):
 
 
 def test_gspo_is_a_registered_loss_with_its_defaults_in_the_schema():
+  from ml_collections import ConfigDict  # pylint: disable=g-import-not-at-top
   from r3jax.trainers import schema  # pylint: disable=g-import-not-at-top
   c = schema.ppo()
   assert c.ppo.loss_params.gspo.to_dict() == algorithms.POLICY_LOSSES["gspo"].params
-  assert "ppo_clip" not in c.ppo.loss_params  # No parameters of its own.
+  for name, entry in algorithms.POLICY_LOSSES.items():
+    assert c.ppo.loss_params.get(name, ConfigDict()).to_dict() == entry.params, name

@@ -154,7 +154,8 @@ def test_registry_entries_are_consistent():
   batch = RLBatch(seq_BS=None, mask_BS=None, resp_mask_BT=mask, old_logp_BT=old, ref_logp_BT=old,
                   values_BT=None, scores_BK=None, adv_BT=adv)
   got = algorithms.policy_loss(cfg, logp, batch)
-  want = ppo_losses.policy_loss(logp, old, adv, mask, cfg.ppo.clip_eps)
+  clip = cfg.ppo.loss_params.ppo_clip
+  want = ppo_losses.policy_loss(logp, old, adv, mask, clip.eps_low, clip.eps_high, clip.dual_clip)
   np.testing.assert_allclose(got[0], want[0])
 
 
@@ -214,17 +215,63 @@ def test_grpo_builds_no_value_model_and_puts_the_kl_in_the_loss(grpo_phases):
   assert "value" not in new and int(new["step"]) == 1
 
 
-def test_a_registered_policy_loss_runs_by_name_in_the_update(grpo_phases):
-  """ppo.policy_loss=gspo: the same update step, with the loss looked up by name."""
+@pytest.mark.parametrize("loss", algorithms.POLICY_LOSSES.names())
+def test_a_registered_policy_loss_runs_by_name_in_the_update(grpo_phases, loss):
+  """ppo.policy_loss=<name>: the same update step, with the loss looked up by name."""
   s, state, batch = grpo_phases["s"], grpo_phases["state"], grpo_phases["batch"]
   c = s.config.copy_and_resolve_references()
   with c.unlocked():
-    c.ppo.policy_loss = "gspo"
+    c.ppo.policy_loss = loss
   lay = jax.tree.map(lambda x: x.sharding, state)
   s2 = ppo.Setup(**{**vars(s), "config": c, "update_fn": ppo.make_update(c, ppo.make_loss(c, s.cfg), lay)})
   models, ms = ppo.update(s2, jax.tree.map(jnp.copy, state), batch, it=0)
-  # At iteration 0 the policy is the behaviour policy: every sequence ratio is 1.
+  # At iteration 0 the policy is the behaviour policy: every ratio is 1.
   assert float(ms[0]["policy/ratio"]) == pytest.approx(1.0, abs=1e-4)
   assert all(np.isfinite(float(m["policy/loss"])) for m in ms)
   assert any((np.asarray(x) != np.asarray(y)).any()
              for x, y in zip(jax.tree.leaves(state["policy"]), jax.tree.leaves(models["policy"])))
+
+
+class HalfFlat:
+  """A scorer whose groups are flat (all rewards equal) for prompts whose text has an even
+  length, and spread otherwise: what dynamic sampling must tell apart."""
+  weights, labels = (1.0,), ("half_flat",)
+
+  def __call__(self, rows, texts):
+    return {"reward": np.array([0.5 if len(r["prompt"]) % 2 == 0 else float(len(t) % 7)
+                                for r, t in zip(rows, texts)])}
+
+  def raw(self, comps):
+    return comps["reward"][:, None]
+
+
+@pytest.mark.parametrize("extra_rounds", [0, 5])
+def test_dynamic_sampling_drops_flat_groups_and_keeps_the_batch_whole(grpo_phases, extra_rounds):
+  """DAPO's dynamic sampling: flat groups are dropped and more prompts sampled; with no
+  extra rounds the dropped groups refill the batch, and every count is logged."""
+  from r3jax.data import pipeline, synthetic  # pylint: disable=g-import-not-at-top
+  s, state = grpo_phases["s"], grpo_phases["state"]
+  c = s.config.copy_and_resolve_references()
+  with c.unlocked():
+    c.rollout.update(dynamic_sampling=True, max_extra_rounds=extra_rounds)
+  s2 = ppo.Setup(**{**vars(s), "config": c, "scorer": HalfFlat()})
+  rows = synthetic.questions(64, seed=5)
+  order = pipeline.Order(len(rows), PROMPTS, seed=0)
+  ro, scored, stats = ppo.sample_batch(s2, state, rows, order, 0, harness.Timer())
+  assert ro.prompt_tok.shape == (PROMPTS, 24) and ro.samples.tokens_BN.shape == (PROMPTS * N, NEW)
+  assert len(ro.rows) == PROMPTS and len(scored.texts) == PROMPTS * N == scored.terms.shape[0]
+  # Each kept group's texts are its own samples, decoded.
+  np.testing.assert_array_equal(scored.texts, ppo.sampling.decode(s.tok, ro.samples))
+  flat = np.ptp(scored.components["reward"].reshape(-1, N), 1) == 0
+  assert stats["rollout/groups_dropped"] >= stats["rollout/groups_refilled"] == flat.sum()
+  even = np.array([len(r["prompt"]) % 2 == 0 for r in ro.rows])
+  assert flat[even].all()  # The rows travel with their groups' scores.
+  if extra_rounds:
+    assert not flat.any() and not even.any() and stats["rollout/rounds"] > 1
+  else:
+    assert stats["rollout/rounds"] == 1 and stats["rollout/groups_dropped"] == flat.sum()
+
+
+def test_overlong_penalty_is_dapos_ramp():
+  lengths = jnp.array([10, 32, 33, 36, 40])
+  np.testing.assert_allclose(ppo_losses.overlong_penalty(lengths, 40, 8), [0, 0, -0.125, -0.5, -1])

@@ -111,6 +111,25 @@ def rloo(batch: RLBatch, ppo_config, n):
   return sequence(ops.leave_one_out(sequence_rewards(batch), n), batch.resp_mask_BT)
 
 
+@ADVANTAGES.register("grpo_passk", uses_value=False, group=True)
+def grpo_passk(batch: RLBatch, ppo_config, n):
+  """GRPO's pass@k variant: only each group's best sample is reinforced (ops.best_of_group_advantages)."""
+  del ppo_config
+  return sequence(ops.best_of_group_advantages(sequence_rewards(batch), n), batch.resp_mask_BT)
+
+
+@ADVANTAGES.register("reinforce_pp_baseline", uses_value=False, group=True)
+def reinforce_pp_baseline(batch: RLBatch, ppo_config, n):
+  """REINFORCE++-baseline (Hu 2025, §3; verl's reinforce_plus_plus_baseline): the prompt's
+  group mean subtracted from each sequence reward, then whitened over every response token
+  of the batch (so the group's variance is not divided out per prompt, unlike GRPO)."""
+  del ppo_config
+  mask = batch.resp_mask_BT
+  centred_BT = ops.group_advantages(sequence_rewards(batch), n, scale=False)[:, None] * mask
+  adv_BT = ops.masked_whiten(centred_BT, mask)
+  return adv_BT, adv_BT
+
+
 @ADVANTAGES.register("reinforce_pp", uses_value=False)
 def reinforce_pp(batch: RLBatch, ppo_config, n):
   """REINFORCE++ (Hu 2025, §3): returns-to-go of the token rewards (γ = ppo.gamma; no
@@ -128,21 +147,48 @@ def reinforce_pp(batch: RLBatch, ppo_config, n):
 class PolicyLoss:
   fn: Callable  # (logp_BT, batch: RLBatch, ppo config, params) -> (loss, metrics)
   params: dict = dataclasses.field(default_factory=dict)  # Defaults of ppo.loss_params.<name>.
+  check: Callable = lambda params: ""  # params -> what is wrong with them ("": nothing).
+
+
+def nonnegative(params) -> str:
+  bad = [k for k, v in params.items() if not v >= 0]
+  return f"{bad[0]}={params[bad[0]]} must be >= 0" if bad else ""
+
+
+def clip_check(params) -> str:
+  if not 0 <= params.eps_low < 1:
+    return f"eps_low={params.eps_low}: the ratio's lower bound 1 - eps_low must lie in (0, 1]"
+  if not params.dual_clip == 0 and not params.dual_clip > 1:
+    return f"dual_clip={params.dual_clip}: a lower bound c > 1 on negative advantages' loss, or 0 for off"
+  return nonnegative(params)
 
 
 POLICY_LOSSES = registry.Registry("policy loss", PolicyLoss)
 
 
-@POLICY_LOSSES.register("ppo_clip")
+@POLICY_LOSSES.register("ppo_clip", params={"eps_low": 0.2, "eps_high": 0.2, "dual_clip": 3.0},
+                        check=clip_check)
 def ppo_clip(logp_BT, batch: RLBatch, ppo_config, params):
-  """PPO's clipped surrogate (Schulman et al. 2017, eq. 7), ε = ppo.clip_eps, aggregated
-  by ppo.loss_agg."""
-  del params
+  """PPO's clipped surrogate (Schulman et al. 2017, eq. 7) with the ratio in [1 - eps_low,
+  1 + eps_high] (eps_high > eps_low: DAPO's clip-higher, Yu et al. 2025 §3.1) and dual-clip's
+  bound c on negative advantages (Ye et al. 2020; 3, verl's default; 0: off), aggregated by
+  ppo.loss_agg (ops.policy_loss)."""
   return ops.policy_loss(logp_BT, batch.old_logp_BT, batch.adv_BT, batch.resp_mask_BT,
-                         ppo_config.clip_eps, ppo_config.loss_agg)
+                         params.eps_low, params.eps_high, params.dual_clip, ppo_config.loss_agg)
 
 
-@POLICY_LOSSES.register("gspo", params={"eps_low": 3e-4, "eps_high": 4e-4, "max_log_ratio": 10.0})
+@POLICY_LOSSES.register("cispo", params={"eps_low": 1.0, "eps_high": 4.0}, check=nonnegative)
+def cispo(logp_BT, batch: RLBatch, ppo_config, params):
+  """CISPO (MiniMax 2025, "MiniMax-M1" §3.1): the stop-gradient importance weight clipped to
+  [1 - eps_low, 1 + eps_high] times A·log π (ops.cispo_loss), aggregated by ppo.loss_agg. The
+  defaults leave the weight unbounded below and cap it at 5, as the paper (which tunes only
+  the upper bound) and TRL (epsilon_high=5.0 for cispo) do."""
+  return ops.cispo_loss(logp_BT, batch.old_logp_BT, batch.adv_BT, batch.resp_mask_BT,
+                        params.eps_low, params.eps_high, ppo_config.loss_agg)
+
+
+@POLICY_LOSSES.register("gspo", params={"eps_low": 3e-4, "eps_high": 4e-4, "max_log_ratio": 10.0},
+                        check=nonnegative)
 def gspo(logp_BT, batch: RLBatch, ppo_config, params):
   """GSPO (Zheng et al. 2025, "Group Sequence Policy Optimization", §4.1-4.2): the
   importance ratio of a whole sequence, s = exp(mean_t log π/π_old), clipped to
@@ -172,7 +218,7 @@ def policy_loss(config, logp_BT, batch: RLBatch):
   """The configured policy loss with its parameters."""
   name = config.ppo.policy_loss
   params = config.ppo.loss_params.get(name, None)
-  return POLICY_LOSSES.get(name, "ops.policy_loss").fn(logp_BT, batch, config.ppo, params)
+  return POLICY_LOSSES.get(name, "ppo.policy_loss").fn(logp_BT, batch, config.ppo, params)
 
 
 # ----------------------------------------------------------------------------- loss terms
@@ -304,6 +350,47 @@ def gspo_settings(c):
   the KL is in the loss as GRPO's."""
   c.kl.update(placement="loss", estimator="k3")
   c.ppo.loss_agg = "seq_mean"
+
+
+@METHODS.register("grpo_passk", advantage="grpo_passk")
+def grpo_passk_settings(c):
+  """GRPO with only each group's best sample reinforced (pass@k training)."""
+  grpo_settings(c)
+
+
+@METHODS.register("reinforce_pp_baseline", advantage="reinforce_pp_baseline")
+def reinforce_pp_baseline_settings(c):
+  """Group-mean baseline, batch whitening, k2 KL in the loss (Hu 2025; OpenRLHF's
+  reinforce_baseline recipe)."""
+  c.kl.update(placement="loss", estimator="k2")
+
+
+@METHODS.register("clip_higher", advantage="grpo")
+def clip_higher_settings(c):
+  """DAPO's decoupled clip, ε_low 0.2 and ε_high 0.28, with token-level loss averaging (Yu et
+  al. 2025 §3.1, §3.3) on GRPO's group advantages and k3 KL in the loss."""
+  c.kl.update(placement="loss", estimator="k3")
+  c.ppo.loss_params.ppo_clip.update(eps_low=0.2, eps_high=0.28)
+  c.ppo.loss_agg = "token_mean"
+
+
+@METHODS.register("cispo", advantage="grpo", policy_loss="cispo")
+def cispo_settings(c):
+  """CISPO's clipped importance weights on GRPO's group advantages, token-level averaging
+  (MiniMax 2025 §3.1), k3 KL in the loss as GRPO's."""
+  c.kl.update(placement="loss", estimator="k3")
+  c.ppo.loss_agg = "token_mean"
+
+
+@METHODS.register("dapo", advantage="grpo")
+def dapo_settings(c):
+  """DAPO (Yu et al. 2025): clip-higher and token-level averaging (§3.1, §3.3), dynamic
+  sampling (§3.2), soft overlong punishment over the last fifth of the length limit (§3.4;
+  the paper's 4,096 of 20,480), and no KL term (§2.3)."""
+  clip_higher_settings(c)
+  c.kl.update(beta=0.0, adaptive=False)
+  c.rollout.dynamic_sampling = True
+  c.reward.overlong_cache = max(c.rollout.max_new_tokens // 5, 1)
 
 
 def use_method(c, name: str, group_n: int = 4):

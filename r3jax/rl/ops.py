@@ -18,10 +18,19 @@ def masked_mean(x, mask, axis=None):
   return jnp.sum(x * mask, axis) / jnp.maximum(jnp.sum(mask, axis), 1.0)
 
 
-def masked_whiten(x, mask, shift_mean: bool = True, eps: float = 1e-8):
-  """(x - mean) / std over the masked entries; padding comes out 0."""
+def masked_var(x, mask):
+  """The unbiased (Bessel-corrected) variance of the masked entries, as TRL's and verl's
+  `masked_var(unbiased=True)` compute it; 0 for fewer than two entries."""
   mean = masked_mean(x, mask)
-  var = masked_mean(jnp.square(x - mean), mask)
+  n = jnp.sum(mask.astype(x.dtype))
+  return masked_mean(jnp.square(x - mean), mask) * n / jnp.maximum(n - 1.0, 1.0)
+
+
+def masked_whiten(x, mask, shift_mean: bool = True, eps: float = 1e-8):
+  """(x - mean) / sqrt(var + eps) over the masked entries, with the unbiased variance (TRL's
+  and verl's `masked_whiten`); padding comes out 0."""
+  mean = masked_mean(x, mask)
+  var = masked_var(x, mask)
   out = (x - mean) * jax.lax.rsqrt(var + eps)
   if not shift_mean:
     out = out + mean
@@ -38,6 +47,13 @@ def token_rewards(score_B, kl_BT, mask_BT, beta):
   r_BT = -beta * kl_BT * mask_BT
   onehot_BT = jax.nn.one_hot(last_index(mask_BT), mask_BT.shape[-1], dtype=r_BT.dtype)
   return r_BT + onehot_BT * score_B[:, None] * (jnp.sum(mask_BT, -1, keepdims=True) > 0)
+
+
+def overlong_penalty(length_B, max_len: int, cache: int):
+  """DAPO's soft overlong punishment (Yu et al. 2025, eq. 13): 0 up to max_len - cache
+  tokens, then falling linearly to -1 at max_len (and -1 beyond)."""
+  over_B = (length_B - (max_len - cache)) / cache
+  return -jnp.clip(over_B, 0.0, 1.0)
 
 
 def gae(rewards_BT, values_BT, mask_BT, gamma: float, lam: float):
@@ -74,12 +90,29 @@ def group_scores(score_B, n: int):
 
 def group_advantages(score_B, n: int, scale: bool, eps: float = 1e-6):
   """GRPO's (r - mean) / (std + eps) within each prompt's group, or Dr. GRPO's r - mean
-  without the std (scale=False). A group of equal scores gets 0, never NaN."""
+  without the std (scale=False). The std is the sample std (ddof=1), as TRL, verl and Tunix
+  compute it; eps is verl's and Tunix's (TRL adds 1e-4). A group of equal scores gets 0,
+  never NaN."""
   g_GN = group_scores(score_B, n)
+  # Shifted by each group's first score first: the same advantages, but a group of equal
+  # scores centres to exactly 0 (fp32's mean of eight 0.7s is not 0.7, and the std's eps
+  # would turn that rounding into advantages of 0.06).
+  g_GN = g_GN - g_GN[:, :1]
   adv_GN = g_GN - jnp.mean(g_GN, -1, keepdims=True)
   if scale:
-    adv_GN = adv_GN / (jnp.std(g_GN, -1, keepdims=True) + eps)
+    adv_GN = adv_GN / (jnp.std(g_GN, -1, keepdims=True, ddof=1) + eps)
   return adv_GN.reshape(-1)
+
+
+def best_of_group_advantages(score_B, n: int, eps: float = 1e-6):
+  """GRPO's pass@k variant (verl's grpo_passk, after arXiv:2503.19595): only each group's
+  best sample gets an advantage, (r_max - r_second) / (group std + eps), so the update
+  rewards the sample that makes pass@k, not every good one; ties go to the first sample."""
+  g_GN = group_scores(score_B, n)
+  top2_G2 = jax.lax.top_k(g_GN, 2)[0]
+  best_GN = jax.nn.one_hot(jnp.argmax(g_GN, -1), n, dtype=g_GN.dtype)
+  gap_G = (top2_G2[:, 0] - top2_G2[:, 1]) / (jnp.std(g_GN, -1, ddof=1) + eps)
+  return (best_GN * gap_G[:, None]).reshape(-1)
 
 
 def leave_one_out(score_B, n: int):
@@ -106,21 +139,49 @@ def aggregate(x_BT, mask_BT, how: str = "token_mean"):
 AGGREGATIONS = ("token_mean", "seq_mean", "token_sum")
 
 
-def policy_loss(logp_BT, old_logp_BT, adv_BT, mask_BT, clip_eps: float, agg: str = "token_mean"):
-  """PPO-clip, aggregated over response tokens by `agg` (a masked token mean by default).
-  Returns (loss, metrics)."""
+def policy_loss(logp_BT, old_logp_BT, adv_BT, mask_BT, eps_low: float, eps_high: float | None = None,
+                dual_clip: float = 0.0, agg: str = "token_mean"):
+  """PPO-clip (Schulman et al. 2017, eq. 7) with the ratio clipped to [1 - eps_low,
+  1 + eps_high] (DAPO's clip-higher when eps_high > eps_low, Yu et al. 2025 §3.1) and, where
+  dual_clip = c > 1, the loss of a negative advantage capped at -A·c (dual-clip PPO, Ye et
+  al. 2020 §4.1; verl's clip_ratio_c). Aggregated over response tokens by `agg`. Returns
+  (loss, metrics)."""
+  eps_high = eps_low if eps_high is None else eps_high
   log_ratio_BT = logp_BT - old_logp_BT
   ratio_BT = jnp.exp(log_ratio_BT)
   unclipped_BT = -adv_BT * ratio_BT
-  clipped_BT = -adv_BT * jnp.clip(ratio_BT, 1.0 - clip_eps, 1.0 + clip_eps)
-  loss = aggregate(jnp.maximum(unclipped_BT, clipped_BT), mask_BT, agg)
+  clipped_BT = -adv_BT * jnp.clip(ratio_BT, 1.0 - eps_low, 1.0 + eps_high)
+  loss_BT = jnp.maximum(unclipped_BT, clipped_BT)
+  lower_BT = jnp.zeros_like(loss_BT)
+  if dual_clip:
+    capped_BT = jnp.minimum(loss_BT, -adv_BT * dual_clip)
+    lower_BT = ((adv_BT < 0) & (loss_BT > -adv_BT * dual_clip)).astype(jnp.float32)
+    loss_BT = jnp.where(adv_BT < 0, capped_BT, loss_BT)
+  loss = aggregate(loss_BT, mask_BT, agg)
   metrics = {
       "policy/clipfrac": masked_mean((clipped_BT > unclipped_BT).astype(jnp.float32), mask_BT),
+      "policy/clipfrac_lower": masked_mean(lower_BT, mask_BT),  # Dual-clip's share.
       # k3 of the new policy against the rollout policy: the usual "approx_kl".
       "policy/approx_kl": masked_mean(jnp.expm1(-log_ratio_BT) + log_ratio_BT, mask_BT),
       "policy/ratio": masked_mean(ratio_BT, mask_BT),
   }
   return loss, metrics
+
+
+def cispo_loss(logp_BT, old_logp_BT, adv_BT, mask_BT, eps_low: float, eps_high: float,
+               agg: str = "token_mean"):
+  """CISPO (MiniMax 2025, "MiniMax-M1" §3.1, eq. 4): -sg(clip(ρ, 1 - eps_low, 1 + eps_high))
+  · A · log π per token. The clip bounds the importance weight, not the update, so every
+  token keeps a gradient. Returns (loss, metrics)."""
+  log_ratio_BT = logp_BT - old_logp_BT
+  ratio_BT = jnp.exp(log_ratio_BT)
+  weight_BT = jax.lax.stop_gradient(jnp.clip(ratio_BT, 1.0 - eps_low, 1.0 + eps_high))
+  loss = aggregate(-weight_BT * adv_BT * logp_BT, mask_BT, agg)
+  return loss, {
+      "policy/clipfrac": masked_mean((weight_BT != ratio_BT).astype(jnp.float32), mask_BT),
+      "policy/approx_kl": masked_mean(jnp.expm1(-log_ratio_BT) + log_ratio_BT, mask_BT),
+      "policy/ratio": masked_mean(ratio_BT, mask_BT),
+  }
 
 
 def value_loss(values_BT, old_values_BT, returns_BT, mask_BT, clip: float):

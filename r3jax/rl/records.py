@@ -80,3 +80,4 @@ class Iteration:
   batch: RLBatch
   update_metrics: list[dict]  # One dict per minibatch step.
   kl_seq: float  # Mean sequence KL of the behaviour policy against the reference.
+  sampling: dict = dataclasses.field(default_factory=dict)  # Dynamic sampling's counts, overlong penalty.

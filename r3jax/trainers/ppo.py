@@ -258,15 +258,16 @@ def label_query_types(config, rows, policy_params_, cfg, tok, writer) -> None:
 # ----------------------------------------------------------------------------- phases
 
 
-def rollout(s: Setup, state, batch_rows, it: int) -> Rollout:
+def rollout(s: Setup, state, batch_rows, it: int, rnd: int = 0) -> Rollout:
   """This process's prompts, left-padded to rollout.prompt_len, and n sampled responses
-  each (this process's rows, host arrays)."""
+  each (this process's rows, host arrays). `rnd` > 0: a dynamic-sampling round's own key."""
   prompt_ids = [chat.tokenize(s.tok, chat.prompt_messages(r["prompt"]), True)[0] for r in batch_rows]
   # Longer prompts keep their last prompt_len tokens (the question and the assistant header).
   truncated = sum(len(x) > s.config.rollout.prompt_len for x in prompt_ids)
   p_tok, p_mask = padding.left_pad(prompt_ids, s.tok.pad_token_id, s.config.rollout.prompt_len)
   prompts = sharding.put_batch({"tok": p_tok, "mask": p_mask}, s.run.mesh)
   key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), it)
+  key = jax.random.fold_in(key, rnd) if rnd else key
   engine = sampling.ENGINES.get(s.config.rollout.engine, "rollout.engine").fn
   out = engine(s.merged_policy(state["policy"], s.frozen), prompts["tok"], prompts["mask"],
                           key, model_cfg=s.cfg, cfg=s.sample_cfg)
@@ -279,14 +280,14 @@ def repeat(n: int, values) -> list:
   return [v for v in values for _ in range(n)]
 
 
-def score(s: Setup, ro: Rollout, it: int) -> Scored:
+def score(s: Setup, ro: Rollout, it: int, rnd: int = 0) -> Scored:
   """The decoded responses, the scorer's components (reward, and R³'s terms), and what the
   optimised reward does not see: the gold judge's figures (on the embedded world) and the
   batch's diversity. With reward.query_types=random, each response's type is drawn afresh."""
   texts = sampling.decode(s.tok, ro.samples)
   rows = repeat(s.config.rollout.n, ro.rows)
   if s.config.reward.query_types == "random":
-    rng = np.random.default_rng([s.config.seed, it])  # Per iteration: resumes exactly.
+    rng = np.random.default_rng([s.config.seed, it] + ([rnd] if rnd else []))  # Resumes exactly.
     qtypes = rng.choice(["open_ended", "closed_ended"], len(rows))
     rows = [{**r, "query_type": str(t)} for r, t in zip(rows, qtypes)]
   comps = s.scorer(rows, texts)
@@ -309,6 +310,67 @@ def judged(s: Setup, rows, texts) -> dict[str, np.ndarray]:
           "diversity/distinct2": batch(tm.distinct_n(cut, 2)),
           "diversity/distinct_answers": batch(tm.distinct_answers(cut, names)),
           "diversity/top_sentence_share": batch(tm.top_sentence_share(cut, names))}
+
+
+def sample_batch(s: Setup, state, rows, order, it: int, timer) -> tuple[Rollout, Scored, dict]:
+  """The rollout and score phases. With rollout.dynamic_sampling (DAPO, Yu et al. 2025 §3.2),
+  a group whose rewards are all equal has zero advantage under a group baseline and carries
+  no signal: it is dropped and the next prompts are sampled, up to rollout.max_extra_rounds
+  more rounds. If the batch is still short then, dropped groups fill it (the shapes stay
+  fixed) and rollout/groups_refilled counts them; rollout/groups_dropped counts every
+  dropped group. Every process runs the same number of rounds (the sampler is one program
+  over the mesh)."""
+  c, n = s.config, s.config.rollout.n
+  rounds = 1 + (c.rollout.max_extra_rounds if c.rollout.dynamic_sampling else 0)
+  parts, kept, dropped = [], [], []
+  for rnd in range(rounds):
+    with timer("time/rollout"), harness.mesh_rules(s.run.mesh, s.run.rules):
+      ro = rollout(s, state, [rows[i] for i in pipeline.process_slice(order.next())], it, rnd)
+    with timer("time/reward"):
+      scored = score(s, ro, it, rnd)
+    if not c.rollout.dynamic_sampling:
+      return ro, scored, overlong_metrics(c, ro)
+    spread_G = np.ptp(np.asarray(scored.components["reward"]).reshape(-1, n), axis=1)
+    kept += [(rnd, p) for p in np.flatnonzero(spread_G > 0)]
+    dropped += [(rnd, p) for p in np.flatnonzero(spread_G == 0)]
+    parts.append((ro, scored))
+    want = len(ro.rows)
+    if sharding.host_gather(np.array([want - len(kept)])).max() <= 0:
+      break
+  refill = dropped[:max(want - len(kept), 0)]
+  ro, scored = take_groups(parts, sorted(kept[:want] + refill), n)
+  count = lambda x: float(sharding.host_gather(np.array([len(x)])).sum())
+  return ro, scored, {"rollout/groups_dropped": count(dropped), "rollout/groups_refilled": count(refill),
+                      "rollout/rounds": float(len(parts)), **overlong_metrics(c, ro)}
+
+
+def overlong_metrics(c, ro: Rollout) -> dict:
+  """reward/overlong: the mean overlong penalty of the batch (reward.overlong_cache > 0)."""
+  if not c.reward.overlong_cache:
+    return {}
+  lengths_B = sharding.host_gather(np.asarray(ro.samples.mask_BN).sum(1))
+  return {"reward/overlong": float(np.mean(ops.overlong_penalty(
+      lengths_B, c.rollout.max_new_tokens, c.reward.overlong_cache)))}
+
+
+def take_groups(parts, picks, n: int) -> tuple[Rollout, Scored]:
+  """The (round, prompt) groups `picks` of several rounds' (Rollout, Scored), as one batch."""
+  resp = lambda p: slice(p * n, (p + 1) * n)
+  ros = [parts[r][0] for r, _ in picks]
+  sc = [parts[r][1] for r, _ in picks]
+  cat = lambda arrays: np.concatenate([np.asarray(a) for a in arrays])
+  samples = sampling.Samples(*(cat([getattr(ro.samples, f)[resp(p)] for ro, (_, p) in zip(ros, picks)])
+                               for f in sampling.Samples._fields))
+  ro = Rollout([ro.rows[p] for ro, (_, p) in zip(ros, picks)],
+               np.stack([ro.prompt_tok[p] for ro, (_, p) in zip(ros, picks)]),
+               np.stack([ro.prompt_mask[p] for ro, (_, p) in zip(ros, picks)]),
+               samples, sum(part[0].truncated for part in parts))
+  field = lambda get: cat([get(x)[resp(p)] for x, (_, p) in zip(sc, picks)])
+  scored = Scored([t for x, (_, p) in zip(sc, picks) for t in x.texts[resp(p)]],
+                  {k: field(lambda x, k=k: x.components[k]) for k in sc[0].components},
+                  field(lambda x: x.terms),
+                  {k: field(lambda x, k=k: x.judged[k]) for k in sc[0].judged})
+  return ro, scored
 
 
 def reference_value(s: Setup, state, ro: Rollout, scored: Scored) -> RLBatch:
@@ -344,6 +406,9 @@ def advantages(s: Setup, state, batch: RLBatch):
     terms_BK = jax.vmap(functools.partial(ops.normalize_score, clip=c.reward.clip),
                         in_axes=(1, 0), out_axes=1)(terms_BK, moments)
   score = jnp.sum(terms_BK * jnp.asarray(s.scorer.weights, jnp.float32), -1)
+  if c.reward.overlong_cache:  # DAPO's soft overlong punishment, added unnormalised.
+    score = score + c.reward.overlong_coef * ops.overlong_penalty(
+        batch.lengths_B, c.rollout.max_new_tokens, c.reward.overlong_cache)
   rewards = ops.token_rewards(score, kl, mask, 0.0 if algorithms.kl_in_loss(c) else state["beta"])
   batch = batch.replace(kl_BT=kl, score_B=score, rewards_BT=rewards)
   adv, returns = algorithms.ADVANTAGES[c.ppo.advantage].fn(batch, c.ppo, c.rollout.n)
@@ -399,7 +464,7 @@ def iteration_metrics(state, itr: Iteration, times) -> dict:
           "rollout/truncated": float(1.0 - sharding.host_gather(out.stopped_B).mean()),
           "rollout/prompts_truncated": float(sharding.host_gather(np.array([itr.rollout.truncated])).sum()),
           **({"value/explained_variance": float(explained)} if "value" in state else {}),
-          **upd, **times}
+          **itr.sampling, **upd, **times}
 
 
 # ----------------------------------------------------------------------------- loop
@@ -412,6 +477,7 @@ def prepare(config, workdir: str):
   policy = state_lib.build_policy(config.model, workdir, config.tokenizer)
   cfg, tok = policy.cfg.replace(dropout_rate=0.0), policy.tokenizer
   rows = sources.prompts(config.data)
+  scorers.check_rows(config.reward.mode, rows)
   state, frozen = init_rl_state(config, run, cfg, tok, config.init_from or config.model.hf_dir)
   label_query_types(config, rows, frozen, cfg, tok, run.writer)
   state, order = harness.resume(run, state, len(rows), config.prompts_per_step)
@@ -429,10 +495,7 @@ def train(config, workdir: str) -> dict:
   timer, truncated = harness.Timer(), 0
   with harness.training(run):
     for it in range(int(state["step"]), config.steps):
-      with timer("time/rollout"), harness.mesh_rules(run.mesh, run.rules):
-        ro = rollout(s, state, [rows[i] for i in pipeline.process_slice(order.next())], it)
-      with timer("time/reward"):
-        scored = score(s, ro, it)
+      ro, scored, sampled = sample_batch(s, state, rows, order, it, timer)
       with timer("time/reference_value"), harness.mesh_rules(run.mesh, run.rules):
         batch = reference_value(s, state, ro, scored)
       with timer("time/advantages"), harness.mesh_rules(run.mesh, run.rules):
@@ -440,7 +503,7 @@ def train(config, workdir: str) -> dict:
       with timer("time/update"), harness.mesh_rules(run.mesh, run.rules):
         models, ms = update(s, state, batch, it)
         state, kl_seq = next_state(s, state, models, moments, batch.kl_BT)
-      vals = log_iteration(s, it + 1, state, Iteration(ro, scored, batch, ms, kl_seq), timer.read())
+      vals = log_iteration(s, it + 1, state, Iteration(ro, scored, batch, ms, kl_seq, sampled), timer.read())
       truncated += int(vals["rollout/prompts_truncated"])
       harness.check_finite(run, it + 1, {k: vals[k] for k in FINITE if k in vals},
                            sum(float(m["update/skipped"]) for m in ms) if harness.skipping(run) else None)
