@@ -83,3 +83,36 @@ def ppo_tiny() -> ConfigDict:
   c.optim.lr, c.value_lr = 1e-4, 1e-3
   c.checkpoint.every = 20
   return c
+
+
+def sft_math() -> ConfigDict:
+  """SFT on the embedded arithmetic word problems' train split (data/arithmetic.py): 1,500
+  steps over 48,000 generated problems (each seen about once), after which the tiny model
+  answers 41% of the RL split's problems and 36% of the held-out ones greedily (2026-12-05):
+  room for an exact reward to improve on. 128 tokens hold every problem."""
+  c = sft_tiny()
+  c.name = "sft_math"
+  c.data.update(synthetic_task="arithmetic", synthetic_examples=48000)
+  c.steps, c.seq_len = 1500, 128
+  c.checkpoint.every = 500
+  return c
+
+
+def math_tiny(method: str = "grpo") -> ConfigDict:
+  """RL with the exact checker as the reward (reward.mode=math) on the arithmetic problems'
+  RL split, from sft_math: any method of rl/algorithms.METHODS, 8 prompts x 8 samples.
+  LR 5e-5 and a fixed β 0.01: at the main job's 1e-4 with adaptive KL, GRPO from a weaker
+  start lost accuracy within 60 iterations (docs/results.md)."""
+  from r3jax.rl import algorithms  # pylint: disable=g-import-not-at-top
+  c = ppo_tiny()
+  c.name = f"{method}_math"
+  c.sft = sft_math()
+  c.steps = 200
+  c.data.synthetic_task = "arithmetic"
+  c.reward.mode = "math"
+  # Worked answers are under 30 tokens; prompts (question and chat template) under 96.
+  c.rollout.update(max_new_tokens=40, prompt_len=96, top_p=1.0)
+  c.optim.lr = 5e-5
+  c.kl.update(adaptive=False, beta=0.01)
+  c.prompts_per_step, c.rollout.n = 8, 8
+  return algorithms.use_method(c, method, group_n=8)

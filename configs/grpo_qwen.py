@@ -11,6 +11,9 @@ Presets (`--config=configs/grpo_qwen.py:<preset>`):
                      tiny-dr_grpo (no std, token-sum aggregation), tiny-rloo (leave-one-out
                      baseline, KL in the reward), tiny-reinforce_pp (32 prompts x 2,
                      batch-whitened returns), tiny-gspo (sequence-level clipped ratio).
+  tiny-math          GRPO with the exact checker as the reward (reward.mode=math) on the
+                     embedded arithmetic word problems (data/arithmetic.py), from an SFT
+                     stage on them; tiny-math-<method> for another group method.
   qwen               (with model.hf_dir) the full-size GRPO recipe: 8 samples per prompt,
                      16 prompts x 8 per iteration, k3 KL β 0.04 in the loss, policy LR
                      1e-6, ε 0.2, 512 new tokens.
@@ -26,7 +29,9 @@ from r3jax.trainers import schema
 
 def get_config(arg=None):
   preset = arg or "tiny"
-  if preset.startswith("tiny"):
+  if preset.startswith("tiny-math"):
+    c = common.math_tiny(preset.removeprefix("tiny-math").removeprefix("-") or "grpo")
+  elif preset.startswith("tiny"):
     name = preset.removeprefix("tiny").removeprefix("-") or "grpo"
     if name not in algorithms.METHODS or name == "ppo":
       raise ValueError(f"unknown preset {preset!r}; expected tiny-<method> with a method of "

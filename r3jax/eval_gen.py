@@ -6,8 +6,10 @@ r"""Generation statistics of a policy, optionally against a baseline (Kim & Seo 
 
 --policy / --baseline: a run directory (its exported hf/ is loaded) or an HF Qwen2 directory.
 --prompts: {prompt}, Vicuna/MT-Bench {turns}, Alpaca {instruction, input, output} or SuperNI
-{instruction, instances} rows (data/readers.to_prompt); or "synthetic": 200 held-out questions
-about the embedded entities, with reference answers and query types (another seed than training).
+{instruction, instances}, GSM8K {question, answer} rows (data/readers.to_prompt); or
+"synthetic": 200 held-out questions about the embedded entities, with reference answers and
+query types (another seed than training); "synthetic:arithmetic": 200 held-out word problems
+of the embedded verifiable task (data/arithmetic.py).
 
 For each model, one greedy answer per prompt gives: average tokens (the policy tokenizer's),
 4-gram repetition rate, relevance to the query under the relevance encoder (cosine, MiniLM
@@ -20,6 +22,9 @@ every answer against the embedded world's facts: precision, recall, repeats. Wit
 baseline, each of --judge's judges (gold, and/or rewards/scorers.make specs) gives the
 adjusted win rate (wins + ties/2)/all, judged in both orders, with a 95% interval; the
 report names the judge of each number, so a win rate is never only the optimised reward's.
+Where every prompt has an answer key (`answer`), the exact checker (rewards/verifiable.py)
+grades each model: pass@1 of the greedy answer, pass@k and maj@k over the --samples
+samples, and pass@1 estimated from them, with 95% intervals (eval/accuracy.py).
 
 Writes <out>/report.md (tables), answers.jsonl, and PNGs: the length histogram, relevance
 by sentence position (R³ paper, Fig. 3) and Self-BLEU by query type. Prompts longer than

@@ -17,6 +17,7 @@ ShareGPT-style {conversations, chosen, rejected}.
 
 import dataclasses
 import json
+import re
 
 from etils import epath
 
@@ -199,7 +200,8 @@ def load_comparisons(path: str, skip_bad: bool = False) -> Loaded:
 
 # The fields to_prompt reads a prompt and its reference from; any other field of a row
 # (an answer key, a task id) passes through to the rewards, which see the whole row.
-PROMPT_FORMAT_FIELDS = ("prompt", "turns", "instruction", "input", "output", "instances", "reference")
+PROMPT_FORMAT_FIELDS = ("prompt", "turns", "instruction", "input", "output", "instances", "reference",
+                        "question")
 
 
 def to_prompt(obj, where: str) -> dict:
@@ -208,7 +210,10 @@ def to_prompt(obj, where: str) -> dict:
     {prompt, reference?}                       a plain prompt file (as PPO reads);
     {turns: [...]}                             Vicuna-Bench / MT-Bench questions (first turn);
     {instruction, input?, output?}             Alpaca; output is the reference;
-    {instruction, instances: [{input, output}]} SuperNI / self-instruct seed tasks (first instance).
+    {instruction, instances: [{input, output}]} SuperNI / self-instruct seed tasks (first instance);
+    {question, answer}                         GSM8K: the key after '####' is `answer`, the
+                                               worked solution the reference.
+  A row's `answer` (a verifiable reward's key) is a string or a number.
   """
   if not isinstance(obj, dict):
     raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
@@ -220,6 +225,10 @@ def to_prompt(obj, where: str) -> dict:
     if not turns or not isinstance(turns[0], str):
       raise DataError(f"{where}: field 'turns' should be a non-empty list of strings")
     prompt = turns[0]
+  elif "question" in obj:
+    prompt = field(obj, "question", where)
+    obj, reference = gsm8k_answer(obj, where), obj.get("reference", reference)
+    reference = obj.pop("solution", None) or reference
   elif "instruction" in obj:
     inst = field(obj, "instruction", where)
     inp, reference = obj.get("input") or "", obj.get("output", reference)
@@ -234,6 +243,8 @@ def to_prompt(obj, where: str) -> dict:
                     f"(got {sorted(obj)[:6]})")
   if not prompt.strip():
     raise DataError(f"{where}: empty prompt")
+  if "answer" in obj and (isinstance(obj["answer"], bool) or not isinstance(obj["answer"], (str, int, float))):
+    raise DataError(f"{where}: the answer key should be a string or a number, got {type(obj['answer']).__name__}")
   if isinstance(reference, list) and reference and isinstance(reference[0], str):
     reference = reference[0]  # MT-Bench: one reference per turn.
   if reference is not None and not isinstance(reference, str):
@@ -241,6 +252,18 @@ def to_prompt(obj, where: str) -> dict:
   out = {k: v for k, v in obj.items() if k not in PROMPT_FORMAT_FIELDS}
   out.update(prompt=prompt, reference=reference or None)
   return {k: v for k, v in out.items() if v is not None}
+
+
+def gsm8k_answer(obj: dict, where: str) -> dict:
+  """A GSM8K row's answer "<worked solution>\n#### 18" split into the key ("18", as
+  `answer`) and the solution without its <<48/2=24>> calculator notes (as `solution`)."""
+  answer = obj.get("answer")
+  if not isinstance(answer, str) or "####" not in answer:
+    return obj
+  solution, key = answer.rsplit("####", 1)
+  if not key.strip():
+    raise DataError(f"{where}: field 'answer' has an empty '####' key")
+  return {**obj, "answer": key.strip(), "solution": re.sub(r"<<[^>]*>>", "", solution).strip()}
 
 
 def load_prompts(path: str, skip_bad: bool = False) -> Loaded:

@@ -6,14 +6,39 @@
   ptx_rows       PPO-ptx: pretraining text packed into fixed-length token rows
 """
 
+import dataclasses
 import os
+from typing import Callable
 
 import jax
 import numpy as np
 
+from r3jax.core import registry
 from r3jax.core.errors import DataError
-from r3jax.data import chat, readers, synthetic
+from r3jax.data import arithmetic, chat, readers, synthetic
 from r3jax.rewards import r3
+
+
+@dataclasses.dataclass(frozen=True)
+class Embedded:
+  """An embedded task (data.synthetic_task): generated from seeds, no files."""
+  fn: Callable  # SFT data config -> conversation rows {messages, ...}.
+  prompts: Callable  # RL data config -> prompt rows {prompt, ...} (another seed than SFT's).
+  held_out: Callable  # () -> eval_gen's held-out prompt rows (--prompts=synthetic[:<task>]).
+
+
+TASKS = registry.Registry("embedded task", Embedded)
+
+TASKS.register(
+    "world",  # Q/A about made-up entities; the fact checker (eval/gold.py) is its judge.
+    prompts=lambda d: synthetic.questions(d.synthetic_examples, seed=d.prompt_seed),
+    held_out=lambda: synthetic.questions(200, seed=99))(
+        lambda d: synthetic.generate(d.synthetic_examples, seed=0, restate=d.synthetic_restate))
+TASKS.register(
+    "arithmetic",  # Word problems with exact keys; the math reward is its judge.
+    prompts=lambda d: arithmetic.problems(d.synthetic_examples, seed=d.prompt_seed, split="rl"),
+    held_out=lambda: arithmetic.problems(200, seed=99, split="test"))(
+        lambda d: arithmetic.conversations(d.synthetic_examples, seed=0))
 
 
 def conversations(data_config, workdir: str, seed: int):
@@ -36,7 +61,7 @@ def conversations(data_config, workdir: str, seed: int):
     loaded = load(data_config.train)
     rows, skipped = loaded.rows, loaded.skipped
   else:
-    examples = synthetic.generate(data_config.synthetic_examples, seed=0, restate=data_config.synthetic_restate)
+    examples = TASKS.get(data_config.synthetic_task, "data.synthetic_task").fn(data_config)
     rows = [dict(where=f"synthetic:{i}", **ex) for i, ex in enumerate(examples)]
     if jax.process_index() == 0:
       readers.write_jsonl(os.path.join(workdir, "data", "synthetic.jsonl"),
@@ -73,7 +98,7 @@ def prompts(data_config):
   any of readers.to_prompt's forms ({prompt, reference?, query_type?}, Vicuna, Alpaca,
   SuperNI)."""
   if not data_config.prompts:
-    return synthetic.questions(data_config.synthetic_examples, seed=data_config.prompt_seed)
+    return TASKS.get(data_config.synthetic_task, "data.synthetic_task").prompts(data_config)
   rows = []
   for r in readers.load_prompts(data_config.prompts).rows:
     try:

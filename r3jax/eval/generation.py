@@ -11,8 +11,8 @@ import jax
 import numpy as np
 
 from r3jax.core import plots
-from r3jax.data import chat, readers, synthetic, tokenizer as tokenizer_lib
-from r3jax.eval import gold, text_metrics as tm
+from r3jax.data import chat, readers, sources, tokenizer as tokenizer_lib
+from r3jax.eval import accuracy, gold, text_metrics as tm
 from r3jax.models import hf, sampling
 from r3jax.rewards import r3, scorers
 
@@ -82,6 +82,8 @@ def model_stats(name, path, rows, encoder, reward, opts: Options):
   s["rouge_l"] = np.array([tm.rouge_l(cut[i], ref) for i, ref in refs])
   if gold.applicable(rows):
     s["gold"] = gold.judge_batch(cut, rows)
+  if accuracy.applicable(rows):
+    s["accuracy"] = accuracy.stats(rows, answers, samples)
   s["distinct2"] = tm.distinct_n(cut, 2)
   names = [r.get("entity") for r in rows]
   s["top_sentence_share"] = tm.top_sentence_share(cut, names)
@@ -156,6 +158,7 @@ def report(out, rows, stats, win, types, skipped, opts: Options) -> str:
     lines.append(f"| {label} | " + " | ".join(f"{stats[n][key]:.3f}" for n in names) + " |")
   lines.append("| prompts truncated | " + " | ".join(str(stats[n]["truncated_prompts"]) for n in names) + " |")
   lines += gold_lines(stats, names)
+  lines += accuracy.lines(stats, opts.samples, opts.top_p)
   n_ref = len(stats[names[0]]["rouge_l"])
   lines += ["", f"ROUGE-L uses the {n_ref} prompts with a reference answer (the alignment tax "
             "when the baseline is the SFT model)." if n_ref else "No prompt has a reference answer: no ROUGE-L."]
@@ -201,11 +204,12 @@ def gold_lines(stats, names) -> list[str]:
 
 
 def load_rows(prompts: str, limit: int, skip_bad: bool):
-  """(rows, query types, skipped): a prompt file, or "synthetic" (200 held-out questions
-  about the embedded entities, another seed than training)."""
-  if prompts == "synthetic":
-    loaded = readers.Loaded([dict(q, where=f"synthetic:{i}")
-                             for i, q in enumerate(synthetic.questions(200, seed=99))], [])
+  """(rows, query types, skipped): a prompt file, or "synthetic[:<task>]": an embedded task's
+  held-out prompts (data/sources.TASKS; "world", 200 questions about the embedded entities
+  on another seed than training, by default)."""
+  if prompts.split(":")[0] == "synthetic":
+    task = sources.TASKS.get(prompts.partition(":")[2] or "world")
+    loaded = readers.Loaded([dict(q, where=f"{prompts}:{i}") for i, q in enumerate(task.held_out())], [])
   else:
     loaded = readers.load_prompts(prompts, skip_bad)
   rows = loaded.rows[:limit] if limit else loaded.rows
@@ -251,5 +255,6 @@ def write_answers(out: str, rows, stats) -> None:
   os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, "answers.jsonl"), "w") as fh:
     for i, r in enumerate(rows):
+      graded = {f"{n}_correct": bool(s["accuracy"]["greedy"][i]) for n, s in stats.items() if "accuracy" in s}
       fh.write(json.dumps({"where": r["where"], "prompt": r["prompt"],
-                           **{n: s["answers"][i] for n, s in stats.items()}}) + "\n")
+                           **{n: s["answers"][i] for n, s in stats.items()}, **graded}) + "\n")

@@ -13,6 +13,8 @@ A reward is an entry of `REWARDS`: a factory that reads its own config section (
 `make(spec, section)` builds one from a registered name or a reward-model run directory:
   r3, relevance, li_s, no_branch, li_only   R³ and its ablations (R³ paper §4.3), MiniLM by default;
   length                                    the word-punctuation token count (a baseline);
+  math, format                              a verifiable answer checked against the row's key,
+                                            and whether it is stated in reward.answer_format;
   random                                    uniform noise (chance level, seeded);
   <path>                                    a reward-model run's workdir (trainer "rm").
 
@@ -33,10 +35,11 @@ import ml_collections
 import numpy as np
 
 from r3jax.core import registry
+from r3jax.core.errors import DataError
 from r3jax.data import chat, padding
 from r3jax.eval import text_metrics
 from r3jax.models import qwen
-from r3jax.rewards import r3
+from r3jax.rewards import r3, verifiable
 
 
 def as_messages(prompt):
@@ -124,6 +127,7 @@ def encoder_truncation(encoder: str, length: int = 0, side: str = "") -> tuple[i
 @dataclasses.dataclass(frozen=True)
 class Reward:
   fn: Callable  # (section: ConfigDict, *, max_len, seed, mesh) -> scorer(rows, responses)
+  needs: tuple[str, ...] = ()  # Fields every prompt row must carry (checked before any work).
 
 
 REWARDS = registry.Registry("reward", Reward)
@@ -164,6 +168,31 @@ def random_scorer(section, *, max_len: int, seed: int, mesh):
   del section, max_len, mesh
   rng = np.random.default_rng(seed)
   return lambda rows, ys: {"reward": rng.random(len(ys))}
+
+
+@REWARDS.register("math", needs=("answer",))
+def math_scorer(section, *, max_len: int, seed: int, mesh):
+  """1 when the response's final answer equals the row's key (field `answer`; a GSM8K
+  solution's #### line), else 0 (rewards/verifiable.py); `parsed`: whether it stated one."""
+  del section, max_len, seed, mesh
+
+  def score(rows, ys):
+    keys = [verifiable.key_of(r) for r in rows]
+    if None in keys:
+      row = rows[keys.index(None)]
+      raise DataError(f"{row.get('where', 'a prompt row')}: no answer key (field 'answer') for the math reward")
+    return {"reward": np.array([float(verifiable.is_correct(y, k)) for y, k in zip(ys, keys)]),
+            "parsed": np.array([float(verifiable.extract(y) is not None) for y in ys])}
+  return score
+
+
+@REWARDS.register("format")
+def format_scorer(section, *, max_len: int, seed: int, mesh):
+  """1 when the response states its answer in reward.answer_format (boxed, hash, answer_is, or
+  any of them), else 0 (verifiable.format_ok)."""
+  del max_len, seed, mesh
+  form = section.get("answer_format", "any")
+  return lambda rows, ys: {"reward": np.array([float(verifiable.format_ok(y, form)) for y in ys])}
 
 
 def make(spec: str, section=None, *, max_len: int = 512, seed: int = 0, mesh=None):
@@ -229,6 +258,16 @@ class Mix:
     if len(self.labels) == 1:
       return np.asarray(components["reward"], np.float64)[:, None]
     return np.stack([np.asarray(components[f"{l}/reward"], np.float64) for l in self.labels], 1)
+
+
+def check_rows(spec: str, rows) -> None:
+  """DataError naming the first prompt row (file:line) that lacks a field a term needs."""
+  for _, name in terms(spec):
+    for need in REWARDS[name].needs if name in REWARDS else ():
+      for r in rows:
+        if r.get(need) is None:
+          raise DataError(f"{r.get('where', 'a prompt row')}: no field {need!r}, which the {name} "
+                          "reward needs (its answer key)")
 
 
 def check(spec: str) -> None:

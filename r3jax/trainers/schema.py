@@ -77,6 +77,7 @@ def sft() -> ConfigDict:
       train="", eval="", format="auto", eval_fraction=0.05, skip_bad=False,
       use_tfds=False,  # Read files through a TFDS array_record data source.
       synthetic_examples=4000,
+      synthetic_task="world",  # Without data.train: an entry of data/sources.TASKS.
       synthetic_restate=0.0))  # Share of synthetic answers that open by repeating the question.
   c.optim = optim(warmup_steps=1430)
   c.eval_prompts = 4  # Held-out prompts answered greedily at each eval.
@@ -114,10 +115,14 @@ def ppo() -> ConfigDict:
   c = run("ppo", "ppo")
   c.steps = 400  # PPO iterations.
   c.prompts_per_step = 64
-  c.data = ConfigDict(dict(prompts="", synthetic_examples=2000, prompt_seed=1))
+  c.data = ConfigDict(dict(prompts="", synthetic_examples=2000, prompt_seed=1,
+                          synthetic_task="world"))  # Without data.prompts: data/sources.TASKS.
   # engine: an entry of models/sampling.ENGINES ("static": one batch-wide decode loop).
+  # dynamic_sampling (DAPO §3.2): drop groups whose rewards are all equal and sample more
+  # prompts, up to max_extra_rounds more rounds per iteration (trainers/ppo.sample_batch).
   c.rollout = ConfigDict(dict(engine="static", n=2, top_p=0.9, top_k=0, temperature=1.0,
-                              max_new_tokens=512, prompt_len=256))
+                              max_new_tokens=512, prompt_len=256, dynamic_sampling=False,
+                              max_extra_rounds=4))
   # reward.mode: any scorer (rewards/scorers.make): r3 and its ablations, length, random, a
   # reward-model run directory ("@rm": this run's stage "rm"), or a weighted mix of them,
   # "0.5*r3+0.5*@rm", each term normalised by its own running moments (normalize_score).
@@ -127,17 +132,23 @@ def ppo() -> ConfigDict:
   # encoder_dtype: R³'s encoder compute dtype, float32 or bfloat16 (embeddings pooled in fp32).
   c.reward = ConfigDict(dict(mode="r3", encoder="", normalize=True, query_types="field",
                              classifier="", scale=1.0, normalize_score=True, clip=10.0,
-                             encoder_len=0, encoder_side="", encoder_dtype="float32"))
+                             encoder_len=0, encoder_side="", encoder_dtype="float32",
+                             overlong_cache=0, overlong_coef=1.0, answer_format="any"))
+  # overlong_cache (DAPO's L_cache, eq. 13): over the last overlong_cache tokens before
+  # rollout.max_new_tokens, overlong_coef x a penalty falling linearly to -1 joins the
+  # normalised score (0: off). answer_format: the form the `format` reward asks for (boxed,
+  # hash, answer_is, or any; rewards/verifiable.format_ok).
   # kl.placement: "reward" (β·KL per token in the reward, InstructGPT eq. 2) or "loss" (β·KL of the
   # current policy added to the policy loss, GRPO's k3 term).
   c.kl = ConfigDict(dict(estimator="k1", beta=0.04, adaptive=False, target=6.0, horizon=10000,
                          placement="reward"))
   # advantage and policy_loss name entries of rl/algorithms.ADVANTAGES and POLICY_LOSSES
   # (algorithms.use_method sets both, and what else a method prescribes); loss_params holds
-  # each registered policy loss's own parameters, from its registry entry; loss_agg:
+  # each registered policy loss's own parameters, from its registry entry (PPO's ε is
+  # loss_params.ppo_clip.eps_low / eps_high); loss_agg:
   # token_mean, seq_mean (GRPO) or token_sum (Dr. GRPO), rl/ops.aggregate.
   c.ppo = ConfigDict(dict(advantage="gae", policy_loss="ppo_clip", epochs=1, minibatch=16,
-                          clip_eps=0.2, value_clip=0.15, gamma=1.0, lam=0.95, vf_coef=1.0,
+                          value_clip=0.15, gamma=1.0, lam=0.95, vf_coef=1.0,
                           entropy_coef=0.0, whiten=True, value_warmup_steps=50,
                           loss_agg="token_mean"))
   c.ppo.loss_params = ConfigDict({name: dict(e.params) for name, e in

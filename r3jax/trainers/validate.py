@@ -11,9 +11,10 @@ import ml_collections
 
 from r3jax.core import sharding
 from r3jax.core.errors import ConfigError
+from r3jax.data import sources
 from r3jax.losses import preference as pref_losses
 from r3jax.models import qwen, sampling
-from r3jax.rewards import scorers
+from r3jax.rewards import scorers, verifiable
 from r3jax.rl import algorithms, ops, rso
 from r3jax.trainers import schema, stages as stages_lib
 
@@ -144,6 +145,8 @@ def check_supervised(config, stages=None) -> None:
     raise ConfigError("config.steps=0 and config.epochs=0: set one of them")
   for field in ("log_every", "eval_every", "eval_batches"):
     positive(field, config[field])
+  if "synthetic_task" in config.data:
+    sources.TASKS.get(config.data.synthetic_task, "data.synthetic_task")
 
 
 def check_preference(config, stages=None) -> None:
@@ -190,16 +193,27 @@ def check_ppo(config, stages=None) -> None:
   one_of("reward.query_types", config.reward.query_types, QUERY_TYPES)
   one_of("reward.encoder_side", config.reward.encoder_side, ("", "left", "right"))
   one_of("reward.encoder_dtype", config.reward.encoder_dtype, ("float32", "bfloat16"))
+  one_of("reward.answer_format", config.reward.answer_format, verifiable.FORMS)
   if not 0 <= config.reward.encoder_len <= 512:
     raise ConfigError(f"config.reward.encoder_len={config.reward.encoder_len}: word pieces "
                       "kept by R³'s encoder, in [1, 512] (BERT's positions), or 0 for the default")
   sampling.ENGINES.get(config.rollout.engine, "rollout.engine")
+  sources.TASKS.get(config.data.synthetic_task, "data.synthetic_task")
   algorithms.KL_ESTIMATORS.get(config.kl.estimator, "kl.estimator")
   one_of("kl.placement", config.kl.placement, ("reward", "loss"))
   algorithms.ADVANTAGES.get(config.ppo.advantage, "ppo.advantage")
   algorithms.POLICY_LOSSES.get(config.ppo.policy_loss, "ppo.policy_loss")
+  for name, loss in algorithms.POLICY_LOSSES.items():
+    if loss.params and (wrong := loss.check(config.ppo.loss_params[name])):
+      raise ConfigError(f"config.ppo.loss_params.{name}.{wrong}")
   one_of("ppo.loss_agg", config.ppo.loss_agg, ops.AGGREGATIONS)
   check_estimator(config, terms)
+  if not 0 <= config.reward.overlong_cache <= config.rollout.max_new_tokens:
+    raise ConfigError(f"config.reward.overlong_cache={config.reward.overlong_cache}: tokens before "
+                      f"rollout.max_new_tokens={config.rollout.max_new_tokens} where the overlong "
+                      "penalty ramps, in [0, max_new_tokens]")
+  if config.rollout.max_extra_rounds < 0:
+    raise ConfigError(f"config.rollout.max_extra_rounds={config.rollout.max_extra_rounds} must be >= 0")
   for field in ("steps", "prompts_per_step", "rollout.n", "rollout.max_new_tokens",
                 "rollout.prompt_len", "ppo.minibatch", "ppo.epochs", "log_samples_every"):
     positive(field, _get(config, field), zero_ok=field == "steps")
@@ -221,6 +235,10 @@ def check_estimator(config, terms) -> None:
   """What the advantage estimator needs: groups of n >= 2 samples; a value model for value
   warm-up and value.init_from_reward."""
   est = algorithms.ADVANTAGES[config.ppo.advantage]
+  if config.rollout.dynamic_sampling and not est.group:
+    raise ConfigError(f"config.rollout.dynamic_sampling=True: ppo.advantage={config.ppo.advantage} has "
+                      "no group baseline, so an equal-reward group still carries signal; use a group "
+                      "method (grpo, ...)")
   if est.group and config.rollout.n < 2:
     raise ConfigError(f"config.rollout.n={config.rollout.n}: ppo.advantage={config.ppo.advantage} "
                       "needs at least 2 samples per prompt (its baseline is the prompt's group)")
