@@ -36,7 +36,7 @@ import sys
 from absl import app, flags
 
 from r3jax.core import cli
-from r3jax.data import readers
+from r3jax.data import readers, sources
 from r3jax.eval import generation
 from r3jax.models import bert
 from r3jax.rewards import r3
@@ -45,7 +45,8 @@ _POLICY = flags.DEFINE_string("policy", None, "Run directory or HF directory.", 
 _BASELINE = flags.DEFINE_string("baseline", "", "Run directory or HF directory to compare with.")
 _PROMPTS = flags.DEFINE_string("prompts", None, "Prompt file.", required=True)
 _OUT = flags.DEFINE_string("out", "eval_gen", "Report directory.")
-_SAMPLES = flags.DEFINE_integer("samples", 10, "Nucleus samples per prompt for Self-BLEU (>= 2).")
+_SAMPLES = flags.DEFINE_integer("samples", 10, "Nucleus samples per prompt for Self-BLEU, pass@k and "
+                               "maj@k (>= 2), or 0 for greedy answers only.")
 _TOP_P = flags.DEFINE_float("top_p", 0.9, "Nucleus mass of the Self-BLEU samples.")
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 128, "Answer length limit.")
 _MAX_PROMPT = flags.DEFINE_integer("max_prompt_len", 256, "Prompt tokens kept (the last ones).")
@@ -56,17 +57,21 @@ _ENCODER = flags.DEFINE_string("encoder", "", "Relevance encoder dir (default: p
 _LIMIT = flags.DEFINE_integer("limit", 0, "First N prompts only (0: all).")
 _SKIP_BAD = flags.DEFINE_bool("skip_bad", False, "Skip (and count) malformed prompt rows.")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+_INSTRUCTION = flags.DEFINE_string("instruction", "", "Appended to every prompt after a blank line "
+                                   "(as a config's data.instruction), e.g. the answer form asked for.")
 
 
 def main(argv):
   del argv
-  if _SAMPLES.value < 2:
-    sys.exit("error: --samples must be at least 2 (Self-BLEU compares samples with each other)")
+  if _SAMPLES.value < 2 and _SAMPLES.value != 0:
+    sys.exit("error: --samples must be at least 2 (Self-BLEU compares samples with each other), "
+             "or 0 for greedy answers only")
   opts = generation.Options(prompts=_PROMPTS.value, samples=_SAMPLES.value, top_p=_TOP_P.value,
                             max_new_tokens=_MAX_NEW.value, max_prompt_len=_MAX_PROMPT.value,
                             batch=_BATCH.value, judge=_JUDGE.value, seed=_SEED.value)
   try:
     rows, types, skipped = generation.load_rows(_PROMPTS.value, _LIMIT.value, _SKIP_BAD.value)
+    rows = sources.with_instruction(rows, _INSTRUCTION.value)
     encoder = bert.Encoder.from_dir(_ENCODER.value or bert.minilm_dir(), normalize=True)
     reward = r3.R3(encoder, max_len=opts.max_new_tokens, mode="r3")
     models = {"policy": _POLICY.value, **({"baseline": _BASELINE.value} if _BASELINE.value else {})}

@@ -62,6 +62,11 @@ def test_every_preset_validates(name, preset):
     ("sft_qwen", "micro_batch_per_device", 7, "batch_size=32 is not a multiple of micro_batch_per_device (7)"),
     ("sft_qwen", "init_from", "random", "init_from=random needs --config.model.allow_random_init=True"),
     ("rm_qwen", "sft.optim.schedule", "step", "config.sft.optim.schedule='step'"),  # The warm-start stage's.
+    ("ppo_qwen", "rollout.dynamic_sampling", True, "config.rollout.dynamic_sampling=True: ppo.advantage=gae has no group baseline"),
+    ("ppo_qwen", "reward.overlong_cache", 99, "config.reward.overlong_cache=99: tokens before rollout.max_new_tokens=40"),
+    ("ppo_qwen", "reward.answer_format", "latex", "config.reward.answer_format='latex': expected one of any, boxed, hash, answer_is"),
+    ("ppo_qwen", "data.synthetic_task", "chess", "config.data.synthetic_task='chess': unknown embedded task; expected one of world, arithmetic"),
+    ("sft_qwen", "data.synthetic_task", "chess", "config.data.synthetic_task='chess': unknown embedded task"),
     # A field no trainer reads: a typo, or another trainer's (PPO logs every iteration).
     ("ppo_qwen", "log_every", 1, "config.log_every: no ppo trainer reads this field"),
     ("sft_qwen", "optim.lr_decay", 0.5, "config.optim.lr_decay: no sft trainer reads this field"),

@@ -138,3 +138,24 @@ def test_accuracy_stats_and_report_lines():
   text = "\n".join(accuracy.lines({"policy": {"accuracy": st}, "baseline": {}}, 3, 0.9))
   assert "| pass@1, greedy | 0.500 [" in text and "maj@3" in text and "| metric (95% interval over prompts) | policy |" in text
   assert not accuracy.applicable([{"prompt": "q"}]) and accuracy.applicable(rows)
+
+
+def test_an_instruction_is_appended_to_every_prompt_and_eval_reads_the_arithmetic_task():
+  from r3jax.data import sources  # pylint: disable=g-import-not-at-top
+  from r3jax.eval import generation  # pylint: disable=g-import-not-at-top
+  rows, types, _ = generation.load_rows("synthetic:arithmetic", 5, False)
+  assert len(rows) == 5 and all(r["where"].startswith("synthetic:arithmetic:") for r in rows)
+  assert types == ["unlabelled"] * 5 and all(verifiable.key_of(r) for r in rows)
+  test = {r["prompt"] for r in arithmetic.problems(200, seed=99, split="test")}
+  assert {r["prompt"] for r in rows} <= test  # The held-out split.
+  out = sources.with_instruction(rows + [{"prompt": [{"role": "user", "content": "hi"}]}], "Box it.")
+  assert out[0]["prompt"] == rows[0]["prompt"] + "\n\nBox it." and out[-1]["prompt"][0]["content"] == "hi"
+  assert sources.with_instruction(rows, "") is rows
+
+
+def test_greedy_only_accuracy_has_no_sample_figures():
+  from r3jax.eval import accuracy  # pylint: disable=g-import-not-at-top
+  st = accuracy.stats([{"prompt": "q", "answer": "4"}], ["The answer is 4."], [[]])
+  assert set(st) == {"greedy", "parsed"}
+  text = "\n".join(accuracy.lines({"policy": {"accuracy": st}}, 0, 0.9))
+  assert "| pass@1, greedy | 1.000 [" in text and "maj@" not in text and "pass@0" not in text

@@ -93,10 +93,22 @@ def _hold_out(rows, fraction: float, seed: int):
   return [rows[i] for i in order[n_eval:]], [rows[i] for i in order[:n_eval]]
 
 
+def with_instruction(rows, instruction: str):
+  """Each row's (string) prompt with `instruction` after a blank line."""
+  if not instruction:
+    return rows
+  return [{**r, "prompt": f"{r['prompt']}\n\n{instruction}"} if isinstance(r["prompt"], str) else r
+          for r in rows]
+
+
 def prompts(data_config):
-  """Prompts with references and query types: the synthetic questions, or data.prompts in
-  any of readers.to_prompt's forms ({prompt, reference?, query_type?}, Vicuna, Alpaca,
-  SuperNI)."""
+  """Prompts with references and query types: an embedded task's, or data.prompts in any of
+  readers.to_prompt's forms ({prompt, reference?, query_type?}, Vicuna, Alpaca, SuperNI,
+  GSM8K); data.instruction appended to each."""
+  return with_instruction(_prompts(data_config), data_config.get("instruction", ""))
+
+
+def _prompts(data_config):
   if not data_config.prompts:
     return TASKS.get(data_config.synthetic_task, "data.synthetic_task").prompts(data_config)
   rows = []

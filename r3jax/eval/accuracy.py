@@ -39,13 +39,14 @@ def stats(rows, greedy: list[str], samples: list[list[str]]) -> dict[str, np.nda
   keys = [verifiable.normalize(verifiable.key_of(r)) for r in rows]
   out = collections.defaultdict(list)
   for key, g, ys in zip(keys, greedy, samples):
-    found = [verifiable.extract(y) for y in ys]
-    right = [a is not None and verifiable.normalize(a) == key for a in found]
     out["greedy"].append(float(verifiable.is_correct(g, key)))
-    out["pass_k"].append(pass_at_k(len(ys), sum(right), len(ys)))
-    out["maj_k"].append(float(majority(found) == key))
-    out["sampled"].append(float(np.mean(right)))
     out["parsed"].append(float(verifiable.extract(g) is not None))
+    if ys:  # None drawn: greedy figures only.
+      found = [verifiable.extract(y) for y in ys]
+      right = [a is not None and verifiable.normalize(a) == key for a in found]
+      out["pass_k"].append(pass_at_k(len(ys), sum(right), len(ys)))
+      out["maj_k"].append(float(majority(found) == key))
+      out["sampled"].append(float(np.mean(right)))
   return {k: np.asarray(v) for k, v in out.items()}
 
 
@@ -71,5 +72,7 @@ def lines(stats_by_model: dict, k: int, top_p: float) -> list[str]:
   out = ["", "## Exact accuracy (the answer key; rewards/verifiable.py)", "",
          "| metric (95% interval over prompts) | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
   for label, key, cell in rows:
+    if key not in acc[names[0]]:
+      continue
     out.append(f"| {label} | " + " | ".join(cell(acc[n][key]) for n in names) + " |")
   return out

@@ -64,7 +64,8 @@ def model_stats(name, path, rows, encoder, reward, opts: Options):
   tok = tokenizer_lib.load(hf.model_dir(path))
   greedy, counts, truncated = generate(cfg, params, tok, rows, 1, True, opts.seed, opts)
   answers = [g[0] for g in greedy]
-  samples, _, _ = generate(cfg, params, tok, rows, opts.samples, False, opts.seed + 1, opts)
+  samples = ([[] for _ in rows] if not opts.samples else  # --samples=0: greedy answers only.
+             generate(cfg, params, tok, rows, opts.samples, False, opts.seed + 1, opts)[0])
   queries = [r["prompt"] for r in rows]
   comps = reward(queries, answers, [r.get("reference") for r in rows], [r.get("query_type") for r in rows])
   cut = [r3.truncate_response(a) for a in answers]
@@ -76,7 +77,7 @@ def model_stats(name, path, rows, encoder, reward, opts: Options):
       "rep4": np.array([tm.ngram_repetition(a, 4) for a in cut]),
       "relevance": comps["relevance"],
       "copies": np.array([tm.copies_query(q, a) for q, a in zip(queries, cut)], float),
-      "self_bleu": np.array([tm.self_bleu(x) for x in samples]),
+      "self_bleu": np.array([tm.self_bleu(x) if x else np.nan for x in samples]),
   }
   refs = [(i, r["reference"]) for i, r in enumerate(rows) if r.get("reference")]
   s["rouge_l"] = np.array([tm.rouge_l(cut[i], ref) for i, ref in refs])
@@ -129,6 +130,8 @@ def write_plots(out, stats, types):
   fig.savefig(os.path.join(out, "relevance_by_position.png"), dpi=100)
   plt.close(fig)
 
+  if np.isnan(next(iter(stats.values()))["self_bleu"]).all():
+    return  # No samples were drawn (--samples=0).
   table = {}
   for name, s in stats.items():
     table[name] = {}
@@ -142,7 +145,7 @@ def write_plots(out, stats, types):
 
 def report(out, rows, stats, win, types, skipped, opts: Options) -> str:
   names = list(stats)
-  f = lambda v, fmt="{:.3f}": fmt.format(float(np.mean(v))) if len(v) else "n/a"
+  f = lambda v, fmt="{:.3f}": fmt.format(float(np.mean(v))) if len(v) and not np.isnan(v).all() else "n/a"
   lines = [f"# Generation report: {', '.join(names)}", "",
            f"{len(rows)} prompts from `{opts.prompts}`; greedy answers of at most "
            f"{opts.max_new_tokens} tokens; Self-BLEU over {opts.samples} samples at top-p {opts.top_p}.",
@@ -164,7 +167,7 @@ def report(out, rows, stats, win, types, skipped, opts: Options) -> str:
             "when the baseline is the SFT model)." if n_ref else "No prompt has a reference answer: no ROUGE-L."]
   lines += ["", "## Self-BLEU by query type", "", "| query type | prompts | " + " | ".join(names) + " |",
             "|---|---|" + "---|" * len(names)]
-  for t in sorted(set(types)):
+  for t in sorted(set(types)) if opts.samples else []:
     m = np.array(types) == t
     lines.append(f"| {t} | {int(m.sum())} | " + " | ".join(f"{stats[n]['self_bleu'][m].mean():.1f}" for n in names) + " |")
   for judge_name, w in (win or {}).items():

@@ -115,7 +115,9 @@ def ppo() -> ConfigDict:
   c = run("ppo", "ppo")
   c.steps = 400  # PPO iterations.
   c.prompts_per_step = 64
-  c.data = ConfigDict(dict(prompts="", synthetic_examples=2000, prompt_seed=1,
+  # instruction: appended to every prompt after a blank line (e.g. the answer form a
+  # verifiable reward reads: "... put your final answer within \boxed{}.").
+  c.data = ConfigDict(dict(prompts="", synthetic_examples=2000, prompt_seed=1, instruction="",
                           synthetic_task="world"))  # Without data.prompts: data/sources.TASKS.
   # engine: an entry of models/sampling.ENGINES ("static": one batch-wide decode loop).
   # dynamic_sampling (DAPO §3.2): drop groups whose rewards are all equal and sample more
