@@ -24,10 +24,13 @@ adjusted win rate (wins + ties/2)/all, judged in both orders, with a 95% interva
 report names the judge of each number, so a win rate is never only the optimised reward's.
 Where every prompt has an answer key (`answer`), the exact checker (rewards/verifiable.py)
 grades each model: pass@1 of the greedy answer, pass@k and maj@k over the --samples
-samples, and pass@1 estimated from them, with 95% intervals (eval/accuracy.py).
+samples, and pass@1 estimated from them, with 95% intervals over prompts (eval/accuracy.py:
+Wilson for the 0/1 figures, pass@k included since k is the number drawn; a normal interval
+for the estimated pass@1), and the share of greedy answers that state an answer at all.
 
-Writes <out>/report.md (tables), answers.jsonl, and PNGs: the length histogram, relevance
-by sentence position (R³ paper, Fig. 3) and Self-BLEU by query type. Prompts longer than
+Writes <out>/report.md (tables), answers.jsonl (on keyed prompts also each model's extracted
+answer and whether it is right), and PNGs: the length histogram, relevance by sentence
+position (R³ paper, Fig. 3) and Self-BLEU by query type. Prompts longer than
 --max_prompt_len tokens keep their last tokens; the report counts them.
 """
 

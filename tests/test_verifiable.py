@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from r3jax.core.errors import DataError
+from r3jax.core.errors import ConfigError, DataError
 from r3jax.data import arithmetic, readers
 from r3jax.rewards import scorers, verifiable
 
@@ -28,6 +28,13 @@ SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
     ("First 3, then 7, so 10 left", "10"),  # The last number.
     ("The answer is -4.", "-4"),
     ("I do not know.", None),
+    ("First 3, then 7, so 10, which is it", "10"),  # A comma after a number is not a group.
+    ("The range is 10-20", "20"), ("So 10 - 5", "5"), ("Qwen2 is a model", None),  # No minus, no "2".
+    ("I think the answer is 5, no, the answer is 6.", "6"),  # The last phrase on one line.
+    ("The answer is 12 - 3 = 9.", "9"), ("The answer is\n\n42", "42"),
+    (r"Answer: $\frac{3}{4}$.", r"\frac{3}{4}"), (r"so it is -\frac{1}{2}", r"-\frac{1}{2}"),
+    ("Final Answer: The final answer is 18. I hope it is correct.", "18"),
+    ("The answer is Paris.", "Paris"), (r"\boxed{} so 4", "4"),  # An empty box: the fallback.
 ])
 def test_extract_reads_every_answer_form(text, want):
   assert verifiable.extract(text) == want
@@ -38,9 +45,15 @@ def test_extract_reads_every_answer_form(text, want):
     (r"\frac{1}{2}", "0.5", True), ("2/4", "1/2", True), (r"\dfrac{3}{4}", "0.75", True),
     ("+7", "7", True), ("-4", "4", False), ("12", "13", False), ("Paris", "paris.", True),
     (r"5\text{ apples}", "5", True), ("1,23", "123", False),
+    (r"-\frac{1}{2}", "-0.5", True), (r"\frac12", "0.5", True), (r"\frac{1.5}{3}", "1/2", True),
+    ("18 dollars", "18", True), ("1,000 dollars", "$1000", True), ("€5", "£5.0", True),
+    (r"90^\circ", "90", True), ("x = 5", "5", True), ("−3", "-3", True), (r"\text{Paris}", "Paris", True),
+    ("2 pi", "2", False), ("1/0", "0", False), ("5 apples", "6", False),
 ])
 def test_normalize_compares_equal_answers_equal(answer, key, equal):
   assert (verifiable.normalize(answer) == verifiable.normalize(key)) == equal
+  for s in (answer, key):  # Idempotent: keys normalised once may be normalised again.
+    assert verifiable.normalize(verifiable.normalize(s)) == verifiable.normalize(s)
 
 
 def test_keys_and_formats():
@@ -49,6 +62,9 @@ def test_keys_and_formats():
   assert verifiable.format_ok(r"\boxed{3}", "boxed") and not verifiable.format_ok("3", "any")
   assert verifiable.format_ok("x\n#### 3", "hash") and not verifiable.format_ok("x\n#### 3", "answer_is")
   assert verifiable.format_ok("The answer is 3.", "any")
+  assert verifiable.key_of({"answer": " "}) is None and not verifiable.format_ok(r"\boxed{ }", "boxed")
+  with pytest.raises(ConfigError, match=r"reward.answer_format='boxxed': expected one of any, boxed"):
+    scorers.make("format", ml_collections.ConfigDict({"answer_format": "boxxed"}))
 
 
 def test_math_and_format_rewards_are_registered_scorers():
@@ -73,6 +89,14 @@ def test_gsm8k_rows_are_prompts_with_their_key():
   assert first["prompt"].startswith("Janet") and first["answer"] == "18"
   assert "####" not in first["reference"] and "<<" not in first["reference"]
   assert verifiable.is_correct(first["reference"] + "\nThe answer is $18.", first["answer"])
+  with open(os.path.join(SHARED, "gsm8k_test_sample.jsonl")) as f:
+    raw = [json.loads(next(f)) for _ in range(3)]
+  for i, obj in enumerate(raw):
+    row = readers.to_prompt(dict(obj), f"gsm8k:{i + 1}")
+    assert row["prompt"] == obj["question"] and row["answer"] == obj["answer"].rsplit("####", 1)[1].strip()
+    assert verifiable.key_of(obj) == row["answer"]  # The raw row's key is the same.
+  solution_row = {"question": "q", "answer": "4", "solution": "2 + 2 = 4"}
+  assert readers.to_prompt(solution_row, "x:1")["reference"] == "2 + 2 = 4" and "solution" in solution_row
 
 
 def test_a_non_scalar_answer_key_is_a_file_line_error(tmp_path):
@@ -159,3 +183,15 @@ def test_greedy_only_accuracy_has_no_sample_figures():
   assert set(st) == {"greedy", "parsed"}
   text = "\n".join(accuracy.lines({"policy": {"accuracy": st}}, 0, 0.9))
   assert "| pass@1, greedy | 1.000 [" in text and "maj@" not in text and "pass@0" not in text
+
+
+def test_answers_file_has_each_models_extracted_answer_and_grade(tmp_path):
+  from r3jax.eval import accuracy, generation  # pylint: disable=g-import-not-at-top
+  rows = [{"where": "p:1", "prompt": "q", "answer": "4"}, {"where": "p:2", "prompt": "r", "answer": "9"}]
+  answers = ["2 + 2 = 4. The answer is 4.", "I am not sure."]
+  stats = {"policy": {"answers": answers, "accuracy": accuracy.stats(rows, answers, [[], []])},
+           "baseline": {"answers": ["5", "9"]}}  # No accuracy: no graded fields.
+  generation.write_answers(str(tmp_path), rows, stats)
+  out = [json.loads(l) for l in (tmp_path / "answers.jsonl").read_text().splitlines()]
+  assert [(o["policy_extracted"], o["policy_correct"]) for o in out] == [("4", True), (None, False)]
+  assert out[1]["baseline"] == "9" and "baseline_correct" not in out[1]

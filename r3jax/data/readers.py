@@ -259,7 +259,7 @@ def gsm8k_answer(obj: dict, where: str) -> dict:
   `answer`) and the solution without its <<48/2=24>> calculator notes (as `solution`)."""
   answer = obj.get("answer")
   if not isinstance(answer, str) or "####" not in answer:
-    return obj
+    return dict(obj)  # A copy: to_prompt pops its `solution`, and the caller's row stays whole.
   solution, key = answer.rsplit("####", 1)
   if not key.strip():
     raise DataError(f"{where}: field 'answer' has an empty '####' key")

@@ -14,7 +14,7 @@ from r3jax.core import plots
 from r3jax.data import chat, readers, sources, tokenizer as tokenizer_lib
 from r3jax.eval import accuracy, gold, text_metrics as tm
 from r3jax.models import hf, sampling
-from r3jax.rewards import r3, scorers
+from r3jax.rewards import r3, scorers, verifiable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,9 +255,15 @@ def judged_win_rate(judge, rows, stats) -> dict:
 
 
 def write_answers(out: str, rows, stats) -> None:
+  """answers.jsonl: each prompt with every model's greedy answer; on keyed prompts also the
+  answer read from it (`<model>_extracted`, null when none) and whether it is right."""
   os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, "answers.jsonl"), "w") as fh:
     for i, r in enumerate(rows):
-      graded = {f"{n}_correct": bool(s["accuracy"]["greedy"][i]) for n, s in stats.items() if "accuracy" in s}
+      graded = {}
+      for n, s in stats.items():
+        if "accuracy" in s:
+          graded.update({f"{n}_extracted": verifiable.extract(s["answers"][i]),
+                         f"{n}_correct": bool(s["accuracy"]["greedy"][i])})
       fh.write(json.dumps({"where": r["where"], "prompt": r["prompt"],
                            **{n: s["answers"][i] for n, s in stats.items()}, **graded}) + "\n")

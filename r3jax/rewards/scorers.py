@@ -191,7 +191,7 @@ def format_scorer(section, *, max_len: int, seed: int, mesh):
   """1 when the response states its answer in reward.answer_format (boxed, hash, answer_is, or
   any of them), else 0 (verifiable.format_ok)."""
   del max_len, seed, mesh
-  form = section.get("answer_format", "any")
+  form = verifiable.check_form(section.get("answer_format", "any"))  # A typo fails before scoring.
   return lambda rows, ys: {"reward": np.array([float(verifiable.format_ok(y, form)) for y in ys])}
 
 
