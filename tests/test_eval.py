@@ -118,7 +118,7 @@ def test_prompt_formats_and_errors(tmp_path):
   empty = write_jsonl(tmp_path / "empty.jsonl", [])
   with pytest.raises(readers.DataError, match="empty.jsonl: no usable prompts"):
     readers.load_prompts(empty)
-  bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "ok"}, {"question": "no field"}])
+  bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "ok"}, {"query": "no field"}])
   with pytest.raises(readers.DataError, match=r"bad.jsonl:2: not a prompt"):
     readers.load_prompts(bad)
   assert len(readers.load_prompts(bad, skip_bad=True).skipped) == 1

@@ -239,7 +239,7 @@ def to_prompt(obj, where: str) -> dict:
       inp, reference = inst_list[0].get("input") or "", inst_list[0].get("output")
     prompt = f"{inst}\n\n{inp}" if inp else inst
   else:
-    raise DataError(f"{where}: not a prompt; expected a field 'prompt', 'turns' or 'instruction' "
+    raise DataError(f"{where}: not a prompt; expected a field 'prompt', 'turns', 'instruction' or 'question' "
                     f"(got {sorted(obj)[:6]})")
   if not prompt.strip():
     raise DataError(f"{where}: empty prompt")
