@@ -24,6 +24,7 @@ from the reward model (value.init_from_reward, PPO-max: Zheng et al. 2023).
 
 import dataclasses
 import functools
+import json
 from typing import Any, Callable
 
 from etils import epath
@@ -395,24 +396,38 @@ def advantages(s: Setup, state, batch: RLBatch):
   """(the batch with its KL, score, rewards, advantages and returns, the moments): each
   reward term normalised by its own running moments (reward.normalize_score), their
   weighted sum, per-token rewards with the KL penalty (kl.placement=reward) and the score
-  at the last token, and the configured estimator's advantages and returns."""
-  c = s.config
-  mask = batch.resp_mask_BT
-  kl = algorithms.kl_estimate(batch.old_logp_BT, batch.ref_logp_BT, c.kl.estimator) * mask
-  terms_BK = batch.scores_BK
-  moments = ops.Moments(**state["moments"])
-  if c.reward.normalize_score:
-    moments = jax.vmap(ops.update_moments, in_axes=(0, 1))(moments, terms_BK)
-    terms_BK = jax.vmap(functools.partial(ops.normalize_score, clip=c.reward.clip),
-                        in_axes=(1, 0), out_axes=1)(terms_BK, moments)
-  score = jnp.sum(terms_BK * jnp.asarray(s.scorer.weights, jnp.float32), -1)
-  if c.reward.overlong_cache:  # DAPO's soft overlong punishment, added unnormalised.
-    score = score + c.reward.overlong_coef * ops.overlong_penalty(
-        batch.lengths_B, c.rollout.max_new_tokens, c.reward.overlong_cache)
-  rewards = ops.token_rewards(score, kl, mask, 0.0 if algorithms.kl_in_loss(c) else state["beta"])
-  batch = batch.replace(kl_BT=kl, score_B=score, rewards_BT=rewards)
-  adv, returns = algorithms.ADVANTAGES[c.ppo.advantage].fn(batch, c.ppo, c.rollout.n)
-  return batch.replace(adv_BT=adv, returns_BT=returns), moments
+  at the last token, and the configured estimator's advantages and returns. One jitted
+  program: as eager ops, each reduction over the sharded batch was a program of its own
+  with an all-reduce, and several in flight at once can deadlock XLA:CPU's simulated
+  devices (one never joins the rendezvous)."""
+  program = advantages_program(s.config.to_json(), tuple(s.scorer.weights))
+  return program(batch, ops.Moments(**state["moments"]), state["beta"])
+
+
+@functools.lru_cache(maxsize=16)
+def advantages_program(config_json: str, weights: tuple[float, ...]):
+  """The jitted advantages phase of one config (a JSON string, to be hashable)."""
+  c = ml_collections.ConfigDict(json.loads(config_json))
+
+  @jax.jit
+  def program(batch: RLBatch, moments, beta):
+    mask = batch.resp_mask_BT
+    kl = algorithms.kl_estimate(batch.old_logp_BT, batch.ref_logp_BT, c.kl.estimator) * mask
+    terms_BK = batch.scores_BK
+    if c.reward.normalize_score:
+      moments = jax.vmap(ops.update_moments, in_axes=(0, 1))(moments, terms_BK)
+      terms_BK = jax.vmap(functools.partial(ops.normalize_score, clip=c.reward.clip),
+                          in_axes=(1, 0), out_axes=1)(terms_BK, moments)
+    score = jnp.sum(terms_BK * jnp.asarray(weights, jnp.float32), -1)
+    if c.reward.overlong_cache:  # DAPO's soft overlong punishment, added unnormalised.
+      score = score + c.reward.overlong_coef * ops.overlong_penalty(
+          batch.lengths_B, c.rollout.max_new_tokens, c.reward.overlong_cache)
+    rewards = ops.token_rewards(score, kl, mask, 0.0 if algorithms.kl_in_loss(c) else beta)
+    batch = batch.replace(kl_BT=kl, score_B=score, rewards_BT=rewards)
+    adv, returns = algorithms.ADVANTAGES[c.ppo.advantage].fn(batch, c.ppo, c.rollout.n)
+    return batch.replace(adv_BT=adv, returns_BT=returns), moments
+
+  return program
 
 
 def update(s: Setup, state, batch: RLBatch, it: int):
