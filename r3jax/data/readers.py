@@ -227,7 +227,7 @@ def to_prompt(obj, where: str) -> dict:
     prompt = turns[0]
   elif "question" in obj:
     prompt = field(obj, "question", where)
-    obj, reference = gsm8k_answer(obj, where), obj.get("reference", reference)
+    obj = gsm8k_answer(obj, where)
     reference = obj.pop("solution", None) or reference
   elif "instruction" in obj:
     inst = field(obj, "instruction", where)

@@ -7,11 +7,14 @@ One iteration is five phases, each a module-level function over an explicit stat
 the typed records of rl/records.py:
 
   rollout          sample n responses per prompt with the jitted sampler -> Rollout
-  score            the reward's components for each response (rewards/scorers) -> Scored
+  score            the reward's components for each response (rewards/scorers) -> Scored;
+                   with rollout.dynamic_sampling (DAPO) both repeat on the next prompts
+                   while groups of equal rewards are dropped (sample_batch)
   reference_value  reference log-probs and values of the rollouts -> RLBatch
-  advantages       each reward term normalised by its running moments, their weighted
-                   sum, per-token rewards (β·KL in them when kl.placement=reward), then
-                   `ppo.advantage` (algorithms.ADVANTAGES) -> the RLBatch completed
+  advantages       (one jitted program) each reward term normalised by its running
+                   moments, their weighted sum (plus DAPO's overlong penalty), per-token
+                   rewards (β·KL in them when kl.placement=reward), then `ppo.advantage`
+                   (algorithms.ADVANTAGES) -> the RLBatch completed
   update           `ppo.epochs` passes over minibatches of the sum of the active
                    algorithms.LOSS_TERMS (policy, entropy, KL, ptx, value), then the
                    adaptive KL coefficient
@@ -434,9 +437,9 @@ def update(s: Setup, state, batch: RLBatch, it: int):
   """(the MODELS after ppo.epochs passes over shuffled minibatches, the minibatches'
   metrics)."""
   c = s.config
-  # The advantages phase runs eagerly, with collectives over the batch; they finish before
-  # the first update step starts its own: two programs with collectives in flight at once
-  # can deadlock XLA:CPU's simulated devices (one never joins an all-reduce).
+  # The advantages program's collectives finish before the first update step starts its
+  # own: two programs with collectives in flight at once can deadlock XLA:CPU's simulated
+  # devices (one never joins an all-reduce).
   batch = jax.block_until_ready(batch)
   n_rollouts = batch.seq_BS.shape[0]
   train_policy = jnp.float32(it >= c.ppo.value_warmup_steps)
