@@ -16,7 +16,8 @@ instead of running it. Arguments after `--` go to r3jax.train unchanged: each is
 the remote shell, so overrides with spaces or parentheses arrive as typed. Everything else that
 reaches the remote shell is quoted too, and --env keys and --jax_version are checked first (a
 bad one stops the script with exit status 2 before anything runs), so no argument can run
-commands on the workers.
+commands on the workers; --name, --zone, --project and --runtime must be what GCP accepts, so
+none reaches gcloud as an option or scp as a user.
 """
 
 import argparse
@@ -35,6 +36,20 @@ REMOTE_DIR = "~/r3jax"
 ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # PEP 440-style release (0.4.35), with optional pre/post/dev parts (0.5.0rc1, 0.4.36.dev0).
 VERSION = re.compile(r"\d+(\.\d+)*((a|b|rc)\d+)?(\.post\d+)?(\.dev\d+)?")
+# What gcloud and scp receive as words of their own: the TPU name is a positional argument
+# (`--name=--flags-file=x.yaml` would be read as an option) and the scp target's host
+# (`--name=root@vm` would be a user). Each is held to what GCP accepts. Names of GCP
+# resources: a lowercase letter, then lowercase letters, digits or hyphens, 63 at most, not
+# ending in a hyphen; zones as us-central2-b; project IDs 6-30 such characters (or a legacy
+# domain-scoped one, example.com:my-project); runtimes as tpu-ubuntu2204-base.
+GCP_WORDS = {
+    "name": (re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?"), "a TPU name (a lowercase letter, then "
+             "lowercase letters, digits or hyphens; at most 63, not ending in a hyphen)"),
+    "zone": (re.compile(r"[a-z]+-[a-z]+[0-9]+-[a-z]"), "a zone (e.g. us-central2-b)"),
+    "project": (re.compile(r"([a-z0-9][-a-z0-9.]*:)?[a-z][-a-z0-9]{4,28}[a-z0-9]"), "a project ID "
+                "(6-30 lowercase letters, digits or hyphens, a letter first)"),
+    "runtime": (re.compile(r"[a-z0-9][-a-z0-9._]{0,99}"), "a TPU software version (e.g. tpu-ubuntu2204-base)"),
+}
 
 
 def workers(accelerator: str) -> int:
@@ -64,6 +79,15 @@ def _check_version(version: str) -> str:
   return version
 
 
+def _check_gcp_words(a) -> None:
+  """ValueError naming the first of --name, --zone, --project (when given) and --runtime
+  that is not what GCP accepts (GCP_WORDS)."""
+  for flag, (pattern, what) in GCP_WORDS.items():
+    value = getattr(a, flag)
+    if (value or flag != "project") and not pattern.fullmatch(value):
+      raise ValueError(f"--{flag} {value!r} is not {what}")
+
+
 def _sh_path(path: str) -> str:
   """`path` quoted for the remote shell, leaving a leading `~/` bare so the shell expands it."""
   return "~/" + shlex.quote(path[2:]) if path.startswith("~/") else shlex.quote(path)
@@ -77,6 +101,7 @@ def _jax_pin() -> str:
 
 def commands(a, train_args: list[str]) -> dict[str, list[str]]:
   """Each step's argv (gcloud), in order."""
+  _check_gcp_words(a)  # main() has checked them; again here so that commands() is safe alone.
   base = ["gcloud", "compute", "tpus", "tpu-vm"]
   where = [a.name, f"--zone={a.zone}"] + ([f"--project={a.project}"] if a.project else [])
   ssh = lambda remote: base + ["ssh", *where, "--worker=all", f"--command={remote}"]
@@ -118,7 +143,7 @@ def _sources() -> list[str]:
 def main(argv=None):
   argv = sys.argv[1:] if argv is None else argv
   ours, train_args = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p = argparse.ArgumentParser(prog="tpu_vm.py", description=__doc__.split("\n")[0])
   p.add_argument("--name", required=True)
   p.add_argument("--zone", required=True)
   p.add_argument("--accelerator", required=True, help="e.g. v4-32")
@@ -133,12 +158,13 @@ def main(argv=None):
   a = p.parse_args(ours)
   if not train_args:
     p.error("give r3jax.train's arguments after --, e.g. -- --config=configs/ppo_qwen.py:r3 --workdir=gs://...")
-  try:  # Bad flags stop here, before any command runs: argparse's one error line, status 2.
+  try:  # Bad flags stop here, before any command runs: one error line, status 2.
     n = workers(a.accelerator)
+    _check_gcp_words(a)
     _env(a.env)
     _check_version(a.jax_version)
   except ValueError as e:
-    p.error(str(e))
+    p.exit(2, f"{p.prog}: error: {e}\n")
   cmds = commands(a, train_args)
 
   def do(step, check=True):

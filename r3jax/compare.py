@@ -21,6 +21,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from r3jax.core import cli
+from r3jax.core.errors import ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A PPO config file[:preset].")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/compare", "Directory of the comparison's runs.")
@@ -47,20 +48,33 @@ def runs(config, modes, algorithms) -> dict:
   return out
 
 
+def check_flags(config) -> None:
+  """A ConfigError naming the first bad flag, before the SFT start or any run: a mode
+  given twice would otherwise run once, an unusable --workdir fail at its first write."""
+  from r3jax.rewards import r3  # pylint: disable=g-import-not-at-top
+  from r3jax.rl import algorithms  # pylint: disable=g-import-not-at-top
+  if config is None or config.trainer != "ppo":
+    raise ConfigError("--config must be a PPO config, e.g. configs/ppo_qwen.py")
+  bad = [m for m in _MODES.value if m.removesuffix(RANDOM_TYPES) not in r3.MODES]
+  if bad:
+    raise ConfigError(f"--modes: unknown reward modes {bad}; expected modes from {r3.MODES}, "
+                      f"each optionally with {RANDOM_TYPES}")
+  bad = [a for a in _ALGORITHMS.value if a not in algorithms.METHODS]
+  if bad:
+    raise ConfigError(f"--algorithms: unknown methods {bad}; expected methods from "
+                      f"{algorithms.METHODS.names()}")
+  cli.check_unique("modes")
+  cli.check_unique("algorithms")
+  cli.check_output("workdir", is_dir=True)
+
+
 def main(argv):
   del argv
   config = _CONFIG.value
-  if config is None or config.trainer != "ppo":
-    sys.exit("error: --config must be a PPO config, e.g. configs/ppo_qwen.py")
+  with cli.user_errors():
+    check_flags(config)
   from r3jax.eval import compare
-  from r3jax.rewards import r3
-  from r3jax.rl import algorithms
   from r3jax.trainers import stages, validate
-  bad = [m for m in _MODES.value if m.removesuffix(RANDOM_TYPES) not in r3.MODES]
-  bad += [a for a in _ALGORITHMS.value if a not in algorithms.METHODS]
-  if bad:
-    sys.exit(f"error: unknown reward modes or methods {bad}; expected modes from {r3.MODES}, each "
-             f"optionally with {RANDOM_TYPES}, and methods from {algorithms.METHODS.names()}")
   modes = _MODES.value if _MODES.present or len(_ALGORITHMS.value) == 1 else [config.reward.mode]
   workdir = _WORKDIR.value
   os.makedirs(workdir, exist_ok=True)

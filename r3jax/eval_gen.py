@@ -34,14 +34,14 @@ position (R³ paper, Fig. 3) and Self-BLEU by query type. Prompts longer than
 --max_prompt_len tokens keep their last tokens; the report counts them.
 """
 
-import sys
 
 from absl import app, flags
 
 from r3jax.core import cli
+from r3jax.core.errors import ConfigError
 from r3jax.data import readers, sources
 from r3jax.eval import generation
-from r3jax.models import bert
+from r3jax.models import bert, hf
 from r3jax.rewards import r3
 
 _POLICY = flags.DEFINE_string("policy", None, "Run directory or HF directory.", required=True)
@@ -62,13 +62,32 @@ _SKIP_BAD = flags.DEFINE_bool("skip_bad", False, "Skip (and count) malformed pro
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 _INSTRUCTION = flags.DEFINE_string("instruction", "", "Appended to every prompt after a blank line "
                                    "(as a config's data.instruction), e.g. the answer form asked for.")
+# Outside these, generation fails midway (a seed past 2**63: jax.random.key's OverflowError)
+# or samples from another distribution than asked.
+RANGES = {"samples": "[0, inf)", "top_p": "(0, 1]", "max_new_tokens": "[1, inf)",
+          "max_prompt_len": "[1, inf)", "batch": "[1, inf)", "limit": "[0, inf)",
+          "seed": "[-1e18, 1e18]"}
+
+
+def check_flags() -> None:
+  """A ConfigError naming the first bad flag, before any model loads: a bad --out or
+  --baseline would otherwise fail only after every answer was generated."""
+  cli.check_numbers(RANGES)
+  if _SAMPLES.value == 1:
+    raise ConfigError("--samples=1: expected at least 2 (Self-BLEU compares samples with each "
+                      "other), or 0 for greedy answers only")
+  cli.check_output("out", is_dir=True)
+  for flag in (_POLICY, _BASELINE) if _BASELINE.value else (_POLICY,):
+    try:
+      hf.model_dir(flag.value)
+    except FileNotFoundError as e:
+      raise ConfigError(f"--{flag.name}={e}") from None
 
 
 def main(argv):
   del argv
-  if _SAMPLES.value < 2 and _SAMPLES.value != 0:
-    sys.exit("error: --samples must be at least 2 (Self-BLEU compares samples with each other), "
-             "or 0 for greedy answers only")
+  with cli.user_errors():
+    check_flags()
   opts = generation.Options(prompts=_PROMPTS.value, samples=_SAMPLES.value, top_p=_TOP_P.value,
                             max_new_tokens=_MAX_NEW.value, max_prompt_len=_MAX_PROMPT.value,
                             batch=_BATCH.value, judge=_JUDGE.value, seed=_SEED.value)
@@ -77,12 +96,13 @@ def main(argv):
     rows = sources.with_instruction(rows, _INSTRUCTION.value)
     encoder = bert.Encoder.from_dir(_ENCODER.value or bert.minilm_dir(), normalize=True)
     reward = r3.R3(encoder, max_len=opts.max_new_tokens, mode="r3")
+    # The judges before any answer: a bad --judge spec stops the command before generation.
+    judges = generation.judges(opts.judge, rows, opts.max_new_tokens) if _BASELINE.value else {}
     models = {"policy": _POLICY.value, **({"baseline": _BASELINE.value} if _BASELINE.value else {})}
     stats = {name: generation.model_stats(name, path, rows, encoder, reward, opts)
              for name, path in models.items()}
-    judges = generation.judges(opts.judge, rows, opts.max_new_tokens) if _BASELINE.value else {}
   except (readers.DataError, FileNotFoundError, ValueError) as e:
-    sys.exit(f"error: {e}")
+    cli.fail(str(e))
   win = {name: generation.judged_win_rate(j, rows, stats) for name, j in judges.items()}
   generation.write_answers(_OUT.value, rows, stats)
   generation.write_plots(_OUT.value, stats, types)

@@ -30,15 +30,30 @@ _SKIP_BAD = flags.DEFINE_bool("skip_bad", False, "Skip (and count) malformed com
 _LIMIT = flags.DEFINE_integer("limit", 0, "Use the first N comparisons of each set (0: all).")
 
 
+def reward_name(spec: str) -> str:
+  return os.path.basename(spec.rstrip("/")) if os.path.isdir(spec) else spec
+
+
+def check_flags() -> None:
+  """A ConfigError naming the first bad flag, before any set is read or reward loaded:
+  rewards and sets are keyed by name, so one named twice would be evaluated once."""
+  cli.check_unique("reward", [reward_name(s) for s in _REWARD.value])
+  cli.check_unique("data", [pairs.set_name(d) for d in _DATA.value])
+  cli.check_numbers({"max_len": "[1, inf)", "limit": "[0, inf)"})
+  if _OUT.value:
+    cli.check_output("out", is_dir=True)
+
+
 def main(argv):
   del argv
+  with cli.user_errors():
+    check_flags()
   try:
     sets = {pairs.set_name(d): pairs.load_set(d, _LIMIT.value, _SKIP_BAD.value) for d in _DATA.value}
-    rewards = {os.path.basename(s.rstrip("/")) if os.path.isdir(s) else s:
-               scorers.make(s, max_len=_MAX_LEN.value) for s in _REWARD.value}
+    rewards = {reward_name(s): scorers.make(s, max_len=_MAX_LEN.value) for s in _REWARD.value}
     acc = pairs.table(rewards, sets)
   except (readers.DataError, FileNotFoundError) as e:
-    sys.exit(f"error: {e}")
+    cli.fail(str(e))
   print("Pairwise accuracy, 95% Wilson interval; ties count 1/2.\n\n" + "\n".join(pairs.markdown(acc, sets)))
   if _OUT.value:
     print(f"wrote {pairs.write(acc, _OUT.value)}", file=sys.stderr)

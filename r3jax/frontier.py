@@ -6,7 +6,7 @@ Writes <out>/frontier.png and frontier.csv, and proxy_vs_gold.png for PPO runs o
 embedded world.
 """
 
-import sys
+import os
 
 from absl import app, flags
 
@@ -18,14 +18,22 @@ _OUT = flags.DEFINE_string("out", "frontier", "Output directory.")
 _WINDOW = flags.DEFINE_integer("window", 10, "PPO moving-average window (iterations).")
 
 
+def check_flags() -> None:
+  """A ConfigError naming the first bad flag, before any run is read. Curves are labelled
+  by the run directory's name: two runs of one name would share a label."""
+  cli.check_unique("run", [os.path.basename(os.path.normpath(r)) for r in _RUN.value])
+  cli.check_numbers({"window": "[1, inf)"})
+  cli.check_output("out", is_dir=True)
+
+
 def main(argv):
   del argv
-  if not _RUN.value:
-    sys.exit("error: give at least one --run")
+  with cli.user_errors():
+    check_flags()
   try:
     curves = frontier.collect(_RUN.value, _WINDOW.value)
   except (FileNotFoundError, KeyError, ValueError) as e:
-    sys.exit(f"error: {e}")
+    cli.fail(str(e))
   out = frontier.write(curves, _OUT.value)
   for label, x, y, _ in curves:
     print(f"{label}: √KL {x[0]:.3f} -> {x[-1]:.3f}, reward {y[0]:.4f} -> {y[-1]:.4f}")

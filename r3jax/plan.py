@@ -37,12 +37,20 @@ def suggest_mesh(config) -> None:
   print(memory.table(p, hbm))
 
 
+def check_flags(config) -> None:
+  """A ConfigError naming the first bad flag, before any planning: a negative or nan
+  --hbm_gib would otherwise print a table that fits nothing, or everything."""
+  if config is None:
+    raise ConfigError("--config=configs/<recipe>.py[:preset] is required")
+  if _HBM.present:  # Its default, 0, stands for the TPU type's memory.
+    cli.check_numbers({"hbm_gib": "(0, inf)"})
+
+
 def main(argv):
   del argv
   config = _CONFIG.value
-  if config is None:
-    sys.exit("error: --config=configs/<recipe>.py[:preset] is required")
   with cli.user_errors():
+    check_flags(config)
     try:
       if _TPU.value:
         return suggest_mesh(config)

@@ -8,11 +8,11 @@ the locally trained tiny tokenizer; useful to check that everything runs).
 """
 
 import os
-import sys
 
 from absl import app, flags
 
 from r3jax.core import cli
+from r3jax.core.errors import ConfigError
 import jax
 
 from r3jax.data import chat, tokenizer as tokenizer_lib
@@ -30,6 +30,20 @@ _GREEDY = flags.DEFINE_bool("greedy", False, "Greedy decoding.")
 _N = flags.DEFINE_integer("n", 1, "Samples per prompt.")
 _SEED = flags.DEFINE_integer("seed", 0, "PRNG seed.")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Param/compute dtype.")
+# Outside these a run would crash mid-generation (--max_new_tokens=-5), print nothing
+# (--n=0) or empty text (--temperature=0), or sample from another distribution than asked;
+# a seed past 2**63 ends in an OverflowError from jax.random.key.
+RANGES = {"max_new_tokens": "[1, inf)", "n": "[1, inf)", "temperature": "(0, inf)",
+          "top_p": "(0, 1]", "top_k": "[0, inf)", "seed": "[-1e18, 1e18]"}
+
+
+def check_flags() -> None:
+  """A ConfigError naming the first sampling flag out of range, before the model loads."""
+  ranges = {**RANGES, "temperature": "[0, inf)"} if _GREEDY.value else RANGES  # Unused then.
+  hint = "; for greedy decoding pass --greedy" if _TEMPERATURE.value == 0 else ""
+  cli.check_numbers(ranges, {"temperature": hint})
+  if not all(p.strip() for p in _PROMPT.value):
+    raise ConfigError("--prompt: an empty message; give the text to continue")
 
 
 def load_model(name: str, dtype: str = "float32"):
@@ -49,10 +63,12 @@ def load_model(name: str, dtype: str = "float32"):
 
 def main(argv):
   del argv
+  with cli.user_errors():
+    check_flags()
   try:
     cfg, params, tok = load_model(_MODEL.value, _DTYPE.value)
   except (ValueError, FileNotFoundError, KeyError) as e:
-    sys.exit(f"error: {e}")
+    cli.fail(str(e))
   if _RAW.value:
     prompts = [tok.encode(p, add_special_tokens=False) for p in _PROMPT.value]
   else:

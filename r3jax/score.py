@@ -44,6 +44,13 @@ def read_rows(path: str) -> list[dict]:
     for key in ("prompt", "response"):
       if not isinstance(obj.get(key), str):
         raise readers.DataError(f"{where}: missing or non-string field '{key}'")
+    # Optional fields; a reference the encoder cannot read (a number) would otherwise fail
+    # the scoring with a traceback. An answer key may be a number ("answer": 42).
+    for key, kinds in (("reference", (str,)), ("answer", (str, int, float))):
+      value = obj.get(key)
+      if value is not None and (not isinstance(value, kinds) or isinstance(value, bool)):
+        raise readers.DataError(f"{where}: field '{key}' should be "
+                                f"{' or '.join(k.__name__ for k in kinds)}, got {type(value).__name__}")
     try:
       r3.query_type(obj.get("query_type"))
     except ValueError as e:
@@ -54,8 +61,16 @@ def read_rows(path: str) -> list[dict]:
   return rows
 
 
+def check_flags() -> None:
+  """A ConfigError naming the first bad flag, before any row is read or scored."""
+  cli.check_numbers({"max_len": "[1, inf)"})
+  cli.check_output("output")
+
+
 def main(argv):
   del argv
+  with cli.user_errors():
+    check_flags()
   section = ml_collections.ConfigDict(dict(
       encoder="" if _ENCODER.value == "minilm" else _ENCODER.value, normalize=_NORMALIZE.value,
       answer_format=_FORMAT.value))
@@ -64,7 +79,7 @@ def main(argv):
     scorers.check_rows(_REWARD.value, rows)
     reward = scorers.Mix(_REWARD.value, section, max_len=_MAX_LEN.value)
   except (readers.DataError, FileNotFoundError, ValueError) as e:
-    sys.exit(f"error: {e}")
+    cli.fail(str(e))
   unlabelled = sum(r.get("query_type") is None for r in rows)
   if unlabelled and any(n in r3.MODES for _, n in scorers.terms(_REWARD.value)):
     print(f"{unlabelled} of {len(rows)} rows have no query_type: scored as open-ended (where the reward branches on it)", file=sys.stderr)

@@ -13,7 +13,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from r3jax.core import cli, host_memory
+from r3jax.core import cli, host_memory, paths
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:preset].",
                                           lock_config=True)
@@ -37,6 +37,7 @@ def main(argv):
   from r3jax.trainers import stages, validate  # After jax.distributed is up.
   with cli.user_errors():
     validate.validate(config)
+    paths.check_writable(workdir, "--workdir")  # Before anything is written there.
     stages.run(config, workdir)
   print(f"done: logs, plots and checkpoints are in {workdir}")
 

@@ -15,3 +15,11 @@ def test_sample_command():
                        capture_output=True, text=True, timeout=300)
   assert bad.returncode != 0 and "neither a directory nor a preset" in bad.stderr
   assert "Traceback" not in bad.stderr
+
+
+def test_sample_flag_out_of_range_exits_2_in_one_line():
+  """The exit status through app.run (tests/test_command_flags.py checks every flag in-process)."""
+  out = subprocess.run([sys.executable, "-m", "r3jax.sample", "--max_new_tokens=-5"],
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode == 2 and out.stdout == "", why(out)
+  assert out.stderr.splitlines() == ["error: --max_new_tokens=-5: expected an integer in [1, inf)"], why(out)

@@ -9,11 +9,12 @@ import sys
 import pytest
 
 from r3jax.core.errors import ConfigError
+from r3jax.losses import preference as pref_losses
 from r3jax.trainers import validate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRESETS = {"sft_qwen": ["tiny", "qwen-7b", "r3"], "rm_qwen": ["tiny", "pmp"],
-           "dpo_qwen": ["tiny", "tiny-simpo", "r3"],
+           "dpo_qwen": ["tiny", "tiny-simpo", "tiny-orpo", "tiny-cpo", "tiny-kto", "r3"],
            "rso_qwen": ["tiny", "tiny-sft-rank", "tiny-direct", "tiny-best-of-n", "paper"],
            "ppo_qwen": ["tiny", "tiny-relevance", "tiny-hacking", "qwen", "qwen-7b", "r3"]}
 
@@ -87,8 +88,9 @@ def test_bad_values_fail_in_validation_naming_the_field(name, field, value, mess
 def test_preference_loss_fields_are_checked_against_its_registry_entry():
   c = config("dpo_qwen")
   c.loss.update(type="hinge", label_smoothing=0.1)
-  with pytest.raises(ConfigError, match="label_smoothing=0.1: only the losses sigmoid, sigmoid_norm, "
-                                        "simpo take it, not loss.type=hinge"):
+  smoothed = ", ".join(pref_losses.LOSSES.names(smoothing=True))  # The registry's, in order.
+  with pytest.raises(ConfigError, match=f"label_smoothing=0.1: only the losses {smoothed} take it, "
+                                        "not loss.type=hinge"):
     validate.validate(c)
   c = config("dpo_qwen", "tiny-simpo")
   validate.validate(c)

@@ -104,6 +104,23 @@ def test_exact_resume_after_sigkill_and_sigterm_checkpoint(tmp_path):
   assert saved and saved[-1] >= logged >= 3 and saved[-1] < 400
   assert f"saved a checkpoint at step {saved[-1]}" in err
 
+  # Ctrl-C (SIGINT) saves like SIGTERM and exits 130 with one line. A torn last line in
+  # metrics.jsonl (a kill mid-append) is then dropped with a note, and the run resumes.
+  int_dir = tmp_path / "int"
+  proc = start_until_step(train_cmd(int_dir, "--config.steps=400", "--config.checkpoint.every=1000"),
+                          int_dir, "train/loss", 2, timeout=240, stderr=subprocess.PIPE)
+  proc.send_signal(signal.SIGINT)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
+  saved = max(int(d) for d in os.listdir(int_dir / "checkpoints") if d.isdigit())
+  assert err.strip().splitlines()[-1].startswith(f"SIGINT: saved a checkpoint at step {saved} in ")
+  with open(int_dir / "metrics.jsonl", "a") as f:
+    f.write('{"step": 99, "train/lo')
+  resumed = run(train_cmd(int_dir, f"--config.steps={saved + 1}", "--config.checkpoint.every=1000"))
+  assert resumed.returncode == 0, why(resumed)
+  assert "metrics.jsonl: dropped 1 unreadable line(s)" in resumed.stderr
+  assert max(last_metrics(int_dir)) == saved + 1  # Every line parses again.
+
 
 BAD_ROWS = {
     "malformed": (b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'

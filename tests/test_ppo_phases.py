@@ -1,6 +1,7 @@
 """The PPO trainer's phases in-process, on a tiny random policy: rollout, score,
 reference_value, advantages, update and next_state, and the registries they draw from."""
 
+import json
 import os
 import runpy
 
@@ -9,11 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from r3jax.data import chat, sources
 from r3jax.eval import gold
 from r3jax.rl import ops as ppo_losses
 from r3jax.rl import algorithms
 from r3jax.rl.records import RLBatch
 from r3jax.trainers import harness, ppo
+from helpers import shared_file, write_jsonl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N, NEW, PROMPTS = 2, 6, 4
@@ -167,6 +170,28 @@ def test_long_prompts_keep_their_end_and_are_counted(prepared):
     ro = ppo.rollout(s, state, rows, 0)
   assert ro.truncated == 1 and ro.prompt_tok.shape == (PROMPTS, 24)
   assert ro.prompt_mask[0].all()  # The kept end fills the row.
+
+
+@pytest.mark.parametrize("source", ["sharegpt", "hh"])
+def test_conversation_prompts_roll_out_as_their_rendered_prefix(prepared, tmp_path, source):
+  """A prompt row may be a conversation prefix: ShareGPT turns (dpo_en_demo's two-turn
+  dialogues) or an HH dialogue without its last answer; the policy continues it."""
+  s, state, _ = prepared
+  if source == "sharegpt":
+    rows = [r for r in json.load(open(shared_file("dpo_en_demo.json"))) if len(r["conversations"]) == 3]
+    path = write_jsonl(tmp_path / "sharegpt.jsonl", rows[:PROMPTS])
+  else:
+    path = shared_file("hh_harmless_base_sample.jsonl")
+  c = tiny_config()
+  c.data.prompts = path
+  rows = sources.prompts(c.data)[:PROMPTS]
+  assert all(r["prompt"][-1]["role"] == "user" for r in rows)
+  assert source == "hh" or all(len(r["prompt"]) == 3 for r in rows)  # User, assistant, user.
+  with harness.mesh_rules(s.run.mesh, s.run.rules):
+    ro = ppo.rollout(s, state, rows, 0)
+  for i, r in enumerate(rows):
+    ids = chat.tokenize(s.tok, r["prompt"], add_generation_prompt=True)[0][-24:]
+    np.testing.assert_array_equal(np.asarray(ro.prompt_tok)[i, -len(ids):], ids)
 
 
 def test_before_after_has_gold_columns_on_the_embedded_world(tmp_path):

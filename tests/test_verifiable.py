@@ -173,7 +173,8 @@ def test_an_instruction_is_appended_to_every_prompt_and_eval_reads_the_arithmeti
   test = {r["prompt"] for r in arithmetic.problems(200, seed=99, split="test")}
   assert {r["prompt"] for r in rows} <= test  # The held-out split.
   out = sources.with_instruction(rows + [{"prompt": [{"role": "user", "content": "hi"}]}], "Box it.")
-  assert out[0]["prompt"] == rows[0]["prompt"] + "\n\nBox it." and out[-1]["prompt"][0]["content"] == "hi"
+  # A conversation prompt takes it in its last user turn.
+  assert out[0]["prompt"] == rows[0]["prompt"] + "\n\nBox it." and out[-1]["prompt"][0]["content"] == "hi\n\nBox it."
   assert sources.with_instruction(rows, "") is rows
 
 

@@ -1,4 +1,4 @@
-"""Orbax checkpoints of the train state plus the data iterator, and SIGTERM handling.
+"""Orbax checkpoints of the train state plus the data iterator, and SIGTERM/SIGINT handling.
 
 A checkpoint holds two items: `state` (params, optimizer state, step, PRNG key data; any
 pytree of arrays) and `data` (the iterator position as JSON). Restoring both makes a
@@ -114,18 +114,30 @@ def load_host(workdir: str, step: int | None = None):
 
 
 class Preemption:
-  """Turns SIGTERM into a flag the training loop polls, so it can save and exit cleanly."""
+  """Turns SIGTERM (a preemption, a launcher's stop) and SIGINT (Ctrl-C) into a flag the
+  training loop polls, so it can save and exit cleanly. A second Ctrl-C stops at once."""
 
   def __init__(self):
-    self.requested = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    self.requested, self.signum = False, None
+    self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
 
   def _handle(self, signum, frame):
-    del signum, frame
-    self.requested = True
+    del frame
+    if self.requested and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.requested, self.signum = True, signum
+
+  @property
+  def name(self) -> str:
+    return signal.Signals(self.signum).name
+
+  @property
+  def exit_status(self) -> int:
+    return 128 + self.signum  # The shell's convention: 143 for SIGTERM, 130 for SIGINT.
 
   def restore_handler(self):
-    signal.signal(signal.SIGTERM, self._previous)
+    for s, handler in self._previous.items():
+      signal.signal(s, handler)
 
 
 def move_aside(workdir: str, step: int) -> str:

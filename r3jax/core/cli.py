@@ -2,6 +2,7 @@
 start-up, and user mistakes reported as `error: ...` with exit status 2."""
 
 import contextlib
+import math
 import os
 import sys
 
@@ -50,10 +51,67 @@ def parse_flags(argv):
   return rest
 
 
+def in_interval(value, interval: str) -> bool:
+  """A finite number (not a bool) in `interval`, written "(0, 1]": "(" open, "[" closed."""
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    return False
+  lo, hi = (float(x) for x in interval[1:-1].split(","))
+  return ((lo <= value if interval[0] == "[" else lo < value) and
+          (value <= hi if interval[-1] == "]" else value < hi))
+
+
+def check_numbers(ranges: dict, hints: dict | None = None) -> None:
+  """Each flag of `ranges` ({name: "(0, 1]"}: "(" open, "[" closed, as trainers/validate's
+  RANGES) finite and in its interval, else a ConfigError naming the first one outside (with
+  its `hints` entry). absl takes nan and inf as floats, and a value out of range would
+  otherwise run as another setting (--top_p=1.5: off) or fail after the work began."""
+  for name, interval in ranges.items():
+    value = flags.FLAGS[name].value
+    if not in_interval(value, interval):
+      kind = "an integer" if isinstance(value, int) else "a finite number"
+      raise ConfigError(f"--{name}={value}: expected {kind} in {interval}{(hints or {}).get(name, '')}")
+
+
+def check_unique(name: str, keys=None) -> None:
+  """A list flag with at least one entry and none twice (`keys`, default the entries: what
+  the command names its runs or rows by): --modes=r3,r3 would otherwise run one mode."""
+  values = flags.FLAGS[name].value
+  keys = list(values if keys is None else keys)
+  if not values:
+    raise ConfigError(f"--{name}: give at least one")
+  i = next((i for i, k in enumerate(keys) if k in keys[:i]), None)
+  if i is not None:
+    first = values[keys.index(keys[i])]
+    said = f"{first!r} given twice" if first == values[i] else f"two entries named {keys[i]!r}"
+    raise ConfigError(f"--{name}={','.join(values)}: {said}")
+
+
+def check_output(name: str, is_dir: bool = False) -> None:
+  """The path of flag `name` can be written: a file whose directory exists, or a directory
+  (made with its missing parents). Checked before the work whose results it holds: an
+  existing file for a directory or a missing parent would otherwise fail at the very end."""
+  path, want = flags.FLAGS[name].value, "directory" if is_dir else "file"
+  if not path:
+    raise ConfigError(f"--{name} is empty: give a {want}")
+  if os.path.exists(path):
+    if os.path.isdir(path) != is_dir:
+      raise ConfigError(f"--{name}={path}: exists and is not a {want}")
+    where = path
+  else:
+    where = os.path.dirname(os.path.abspath(path))
+    while is_dir and not os.path.exists(where):  # os.makedirs makes these.
+      where = os.path.dirname(where)
+    if not os.path.isdir(where):
+      state = "is not a directory" if os.path.exists(where) else "does not exist"
+      raise ConfigError(f"--{name}={path}: {where} {state}")
+  if not os.access(where, os.W_OK | (os.X_OK if os.path.isdir(where) else 0)):
+    raise ConfigError(f"--{name}={path}: {where} is not writable")
+
+
 @contextlib.contextmanager
 def user_errors():
   """A ConfigError, DataError or missing file ends the command with its one-line message
-  and status 2; a TrainingError (the run diverged) with status 1."""
+  and status 2; a TrainingError (the run diverged) with status 1; Ctrl-C with 130."""
   try:
     yield
   except (ConfigError, DataError, FileNotFoundError) as e:
@@ -62,6 +120,10 @@ def user_errors():
   except TrainingError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
+  except KeyboardInterrupt:  # Ctrl-C outside a training loop (which saves, harness.save).
+    print("interrupted (Ctrl-C); a training run saves only once its loop has started",
+          file=sys.stderr)
+    sys.exit(130)
 
 
 def compilation_cache(path: str) -> None:

@@ -126,19 +126,26 @@ class Writer:
     self._append("samples.jsonl", [{"step": step, "tag": tag, **row} for row in rows])
 
   def drop_after(self, step: int):
-    """Removes the rows of steps after `step`: a resumed run logs them again."""
+    """Removes the rows of steps after `step`: a resumed run logs them again. A line that
+    does not parse (the torn end of an append cut by a kill or a full disk) goes too, with a
+    note; a resumed run whose metrics.jsonl is gone says so."""
     if not self.enabled:
       return
     for name in _FILES:
-      if self._remote:
-        self._lines[name] = [l for l in self._lines[name] if json.loads(l)["step"] <= step]
-        continue
       path = self._dir / name
-      if path.exists():
+      if self._remote:
+        self._lines[name], torn = _rows_until(self._lines[name], step)
+      elif path.exists():
         lines = path.read_text().splitlines(keepends=True)
-        kept = [l for l in lines if l.strip() and json.loads(l)["step"] <= step]
+        kept, torn = _rows_until(lines, step)
         if len(kept) != len(lines):
           paths.write_atomic(path, "".join(kept))
+      else:
+        torn = 0
+        if name == "metrics.jsonl" and step:
+          self.print(f"resuming at step {step} without {path}: the logged history before it is gone")
+      if torn:
+        self.print(f"{path}: dropped {torn} unreadable line(s), the torn end of an interrupted write")
 
   def advance(self, n: int = 1):
     if self._bar is not None:
@@ -221,5 +228,29 @@ class Progress:
       self.bar.close()
 
 
+def _rows_until(lines: list[str], step: int) -> tuple[list[str], int]:
+  """(the lines of rows logged at or before `step`, how many lines did not parse)."""
+  kept, torn = [], 0
+  for line in lines:
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError:
+      torn += 1
+      continue
+    if isinstance(row, dict) and row.get("step", 0) <= step:
+      kept.append(line if line.endswith("\n") else line + "\n")
+  return kept, torn
+
+
 def read_jsonl(path) -> list[dict]:
-  return [json.loads(line) for line in epath.Path(path).read_text().splitlines() if line.strip()]
+  """The rows of a JSONL log; a line that does not parse (a run killed mid-append) is left
+  out, as plots.read_series does."""
+  rows = []
+  for line in epath.Path(path).read_text().splitlines():
+    try:
+      rows.append(json.loads(line))
+    except json.JSONDecodeError:
+      continue
+  return [r for r in rows if isinstance(r, dict)]

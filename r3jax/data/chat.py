@@ -12,6 +12,12 @@ import numpy as np
 
 IM_START, IM_END, ENDOFTEXT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
 CONTROL_TOKENS = [ENDOFTEXT, IM_START, IM_END]
+# Qwen's special tokens are all <|name|>. Message content is text: one of these inside it is
+# encoded character by character, never as the token, so a row cannot forge a turn or an
+# end of text. The readers refuse a row whose text holds one of CONTROL_TOKENS, the ChatML
+# structure, unless data.control_text=plain; other <|name|> strings (a dataset's own
+# "<|user|>" markers) are ordinary text.
+CONTROL_RE = re.compile(r"<\|[A-Za-z0-9_]+\|>")
 ROLES = ("system", "user", "assistant")
 
 
@@ -49,15 +55,15 @@ def tokenize(tokenizer, messages, add_generation_prompt: bool = False):
     return _tokenize_template(tokenizer, messages, add_generation_prompt)
   ids, mask = [], []
 
-  def add(text, trained):
-    piece = tokenizer.encode(text, add_special_tokens=False)
+  def add(text, trained, literal=False):
+    piece = tokenizer.encode(text, add_special_tokens=False, split_special_tokens=literal)
     ids.extend(piece)
     mask.extend([int(trained)] * len(piece))
 
   for m in messages:
     is_assistant = m["role"] == "assistant"
     add(f"{IM_START}{m['role']}\n", False)
-    add(m["content"], is_assistant)
+    add(m["content"], is_assistant, literal=True)
     add(IM_END, is_assistant)
     add("\n", False)
   if add_generation_prompt:
@@ -84,9 +90,33 @@ def _tokenize_template(tokenizer, messages, add_generation_prompt: bool):
       raise ValueError("the tokenizer's chat template does not write assistant turns "
                        f"verbatim after the generation prompt (turn {i}); cannot mask the loss")
     spans.append((start, end + (len(IM_END) if text.startswith(IM_END, end) else 0)))
-  enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-  mask = [int(any(a < e and s < b for s, e in spans)) for a, b in enc["offset_mapping"]]
-  return np.asarray(enc["input_ids"], np.int32), np.asarray(mask, np.int32)
+  ids, offsets = _encode_contents_literally(tokenizer, text, messages)
+  mask = [int(any(a < e and s < b for s, e in spans)) for a, b in offsets]
+  return np.asarray(ids, np.int32), np.asarray(mask, np.int32)
+
+
+def _encode_contents_literally(tokenizer, text: str, messages):
+  """(ids, character offsets) of the rendered `text`, with any control token that lies
+  inside a message's content encoded as plain text (CONTROL_RE). Such text is cut out and
+  encoded apart, so the tokens at its two edges may differ from a whole-text encoding."""
+  cuts, cursor = [], 0
+  for m in messages:
+    start = text.find(m["content"], cursor) if m["content"] else -1
+    if start < 0:
+      continue
+    cursor = start + len(m["content"])
+    cuts += [(start + c.start(), start + c.end()) for c in CONTROL_RE.finditer(m["content"])]
+  ids, offsets, at = [], [], 0
+  for a, b in cuts + [(len(text), len(text))]:
+    for lo, hi, literal in ((at, a, False), (a, b, True)):
+      if lo == hi:
+        continue
+      enc = tokenizer(text[lo:hi], add_special_tokens=False, return_offsets_mapping=True,
+                      split_special_tokens=literal)
+      ids += enc["input_ids"]
+      offsets += [(x + lo, y + lo) for x, y in enc["offset_mapping"]]
+    at = b
+  return ids, offsets
 
 
 def tokenize_responses(tokenizer, prompt, responses) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -101,7 +131,7 @@ def tokenize_responses(tokenizer, prompt, responses) -> list[tuple[np.ndarray, n
   newline = tokenizer.encode("\n", add_special_tokens=False)
   out = []
   for response in responses:
-    r_ids = tokenizer.encode(response, add_special_tokens=False) + end
+    r_ids = tokenizer.encode(response, add_special_tokens=False, split_special_tokens=True) + end
     ids = np.concatenate([p_ids, np.asarray(r_ids + newline, np.int32)]).astype(np.int32)
     mask = np.zeros(len(ids), np.int32)
     mask[len(p_ids):len(p_ids) + len(r_ids)] = 1
@@ -113,9 +143,32 @@ def tokenize_response(tokenizer, prompt, response: str):
   return tokenize_responses(tokenizer, prompt, [response])[0]
 
 
+def control_token(messages) -> str | None:
+  """The first of CONTROL_TOKENS written inside a message's content, if any."""
+  for m in messages:
+    content = m.get("content")
+    if isinstance(content, str) and (found := [t for t in CONTROL_TOKENS if t in content]):
+      return min(found, key=content.index)
+  return None
+
+
 def prompt_messages(question: str, system: str | None = None):
   msgs = [{"role": "system", "content": system}] if system else []
   return msgs + [{"role": "user", "content": question}]
+
+
+def as_messages(prompt) -> list[dict]:
+  """A prompt row's prompt as chat turns: a string is one user turn; a conversation prefix
+  (ending with a user turn, readers.to_prompt) is kept as it is."""
+  return prompt_messages(prompt) if isinstance(prompt, str) else list(prompt)
+
+
+def as_text(prompt) -> str:
+  """The query a text reward reads: the user turns joined with spaces, as the R³ authors'
+  code scores a multi-turn ShareGPT/UltraChat prompt (Appendix B's setup); a string as it is."""
+  if isinstance(prompt, str):
+    return prompt
+  return " ".join(m["content"] for m in prompt if m["role"] == "user")
 
 
 _HH_TURN = re.compile(r"\n\n(Human|Assistant): ")

@@ -64,6 +64,48 @@ def sft_batch(tokenizer, conversations, seq_len: int):
   return {"tokens": tokens, "loss_mask": loss_mask, "attn_mask": attn_mask}, truncated
 
 
+def pack(tokenizer, conversations, seq_len: int, window: int = 64):
+  """Conversations tokenized and packed into rows of at most seq_len + 1 tokens (the
+  next-token layout of sft_batch): each goes into the first of the last `window` open rows
+  with room, in data order, so the packing is deterministic and linear in the data.
+  Returns (packs, n_truncated); a pack is a list of (ids, loss_mask), one per conversation,
+  and a longer conversation is cut to seq_len + 1 tokens (its own row)."""
+  packs, room, truncated = [], [], []
+  for conv in conversations:
+    ids, mask = chat.tokenize(tokenizer, conv)
+    if len(ids) > seq_len + 1:
+      truncated.append(1)
+      ids, mask = ids[:seq_len + 1], mask[:seq_len + 1]
+    lo = max(0, len(packs) - window)
+    fits = next((i for i in range(lo, len(packs)) if room[i] >= len(ids)), None)
+    if fits is None:
+      packs.append([])
+      room.append(seq_len + 1)
+      fits = len(packs) - 1
+    packs[fits].append((ids, mask))
+    room[fits] -= len(ids)
+  return packs, len(truncated)
+
+
+def packed_batch(packs, seq_len: int, pad_id: int):
+  """Packs (from `pack`) as a right-padded batch like sft_batch's, plus segment_ids: 1, 2,
+  ... for each conversation of a row, 0 on padding. The model confines attention to a
+  segment and restarts positions at each (qwen.Qwen's segment_ids_BT); the loss mask is
+  each conversation's own, so a segment's first token (never trained) is no target."""
+  shape = (len(packs), seq_len + 1)
+  out = {"tokens": np.full(shape, pad_id, np.int32), "loss_mask": np.zeros(shape, np.int32),
+         "attn_mask": np.zeros(shape, np.int32), "segment_ids": np.zeros(shape, np.int32)}
+  for i, p in enumerate(packs):
+    at = 0
+    for j, (ids, mask) in enumerate(p):
+      out["tokens"][i, at:at + len(ids)] = ids
+      out["loss_mask"][i, at:at + len(ids)] = mask
+      out["segment_ids"][i, at:at + len(ids)] = j + 1
+      at += len(ids)
+    out["attn_mask"][i, :at] = 1
+  return out
+
+
 def ranked_batch(tokenizer, comparisons, seq_len: int, prompt_len: int = 0):
   """Comparisons of K responses (best first) as [B, K, seq_len] arrays: tokens, attn_mask,
   and loss_mask on each response (its content and `<|im_end|>`).

@@ -1,4 +1,5 @@
-"""Local JSONL / JSON / text readers that turn rows into conversations.
+"""Readers of JSONL / JSON / text (gzip too), Parquet and Arrow files that turn rows into
+conversations, comparisons and prompts.
 
 Every problem is reported as `file:line: problem` (JSON arrays: `file: item N`). With
 `skip_bad`, bad rows are counted and returned with their messages instead of raised, so
@@ -12,12 +13,16 @@ Formats (`format="auto"` picks by the fields present):
   text      {"text"} or a .txt file (one document per line), for LM / PPO-ptx data
 Comparisons for reward models and DPO (`load_comparisons`): {prompt, chosen, rejected},
 {prompt, responses} (ranked, best first), HH {chosen, rejected} transcripts, and
-ShareGPT-style {conversations, chosen, rejected}.
+ShareGPT-style {conversations, chosen, rejected}. Unpaired feedback for KTO
+(`load_feedback`): {prompt, completion, label}, {messages, label}, {conversations, label},
+and comparisons, which KTO takes apart.
 """
 
 import dataclasses
+import gzip
 import json
 import re
+import zlib
 
 from etils import epath
 
@@ -32,41 +37,154 @@ class Loaded:
   skipped: list[str]  # Messages for skipped rows (empty unless skip_bad).
 
 
-def iter_records(path: str):
-  """Yields (where, obj) for each JSONL line / JSON array item / text line; `path` may be
-  a gs:// URI."""
-  if not epath.Path(path).exists():
-    raise DataError(f"{path}: file not found")
-  if path.endswith(".json"):
+_GZIP, _PARQUET = b"\x1f\x8b", b"PAR1"
+
+
+def _check_strings(obj, where: str) -> None:
+  """Every string of a parsed row encodes as UTF-8: a JSON escape can hold a lone surrogate
+  ("\\ud800"), which would fail later, inside the tokenizer, without the row's name."""
+  stack = [obj]
+  while stack:
+    x = stack.pop()
+    if isinstance(x, str):
+      try:
+        x.encode("utf-8")
+      except UnicodeEncodeError as e:
+        raise DataError(f"{where}: a string holds {x[e.start:e.end]!r}, a lone UTF-16 surrogate, "
+                        "not a character") from None
+    elif isinstance(x, dict):
+      stack.extend(x.keys())
+      stack.extend(x.values())
+    elif isinstance(x, list):
+      stack.extend(x)
+
+
+def _parse(text: str, where: str, whole_file: bool = False):
+  """json.loads, with each way a row can fail returned as a DataError naming `where` (and
+  the line, for a whole file)."""
+  try:
+    obj = json.loads(text)
+  except json.JSONDecodeError as e:
+    return DataError(f"{where}:{e.lineno}: malformed JSON ({e.msg})" if whole_file else
+                     f"{where}: malformed JSON ({e.msg} at column {e.colno})")
+  except RecursionError:
+    return DataError(f"{where}: JSON nested too deeply to read")
+  if "\\u" in text:  # Only an escape can make a lone surrogate.
     try:
-      with epath.Path(path).open("rb") as f:
-        items = json.loads(f.read().decode("utf-8"))
-    except UnicodeDecodeError as e:
-      raise DataError(f"{path}: invalid UTF-8 at byte {e.start}") from None
-    except json.JSONDecodeError as e:
-      raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
-    if not isinstance(items, list):
-      raise DataError(f"{path}: expected a JSON array of rows")
-    for i, obj in enumerate(items):
-      yield f"{path}: item {i}", obj
+      _check_strings(obj, where)
+    except DataError as e:
+      return e
+  return obj
+
+
+def iter_records(path: str):
+  """Yields (where, obj) for each JSONL line / JSON array item / text line / Parquet or
+  Arrow row; obj is a DataError for a row that cannot be read. `path` may be a gs:// URI;
+  JSON, JSONL and text files may be gzip-compressed (.jsonl.gz, .json.gz, .txt.gz), and
+  a directory is one written by `datasets.Dataset.save_to_disk` (Arrow)."""
+  p = epath.Path(path)
+  if not p.exists():
+    raise DataError(f"{path}: file not found")
+  if p.is_dir():
+    yield from _arrow_dir(path)
     return
-  with epath.Path(path).open("rb") as f:
-    for lineno, raw in enumerate(f, 1):
-      where = f"{path}:{lineno}"
+  with p.open("rb") as f:
+    magic = f.read(4)
+  if magic == _PARQUET:
+    yield from _parquet(path)
+    return
+  name = path[:-3] if path.endswith(".gz") else path
+  try:
+    with p.open("rb") as raw:
+      f = gzip.GzipFile(fileobj=raw) if magic[:2] == _GZIP else raw
+      if name.endswith(".json"):
+        yield from _json_items(path, f.read())
+      else:
+        yield from _lines(path, f, name.endswith(".txt"))
+  except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+    raise DataError(f"{path}: truncated or damaged gzip file ({e})") from None
+
+
+def _table_rows(path: str, batches):
+  """(where, row) of Arrow record batches; a damaged file is one line."""
+  import pyarrow as pa  # pylint: disable=g-import-not-at-top  (only for these formats)
+  i = 0
+  try:
+    for batch in batches:
+      for row in batch.to_pylist():
+        yield f"{path}: row {i}", row
+        i += 1
+  except (pa.ArrowException, OSError) as e:
+    raise DataError(f"{path}: unreadable after row {i} ({type(e).__name__}: {e})") from None
+
+
+def _parquet(path: str):
+  """Parquet rows (the HF hub's dataset files), a record batch at a time."""
+  import pyarrow as pa, pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+  try:
+    f = pq.ParquetFile(epath.Path(path).open("rb"))
+  except (pa.ArrowException, OSError) as e:
+    raise DataError(f"{path}: not a readable Parquet file ({e})") from None
+  yield from _table_rows(path, f.iter_batches(batch_size=1024))
+
+
+def _arrow_dir(path: str):
+  """The rows of a directory written by `datasets.Dataset.save_to_disk`: Arrow stream files
+  listed in its state.json, in order."""
+  import pyarrow as pa, pyarrow.ipc as ipc  # pylint: disable=g-import-not-at-top
+  d = epath.Path(path)
+  if (d / "dataset_dict.json").exists():
+    splits = json.loads((d / "dataset_dict.json").read_text()).get("splits", [])
+    raise DataError(f"{path}: a DatasetDict with the splits {', '.join(splits)}; name one "
+                    f"directory, e.g. {d / (splits[0] if splits else 'train')}")
+  if not (d / "state.json").exists():
+    raise DataError(f"{path}: a directory without a state.json; expected a data file, or a "
+                    "directory written by datasets' save_to_disk")
+  try:
+    files = [d / f["filename"] for f in json.loads((d / "state.json").read_text())["_data_files"]]
+  except (json.JSONDecodeError, KeyError, TypeError) as e:
+    raise DataError(f"{d / 'state.json'}: not a datasets state file ({e})") from None
+
+  def batches():
+    for f in files:
       try:
-        line = raw.decode("utf-8")
-      except UnicodeDecodeError as e:
-        yield where, DataError(f"{where}: invalid UTF-8 at byte {e.start} of the line")
-        continue
-      if not line.strip():
-        continue
-      if path.endswith(".txt"):
-        yield where, {"text": line.rstrip("\n")}
-        continue
-      try:
-        yield where, json.loads(line)
-      except json.JSONDecodeError as e:
-        yield where, DataError(f"{where}: malformed JSON ({e.msg} at column {e.colno})")
+        # Memory-mapped, so a large shard is not read into memory at once.
+        src = pa.BufferReader(f.read_bytes()) if paths.is_uri(f) else pa.memory_map(str(f))
+        reader = ipc.open_stream(src)
+      except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{f}: not a readable Arrow stream ({e})") from None
+      yield from reader
+  yield from _table_rows(path, batches())
+
+
+def _json_items(path: str, data: bytes):
+  try:
+    text = data.decode("utf-8")
+  except UnicodeDecodeError as e:
+    raise DataError(f"{path}: invalid UTF-8 at byte {e.start}") from None
+  items = _parse(text, path, whole_file=True)
+  if isinstance(items, DataError):
+    raise items
+  if not isinstance(items, list):
+    raise DataError(f"{path}: expected a JSON array of rows")
+  for i, obj in enumerate(items):
+    yield f"{path}: item {i}", obj
+
+
+def _lines(path: str, f, text_file: bool):
+  for lineno, raw in enumerate(f, 1):
+    where = f"{path}:{lineno}"
+    try:
+      line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+      yield where, DataError(f"{where}: invalid UTF-8 at byte {e.start} of the line")
+      continue
+    if not line.strip():
+      continue
+    yield where, ({"text": line.rstrip("\n")} if text_file else _parse(line, where))
+
+
+FORMATS = ("auto", "messages", "sharegpt", "hh", "alpaca")  # data.format, for conversations.
 
 
 def detect_format(obj: dict) -> str:
@@ -127,14 +245,31 @@ def to_conversation(obj, fmt: str, where: str) -> list[dict]:
   return conv
 
 
-def load_rows(path: str, parse, skip_bad: bool, what: str) -> Loaded:
-  """Rows `parse(obj, where)` of a file; bad rows raise, or are counted with skip_bad."""
+def refuse_control(row: dict, where: str) -> None:
+  """A ChatML control token written in a row's text (<|im_end|>, <|im_start|>,
+  <|endoftext|>) is refused: it is a data bug or a forged turn. With data.control_text=plain the row is kept and the
+  tokenizer encodes the token's characters as text (chat.CONTROL_RE)."""
+  prompt = row.get("prompt")
+  turns = list(row.get("messages") or []) + (list(prompt) if isinstance(prompt, list) else [])
+  texts = [prompt] if isinstance(prompt, str) else []
+  turns += [{"content": t} for t in texts + list(row.get("responses") or [])]
+  if found := chat.control_token(turns):
+    raise DataError(f"{where}: the text holds the control token {found}, which would forge a "
+                    "turn or an end of text (data.control_text=plain reads it as plain text)")
+
+
+def load_rows(path: str, parse, skip_bad: bool, what: str, control_text: str = "refuse") -> Loaded:
+  """Rows `parse(obj, where)` of a file; bad rows raise, or are counted with skip_bad.
+  control_text "refuse" or "plain": see refuse_control."""
   rows, skipped = [], []
   for where, obj in iter_records(path):
     try:
       if isinstance(obj, DataError):
         raise obj
-      rows.append({"where": where, **parse(obj, where)})
+      row = parse(obj, where)
+      if control_text != "plain":
+        refuse_control(row, where)
+      rows.append({"where": where, **row})
     except DataError as e:
       if not skip_bad:
         raise
@@ -144,8 +279,10 @@ def load_rows(path: str, parse, skip_bad: bool, what: str) -> Loaded:
   return Loaded(rows, skipped)
 
 
-def load_conversations(path: str, fmt: str = "auto", skip_bad: bool = False) -> Loaded:
-  return load_rows(path, lambda obj, where: {"messages": to_conversation(obj, fmt, where)}, skip_bad, "rows")
+def load_conversations(path: str, fmt: str = "auto", skip_bad: bool = False,
+                       control_text: str = "refuse") -> Loaded:
+  return load_rows(path, lambda obj, where: {"messages": to_conversation(obj, fmt, where)},
+                   skip_bad, "rows", control_text)
 
 
 def to_comparison(obj, where: str) -> dict:
@@ -193,21 +330,82 @@ def to_comparison(obj, where: str) -> dict:
   return {"prompt": prompt, "responses": responses, **extra}
 
 
-def load_comparisons(path: str, skip_bad: bool = False) -> Loaded:
+def load_comparisons(path: str, skip_bad: bool = False, control_text: str = "refuse") -> Loaded:
   """Comparison rows (see `to_comparison`); each keeps its "where" (file:line)."""
-  return load_rows(path, to_comparison, skip_bad, "comparisons")
+  return load_rows(path, to_comparison, skip_bad, "comparisons", control_text)
+
+
+def _completion(obj, where) -> str:
+  """The text of a row's 'completion': a string, or TRL's conversational form, a list
+  holding one assistant turn."""
+  c = obj["completion"]
+  if isinstance(c, list):
+    turns = messages(obj, "completion", where)
+    if len(turns) != 1 or turns[0].get("role") != "assistant":
+      raise DataError(f"{where}: field 'completion' should be one assistant turn, got "
+                      f"{[t.get('role') for t in turns]}")
+    c = turns[0].get("content")
+  if not isinstance(c, str) or not c.strip():
+    raise DataError(f"{where}: empty or non-string 'completion'")
+  return c
+
+
+def to_feedback(obj, where: str) -> dict:
+  """Unpaired feedback (KTO, Ethayarajh et al. 2024): {"prompt": messages ending with a user
+  turn, "responses": [the completion], "label": bool, True for desirable} from
+    {prompt, completion, label}   TRL's unpaired rows; prompt: a string or messages,
+                                  completion: a string or a list of one assistant turn;
+    {messages, label}             the last turn (the assistant's) is the completion;
+    {conversations, label}        ShareGPT turns, the same way.
+  A row without 'label' is a comparison (`to_comparison`), returned as it is: trainers/kto
+  takes it apart after the held-out split. 'label' must be a JSON boolean (not "true", 1).
+  """
+  if not isinstance(obj, dict):
+    raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+  if "label" not in obj:
+    return to_comparison(obj, where)
+  label = field(obj, "label", where, bool)
+  try:
+    if "completion" in obj:
+      p = obj.get("prompt")
+      prompt = chat.prompt_messages(p) if isinstance(p, str) else messages(obj, "prompt", where)
+      completion = _completion(obj, where)
+    elif "messages" in obj or "conversations" in obj:
+      turns = (messages(obj, "messages", where) if "messages" in obj else
+               chat.parse_sharegpt(field(obj, "conversations", where, list), where))
+      if not turns or turns[-1].get("role") != "assistant":
+        raise DataError(f"{where}: the conversation does not end with an assistant turn")
+      prompt, completion = turns[:-1], turns[-1].get("content")
+    else:
+      raise DataError(f"{where}: not unpaired feedback; expected fields prompt+completion+label, "
+                      f"messages+label or conversations+label (got {sorted(obj)[:6]})")
+    chat.render(prompt + [{"role": "assistant", "content": completion}])
+  except ValueError as e:
+    raise DataError(str(e) if str(e).startswith(where) else f"{where}: {e}") from None
+  if not prompt or prompt[-1]["role"] != "user":
+    raise DataError(f"{where}: the prompt does not end with a user turn")
+  if not completion.strip():
+    raise DataError(f"{where}: empty completion (the last assistant turn has no text)")
+  return {"prompt": prompt, "responses": [completion], "label": label}
+
+
+def load_feedback(path: str, skip_bad: bool = False, control_text: str = "refuse") -> Loaded:
+  """Unpaired feedback rows and comparisons (see `to_feedback`); each keeps its "where"."""
+  return load_rows(path, to_feedback, skip_bad, "feedback rows", control_text)
 
 
 # The fields to_prompt reads a prompt and its reference from; any other field of a row
 # (an answer key, a task id) passes through to the rewards, which see the whole row.
 PROMPT_FORMAT_FIELDS = ("prompt", "turns", "instruction", "input", "output", "instances", "reference",
-                        "question")
+                        "question", "messages", "conversations", "chosen", "rejected")
 
 
 def to_prompt(obj, where: str) -> dict:
-  """{"prompt": user text, "reference"?, "query_type"?, "category"?, and every other field
-  of the row} from
+  """{"prompt": user text or a conversation prefix, "reference"?, "query_type"?,
+  "category"?, and every other field of the row} from
     {prompt, reference?}                       a plain prompt file (as PPO reads);
+    {messages} / {prompt: [turns]}             a conversation prefix ending with a user
+    {conversations} / HH {chosen}              turn (conversation_prompt), system turn too;
     {turns: [...]}                             Vicuna-Bench / MT-Bench questions (first turn);
     {instruction, input?, output?}             Alpaca; output is the reference;
     {instruction, instances: [{input, output}]} SuperNI / self-instruct seed tasks (first instance);
@@ -218,7 +416,9 @@ def to_prompt(obj, where: str) -> dict:
   if not isinstance(obj, dict):
     raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
   reference = obj.get("reference")
-  if "prompt" in obj:
+  if isinstance(obj.get("prompt"), list) or any(k in obj for k in ("messages", "conversations", "chosen")):
+    prompt = conversation_prompt(obj, where)
+  elif "prompt" in obj:
     prompt = field(obj, "prompt", where)
   elif "turns" in obj:
     turns = field(obj, "turns", where, list)
@@ -241,7 +441,7 @@ def to_prompt(obj, where: str) -> dict:
   else:
     raise DataError(f"{where}: not a prompt; expected a field 'prompt', 'turns', 'instruction' or 'question' "
                     f"(got {sorted(obj)[:6]})")
-  if not prompt.strip():
+  if not chat.as_text(prompt).strip():
     raise DataError(f"{where}: empty prompt")
   if "answer" in obj and (isinstance(obj["answer"], bool) or not isinstance(obj["answer"], (str, int, float))):
     raise DataError(f"{where}: the answer key should be a string or a number, got {type(obj['answer']).__name__}")
@@ -252,6 +452,28 @@ def to_prompt(obj, where: str) -> dict:
   out = {k: v for k, v in obj.items() if k not in PROMPT_FORMAT_FIELDS}
   out.update(prompt=prompt, reference=reference or None)
   return {k: v for k, v in out.items() if v is not None}
+
+
+def conversation_prompt(obj: dict, where: str) -> list[dict]:
+  """A conversation prefix that ends with a user turn, from {messages} or {prompt: [...]}
+  (chat turns), ShareGPT {conversations} (a preference row's chosen/rejected ignored), or
+  an HH {chosen} transcript without its last answer; a system turn is kept."""
+  try:
+    if "conversations" in obj:
+      turns = chat.parse_sharegpt(field(obj, "conversations", where, list), where)
+    elif "messages" in obj or "prompt" in obj:
+      turns = messages(obj, "messages" if "messages" in obj else "prompt", where)
+    else:
+      turns = chat.parse_hh(field(obj, "chosen", where), where)
+      if turns and turns[-1]["role"] == "assistant":
+        turns = turns[:-1]  # The answer the policy is to give.
+    chat.render(turns)
+  except ValueError as e:
+    raise DataError(str(e) if str(e).startswith(where) else f"{where}: {e}") from None
+  if turns[-1]["role"] != "user":
+    raise DataError(f"{where}: the prompt ends with its {turns[-1]['role']} turn; a prompt ends "
+                    "with the user turn the policy answers")
+  return turns
 
 
 def gsm8k_answer(obj: dict, where: str) -> dict:
@@ -266,9 +488,9 @@ def gsm8k_answer(obj: dict, where: str) -> dict:
   return {**obj, "answer": key.strip(), "solution": re.sub(r"<<[^>]*>>", "", solution).strip()}
 
 
-def load_prompts(path: str, skip_bad: bool = False) -> Loaded:
+def load_prompts(path: str, skip_bad: bool = False, control_text: str = "refuse") -> Loaded:
   """Prompt rows (see `to_prompt`) for evaluation; each keeps its "where" (file:line)."""
-  return load_rows(path, to_prompt, skip_bad, "prompts")
+  return load_rows(path, to_prompt, skip_bad, "prompts", control_text)
 
 
 def _text(obj, where) -> dict:
@@ -276,6 +498,19 @@ def _text(obj, where) -> dict:
   if text is None or not text.strip():
     raise DataError(f"{where}: empty or missing 'text'")
   return {"text": text}
+
+
+def iter_texts(path: str):
+  """The documents of a text file one at a time, none held after it is yielded (PPO-ptx
+  corpora larger than memory); a bad row raises as in load_texts."""
+  n = 0
+  for where, obj in iter_records(path):
+    if isinstance(obj, DataError):
+      raise obj
+    yield _text(obj, where)["text"]
+    n += 1
+  if not n:
+    raise DataError(f"{path}: no usable rows")
 
 
 def load_texts(path: str, skip_bad: bool = False) -> Loaded:

@@ -7,9 +7,12 @@
 """
 
 import dataclasses
+import json
 import os
+import tempfile
 from typing import Callable
 
+from etils import epath
 import jax
 import numpy as np
 
@@ -54,8 +57,10 @@ def conversations(data_config, workdir: str, seed: int):
       from r3jax.data import tfds_local  # Local: TFDS is slow to import.
       name = os.path.splitext(os.path.basename(path))[0]
       return tfds_local.load_conversations(path, os.path.join(workdir, "tfds", name),
-                                           data_config.format, data_config.skip_bad)
-    return readers.load_conversations(path, data_config.format, data_config.skip_bad)
+                                           data_config.format, data_config.skip_bad,
+                                           data_config.control_text)
+    return readers.load_conversations(path, data_config.format, data_config.skip_bad,
+                                      data_config.control_text)
 
   if data_config.train:
     loaded = load(data_config.train)
@@ -72,17 +77,18 @@ def conversations(data_config, workdir: str, seed: int):
   return _hold_out(rows, data_config.eval_fraction, seed) + (skipped,)
 
 
-def comparisons(data_config, seed: int):
-  """(train, eval, skipped) comparison rows: files, or the synthetic comparisons."""
+def comparisons(data_config, seed: int, read=readers.load_comparisons):
+  """(train, eval, skipped) comparison rows: files (`read`; KTO's readers.load_feedback also
+  takes unpaired rows), or the synthetic comparisons."""
   skipped = []
   if data_config.train:
-    loaded = readers.load_comparisons(data_config.train, data_config.skip_bad)
+    loaded = read(data_config.train, data_config.skip_bad, data_config.control_text)
     rows, skipped = loaded.rows, loaded.skipped
   else:
     rows = [dict(where=f"synthetic:{i}", **c) for i, c in
             enumerate(synthetic.comparisons(data_config.synthetic_examples, seed=data_config.synthetic_seed))]
   if data_config.eval:
-    loaded = readers.load_comparisons(data_config.eval, data_config.skip_bad)
+    loaded = read(data_config.eval, data_config.skip_bad, data_config.control_text)
     return rows, loaded.rows, skipped + loaded.skipped
   return _hold_out(rows, data_config.eval_fraction, seed) + (skipped,)
 
@@ -94,10 +100,13 @@ def _hold_out(rows, fraction: float, seed: int):
 
 
 def with_instruction(rows, instruction: str):
-  """Each row's (string) prompt with `instruction` after a blank line."""
+  """Each row's prompt with `instruction` after a blank line (a conversation's: its last
+  user turn's)."""
   if not instruction:
     return rows
-  return [{**r, "prompt": f"{r['prompt']}\n\n{instruction}"} if isinstance(r["prompt"], str) else r
+  add = lambda text: f"{text}\n\n{instruction}"
+  return [{**r, "prompt": add(r["prompt"]) if isinstance(r["prompt"], str) else
+           r["prompt"][:-1] + [{**r["prompt"][-1], "content": add(r["prompt"][-1]["content"])}]}
           for r in rows]
 
 
@@ -112,7 +121,7 @@ def _prompts(data_config):
   if not data_config.prompts:
     return TASKS.get(data_config.synthetic_task, "data.synthetic_task").prompts(data_config)
   rows = []
-  for r in readers.load_prompts(data_config.prompts).rows:
+  for r in readers.load_prompts(data_config.prompts, control_text=data_config.control_text).rows:
     try:
       qtype = r3.query_type(r.get("query_type"))
     except ValueError as e:
@@ -126,21 +135,60 @@ def sampling_prompts(data_config, n: int):
   data.prompts as for RL, else synthetic comparisons about the world's entities (whose
   responses `direct` uses; their entity and asks fields let the gold judge read samples)."""
   if data_config.prompts:
-    return [dict(r, prompt=chat.prompt_messages(r["prompt"])) for r in prompts(data_config)][:n]
+    return [dict(r, prompt=chat.as_messages(r["prompt"])) for r in prompts(data_config)][:n]
   return synthetic.comparisons(n, seed=data_config.synthetic_seed + 10, world_only=True)
 
 
-def ptx_rows(ptx_config, tok) -> np.ndarray | None:
-  """PPO-ptx text packed into [rows, ptx.seq_len] token ids: ptx.data ({"text"} JSONL or
-  .txt), else documents about the embedded synthetic entities."""
+def ptx_rows(ptx_config, tok, workdir: str = "") -> np.ndarray | None:
+  """PPO-ptx text packed into [rows, ptx.seq_len] token ids: ptx.data (JSONL, .txt, gzip,
+  Parquet, ...), else documents about the embedded synthetic entities.
+
+  A file is read a thousand documents at a time and its tokens appended to a uint32 file in
+  <workdir>/ptx (made once; rebuilt if the data file or the tokenizer changes), which is
+  then memory-mapped: host memory stays flat however large the corpus, and PPO still draws
+  rows at random (resumably) from all of it."""
   if ptx_config.coef <= 0:
     return None
-  if ptx_config.data:
-    texts = [r["text"] for r in readers.load_texts(ptx_config.data).rows]
-  else:
+  if not ptx_config.data:
     texts = [" ".join(synthetic.facts(e)) for e in synthetic.entities(ptx_config.synthetic_docs, seed=7)]
-  ids = np.concatenate([np.asarray(tok(t)["input_ids"] + [tok.eos_token_id], np.int32) for t in texts])
+    ids = np.concatenate([np.asarray(tok(t)["input_ids"] + [tok.eos_token_id], np.int32) for t in texts])
+  else:
+    ids = _token_file(ptx_config.data, tok, workdir)
   n = len(ids) // ptx_config.seq_len
   if n < 1:
     raise DataError(f"ptx.data={ptx_config.data}: fewer than ptx.seq_len={ptx_config.seq_len} tokens")
   return ids[:n * ptx_config.seq_len].reshape(n, ptx_config.seq_len)
+
+
+def _token_file(path: str, tok, workdir: str) -> np.ndarray:
+  """The documents of `path`, each followed by the end-of-text id, as a memory-mapped uint32
+  array cached under <workdir>/ptx (a temporary directory for a URI workdir)."""
+  stat = epath.Path(path).stat()
+  key = {"data": os.path.abspath(path) if "://" not in path else path, "size": stat.length,
+         "mtime": int(stat.mtime), "vocab": len(tok), "eos": int(tok.eos_token_id)}
+  # One cache per process: hosts of a pod may share the workdir's filesystem.
+  cache_dir = (os.path.join(workdir, "ptx", f"process_{jax.process_index()}")
+               if workdir and "://" not in workdir else tempfile.mkdtemp(prefix="r3jax_ptx_"))
+  tokens, meta = os.path.join(cache_dir, "tokens.u32"), os.path.join(cache_dir, "tokens.json")
+  if not (os.path.exists(tokens) and os.path.exists(meta) and open(meta).read() == json.dumps(key)):
+    os.makedirs(cache_dir, exist_ok=True)
+    with open(tokens + ".tmp", "wb") as f:
+      batch = []
+      for text in readers.iter_texts(path):
+        batch.append(text)
+        if len(batch) == 1000:
+          _write_tokens(f, tok, batch)
+          batch = []
+      _write_tokens(f, tok, batch)
+    os.replace(tokens + ".tmp", tokens)
+    with open(meta, "w") as f:
+      f.write(json.dumps(key))
+  if os.path.getsize(tokens) == 0:
+    raise DataError(f"ptx.data={path}: no documents")
+  return np.memmap(tokens, np.uint32, mode="r")
+
+
+def _write_tokens(f, tok, texts) -> None:
+  if texts:
+    eos = tok.eos_token_id
+    f.write(np.concatenate([np.asarray(ids + [eos], np.uint32) for ids in tok(texts)["input_ids"]]).tobytes())

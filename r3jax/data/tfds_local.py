@@ -54,7 +54,8 @@ def build(source: str, data_dir: str):
   return builder.as_data_source(split="train")
 
 
-def load_conversations(source: str, data_dir: str, fmt: str = "auto", skip_bad: bool = False) -> readers.Loaded:
+def load_conversations(source: str, data_dir: str, fmt: str = "auto", skip_bad: bool = False,
+                       control_text: str = "refuse") -> readers.Loaded:
   """Like readers.load_conversations, but reading through the TFDS data source."""
   rows, skipped = [], []
   ds = build(source, data_dir)
@@ -67,7 +68,10 @@ def load_conversations(source: str, data_dir: str, fmt: str = "auto", skip_bad: 
     try:
       if isinstance(obj, dict) and "__error__" in obj:
         raise readers.DataError(obj["__error__"])
-      rows.append({"where": where, "messages": readers.to_conversation(obj, fmt, where)})
+      row = {"messages": readers.to_conversation(obj, fmt, where)}
+      if control_text != "plain":
+        readers.refuse_control(row, where)
+      rows.append({"where": where, **row})
     except readers.DataError as e:
       if not skip_bad:
         raise

@@ -44,7 +44,7 @@ def generate(cfg, params, tok, rows, n: int, greedy: bool, seed: int, opts: Opti
   out, counts, truncated, bs = [], [], 0, opts.batch
   for i in range(0, len(rows), bs):
     chunk = rows[i:i + bs]
-    ids = sampling.chat_ids(tok, [chat.prompt_messages(r["prompt"]) for r in chunk])
+    ids = sampling.chat_ids(tok, [chat.as_messages(r["prompt"]) for r in chunk])
     truncated += sum(len(x) > opts.max_prompt_len for x in ids)
     ids += [ids[-1]] * (bs - len(ids))  # One batch shape: one compile.
     texts, s = sampling.generate_text(params, cfg, tok, ids, jax.random.fold_in(jax.random.key(seed), i),
@@ -66,7 +66,7 @@ def model_stats(name, path, rows, encoder, reward, opts: Options):
   answers = [g[0] for g in greedy]
   samples = ([[] for _ in rows] if not opts.samples else  # --samples=0: greedy answers only.
              generate(cfg, params, tok, rows, opts.samples, False, opts.seed + 1, opts)[0])
-  queries = [r["prompt"] for r in rows]
+  queries = [chat.as_text(r["prompt"]) for r in rows]
   comps = reward(queries, answers, [r.get("reference") for r in rows], [r.get("query_type") for r in rows])
   cut = [r3.truncate_response(a) for a in answers]
   s = {
@@ -246,7 +246,7 @@ def judges(spec: str, rows, max_len: int) -> dict:
 def judged_win_rate(judge, rows, stats) -> dict:
   """The policy's adjusted win rate over the baseline under a pointwise judge: each answer
   set is scored once, and both orders read the same scores."""
-  queries = [r["prompt"] for r in rows]
+  queries = [chat.as_text(r["prompt"]) for r in rows]
   answers = {n: stats[n]["answers"] for n in ("policy", "baseline")}
   score = {n: np.asarray(judge(rows, a)) for n, a in answers.items()}
   name = lambda x: "policy" if x is answers["policy"] else "baseline"

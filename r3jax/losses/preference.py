@@ -3,9 +3,10 @@ al. 2022 §3.5 eq. 1; the offline policy losses: each function's docstring cites
 
 Bradley–Terry for reward models, and the offline policy losses, the entries of `LOSSES`
 (config.loss.type; each function's docstring gives its formula): DPO ("sigmoid"), IPO, SLiC
-("hinge"), RSO's "sigmoid_norm" / "hinge_norm", and reference-free ones. Shapes: B
-comparisons, K ranked responses per comparison. Policy inputs are log-probs summed over
-response tokens.
+("hinge"), RSO's "sigmoid_norm" / "hinge_norm", and the reference-free SimPO, ORPO and CPO.
+KTO (`kto_loss`) learns from unpaired rows, so it is no entry of the pairwise registry.
+Shapes: B comparisons (or KTO rows), K ranked responses per comparison. Policy inputs are
+log-probs summed over response tokens.
 
 Naming trap (RSO, Liu et al. 2024 §3, against TRL's names): RSO's "sigmoid_norm" means
 normalised by the *reference policy*, i.e. plain DPO with γ in place of β. It is not TRL's `sigmoid_norm` (length-normalised
@@ -73,10 +74,11 @@ class PreferenceLoss:
   """An offline pairwise policy loss and what a trainer must supply to it.
 
   fn(h_w_B, h_l_B, *, beta, **kw) -> (per-example losses [B], the implicit rewards of the
-  chosen and of the rejected responses [B] each), where h = log π - log π_ref summed over
-  the response (log π alone without a reference). kw holds label_smoothing when
-  `smoothing`, chosen_len_B / rejected_len_B when `needs_lengths`, and each config.loss
-  field named in `params`.
+  chosen and of the rejected responses [B] each[, the loss's own metrics {name: scalar}]),
+  where h = log π - log π_ref summed over the response (log π alone without a reference).
+  kw holds label_smoothing when `smoothing`, chosen_len_B / rejected_len_B when
+  `needs_lengths` (so also the average log-prob h / len, and the chosen NLL that ORPO and
+  CPO add), and each config.loss field named in `params`.
   """
   fn: Callable
   needs_reference: bool = True  # False: no reference model is built and none runs.
@@ -134,6 +136,71 @@ def simpo(h_w_B, h_l_B, *, beta, label_smoothing, chosen_len_B, rejected_len_B, 
   return _smoothed_logistic(r_w - r_l - simpo_gamma, label_smoothing), r_w, r_l
 
 
+def _chosen_nll(h_w_B, chosen_len_B):
+  """Per-example shares of the chosen responses' NLL as TRL computes it (torch's
+  CrossEntropyLoss on the concatenated chosen rows): -Σ log π(y_w) / Σ |y_w| over the batch,
+  a mean over every chosen token rather than over examples. Each example's share is
+  scaled by B, so that the mean over examples is that NLL; a microbatch of an accumulated
+  step then pools its own tokens, as each of TRL's accumulation steps does."""
+  n_tok = jnp.maximum(jnp.sum(_f32(chosen_len_B)), 1.0)
+  return -h_w_B * (h_w_B.shape[0] / n_tok)
+
+
+def _log1mexp(x):
+  """log(1 - e^x) for x < 0 without cancellation (Mächler 2012), branching at -log 2 as TRL
+  does: log(-expm1(x)) above, log1p(-e^x) below. Each branch sees only the inputs where it
+  is finite, so jnp.where passes no NaN gradient from the branch it drops."""
+  t = -np.log(2.0)
+  above = jnp.log(-jnp.expm1(jnp.maximum(x, t)))
+  below = jnp.log1p(-jnp.exp(jnp.minimum(x, t)))
+  return jnp.where(x > t, above, below)
+
+
+# Average log-probs are clamped below 0 before their odds: a policy certain of every token
+# (an average that rounds to 0 in float32, which an overfit small model reaches) has odds
+# 1/0, an infinite log-odds and a NaN gradient. -1e-6 is a per-token probability of
+# 0.999999; an average that close to 0 gets no odds-ratio gradient (its NLL still trains).
+_MAX_AVG_LOGP = -1e-6
+
+
+@LOSSES.register("orpo", needs_reference=False, needs_lengths=True)
+def orpo(h_w_B, h_l_B, *, beta, chosen_len_B, rejected_len_B):
+  """ORPO (Hong et al. 2024, §4.2, eqs. 6-7): NLL(y_w) - λ log σ(log odds(y_w) - log odds(y_l)),
+  odds(y) = P(y) / (1 - P(y)) with P(y) = exp(mean token log π(y)), the length-averaged
+  likelihood of §4.1; no reference. λ is `beta`, TRL's ORPOConfig name, and the implicit
+  rewards are β · the average log-probs, as TRL reports them.
+
+  The NLL is TRL's mean over every chosen token of the batch (_chosen_nll), on the
+  response's tokens only: TRL's ORPOTrainer also counts the prompt's, but the prompt-split
+  layout (trainers/dpo.sequence_logprobs) runs the LM head on response positions only and
+  keeps just the prompt's last prompt_len tokens, and the paper's L_SFT is the likelihood
+  of the chosen response. With a one-token prompt (nothing to predict) the two agree.
+  """
+  avg_w = jnp.minimum(h_w_B / jnp.maximum(_f32(chosen_len_B), 1.0), _MAX_AVG_LOGP)
+  avg_l = jnp.minimum(h_l_B / jnp.maximum(_f32(rejected_len_B), 1.0), _MAX_AVG_LOGP)
+  log_odds_B = (avg_w - avg_l) - (_log1mexp(avg_w) - _log1mexp(avg_l))
+  ratio_B = jax.nn.log_sigmoid(log_odds_B)
+  nll_B = _chosen_nll(h_w_B, chosen_len_B)
+  metrics = {"nll_loss": jnp.mean(nll_B), "log_odds_ratio": jnp.mean(ratio_B),
+             "log_odds_chosen": jnp.mean(log_odds_B)}
+  return nll_B - beta * ratio_B, beta * avg_w, beta * avg_l, metrics
+
+
+@LOSSES.register("cpo", needs_reference=False, needs_lengths=True, smoothing=True,
+                 params={"cpo_alpha": 1.0})
+def cpo(h_w_B, h_l_B, *, beta, label_smoothing, chosen_len_B, rejected_len_B, cpo_alpha):
+  """CPO (Xu et al. 2024, §3): DPO's logistic loss with the reference dropped,
+  -log σ(β(log π(y_w) - log π(y_l))) on summed log-probs (the paper's L_prefer, TRL's
+  CPOTrainer with loss_type="sigmoid"; ε smooths it as there), plus cpo_alpha (TRL's name,
+  its default 1) × the NLL of the chosen responses, TRL's mean over every chosen token of
+  the batch (_chosen_nll). nll_loss is reported whatever cpo_alpha (TRL reports 0 at 0).
+  """
+  del rejected_len_B  # needs_lengths passes both; the NLL counts the chosen tokens only.
+  nll_B = _chosen_nll(h_w_B, chosen_len_B)
+  losses_B = _smoothed_logistic(beta * (h_w_B - h_l_B), label_smoothing) + cpo_alpha * nll_B
+  return losses_B, beta * h_w_B, beta * h_l_B, {"nll_loss": jnp.mean(nll_B)}
+
+
 def loss_kwargs(loss_type: str, references: bool, label_smoothing, lengths, params) -> dict:
   """The keyword arguments of LOSSES[loss_type].fn besides beta; ValueError for a call the
   loss cannot take (lengths, ε, references or params it lacks or does not read)."""
@@ -178,7 +245,7 @@ def dpo_loss(policy_chosen_logp_B, policy_rejected_logp_B, ref_chosen_logp_B, re
   rw = jnp.zeros_like(pw) if ref_chosen_logp_B is None else _f32(ref_chosen_logp_B)
   rl = jnp.zeros_like(pl) if ref_rejected_logp_B is None else _f32(ref_rejected_logp_B)
   h_w, h_l = pw - rw, pl - rl
-  losses_B, reward_w, reward_l = LOSSES[loss_type].fn(h_w, h_l, beta=beta, **kw)
+  losses_B, reward_w, reward_l, *own = LOSSES[loss_type].fn(h_w, h_l, beta=beta, **kw)
   metrics = {
       "rewards/chosen": jnp.mean(reward_w),
       "rewards/rejected": jnp.mean(reward_l),
@@ -188,5 +255,58 @@ def dpo_loss(policy_chosen_logp_B, policy_rejected_logp_B, ref_chosen_logp_B, re
       "logratio/rejected": jnp.mean(h_l),
       "logps/chosen": jnp.mean(pw),
       "logps/rejected": jnp.mean(pl),
+      **(own[0] if own else {}),  # The loss's own: ORPO's odds, CPO's NLL.
   }
   return losses_B, metrics
+
+
+def kto_loss(policy_logp_B, ref_logp_B, policy_kl_logp_B, ref_kl_logp_B, desirable_B, *, beta,
+             desirable_weight=1.0, undesirable_weight=1.0):
+  """KTO (Ethayarajh et al. 2024, §4) on B unpaired rows, each a completion labelled
+  desirable or not. Returns (per-example losses [B], metrics).
+
+  With h = log π(y|x) - log π_ref(y|x) summed over the completion, a desirable row's loss is
+  λ_D (1 - σ(β(h - z₀))) and an undesirable one's λ_U (1 - σ(β(z₀ - h))) (the paper's
+  λ_y - v(x, y)). The reference point z₀ estimates KL(π || π_ref) from mismatched pairs:
+  each row's prompt with another row's completion (the `*_kl_*` log-probs), as TRL's
+  KTOTrainer does: the mean of their h over the batch, clamped at 0 and detached (the
+  paper back-propagates nothing through it). The mean of the losses is TRL's loss; the
+  weights are TRL's desirable_weight and undesirable_weight.
+
+  Metrics: TRL 1.16's `kl` and the means over each side's rows (rewards/chosen = mean β h
+  of the desirable rows, logps/* the summed log-probs, rewards/margins the difference),
+  0 for a side this batch has no rows of (TRL logs nothing then); and the sums and counts
+  they come from (`*_sum`, count/*, the names of TRL's earlier KTOTrainer), which add up
+  exactly over microbatches and batches. rewards/label_accuracy, an r3jax extra, is the
+  share of rows whose h lies on their label's side of z₀.
+  """
+  h_B = _f32(policy_logp_B) - _f32(ref_logp_B)
+  kl = jnp.mean(_f32(policy_kl_logp_B) - _f32(ref_kl_logp_B))
+  z0 = jax.lax.stop_gradient(jnp.maximum(kl, 0.0))
+  d_B = jnp.asarray(desirable_B).astype(bool)
+  # 1 - σ(x) written as σ(-x): the same value, without cancellation when σ(x) is near 1.
+  losses_B = jnp.where(d_B, desirable_weight * jax.nn.sigmoid(-beta * (h_B - z0)),
+                       undesirable_weight * jax.nn.sigmoid(-beta * (z0 - h_B)))
+  rewards_B, logp_B = beta * h_B, _f32(policy_logp_B)
+  sums = {"count/chosen": jnp.sum(d_B.astype(jnp.float32)),
+          "count/rejected": jnp.sum((~d_B).astype(jnp.float32))}
+  for side, mask_B in (("chosen", d_B), ("rejected", ~d_B)):
+    sums[f"rewards/{side}_sum"] = jnp.sum(jnp.where(mask_B, rewards_B, 0.0))
+    sums[f"logps/{side}_sum"] = jnp.sum(jnp.where(mask_B, logp_B, 0.0))
+  metrics = {"kl": z0, **sums, **kto_means(sums),
+             "rewards/label_accuracy": jnp.mean((d_B == (h_B > z0)).astype(jnp.float32))}
+  return losses_B, metrics
+
+
+def kto_means(sums: dict) -> dict:
+  """rewards/chosen, rewards/rejected, rewards/margins, logps/chosen and logps/rejected from
+  kto_loss's sums and counts (or from any common multiple of them, such as their shares of
+  a run's rows): means over each side's rows, 0 for a side without rows."""
+  out = {}
+  for side in ("chosen", "rejected"):
+    n = sums[f"count/{side}"]
+    for name in ("rewards", "logps"):
+      out[f"{name}/{side}"] = jnp.where(n > 0, sums[f"{name}/{side}_sum"] / jnp.maximum(n, 1e-9), 0.0)
+  both = (sums["count/chosen"] > 0) & (sums["count/rejected"] > 0)
+  out["rewards/margins"] = jnp.where(both, out["rewards/chosen"] - out["rewards/rejected"], 0.0)
+  return out

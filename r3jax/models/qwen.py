@@ -157,6 +157,14 @@ def positions_from_mask(mask_BT: Array) -> Array:
   return jnp.maximum(jnp.cumsum(mask_BT.astype(jnp.int32), axis=-1) - 1, 0)
 
 
+def segment_positions(segment_ids_BT: Array) -> Array:
+  """Position ids of packed rows: 0 at each segment's first token (a change of id)."""
+  t = jnp.arange(segment_ids_BT.shape[1])
+  starts_BT = jnp.concatenate([jnp.ones_like(segment_ids_BT[:, :1], bool),
+                               segment_ids_BT[:, 1:] != segment_ids_BT[:, :-1]], axis=1)
+  return t - jax.lax.cummax(jnp.where(starts_BT, t, 0), axis=1)
+
+
 def rope(x_BTNE: Array, positions_BT: Array, theta: float) -> Array:
   """Rotary embedding in the rotate-half layout of HF Qwen2, with fp32 angles."""
   e = x_BTNE.shape[-1]
@@ -302,7 +310,7 @@ class Qwen(nn.Module):
 
   @nn.compact
   def __call__(self, tokens_BT, positions_BT=None, kv_mask_BS=None, cache=None,
-               cache_index=0, deterministic=True, last_only=False):
+               cache_index=0, deterministic=True, last_only=False, segment_ids_BT=None):
     """Runs the decoder.
 
     Args:
@@ -314,12 +322,17 @@ class Qwen(nn.Module):
       cache_index: cache slot of tokens_BT[:, 0].
       deterministic: False enables dropout (needs a 'dropout' rng).
       last_only: compute logits for the last position only (prefill before sampling).
+      segment_ids_BT: packed rows (full pass only): each token attends only within its
+        segment, and positions (when omitted) restart at each segment's first token.
     """
     cfg = self.cfg
     if kv_mask_BS is None:
       kv_mask_BS = jnp.ones(tokens_BT.shape, jnp.int32)
+    if segment_ids_BT is not None and cache is not None:
+      raise ValueError("segment_ids_BT is for a full pass over packed rows, not a cached decode")
     if positions_BT is None:
-      positions_BT = positions_from_mask(kv_mask_BS)
+      positions_BT = (positions_from_mask(kv_mask_BS) if segment_ids_BT is None else
+                      segment_positions(segment_ids_BT))
     embed_VD = _param(self, "embed", nn.initializers.normal(cfg.initializer_range),
                       (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), cfg)
     x_BTD = jnp.take(embed_VD, tokens_BT, axis=0).astype(cfg.dtype)
@@ -330,6 +343,8 @@ class Qwen(nn.Module):
     query_slot_T = cache_index + jnp.arange(tokens_BT.shape[1])
     causal_TS = jnp.arange(kv_mask_BS.shape[1])[None, :] <= query_slot_T[:, None]
     allowed_BTS = causal_TS[None] & kv_mask_BS[:, None, :].astype(bool)
+    if segment_ids_BT is not None:
+      allowed_BTS &= segment_ids_BT[:, :, None] == segment_ids_BT[:, None, :]
 
     block = nn.remat(Block, static_argnums=(6,)) if cfg.remat else Block
     new_cache = [] if cache is not None else None

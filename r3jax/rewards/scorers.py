@@ -26,6 +26,7 @@ sum (trainers/ppo.advantages), so terms on different scales mix as the weights s
 import dataclasses
 import functools
 import json
+import math
 import os
 from typing import Callable
 
@@ -40,17 +41,6 @@ from r3jax.data import chat, padding
 from r3jax.eval import text_metrics
 from r3jax.models import qwen
 from r3jax.rewards import r3, verifiable
-
-
-def as_messages(prompt):
-  return chat.prompt_messages(prompt) if isinstance(prompt, str) else list(prompt)
-
-
-def as_text(prompt) -> str:
-  """The raw query: user turns joined with spaces, as the R³ authors' code scores it."""
-  if isinstance(prompt, str):
-    return prompt
-  return " ".join(m["content"] for m in prompt if m["role"] == "user")
 
 
 @functools.partial(jax.jit, static_argnames="cfg")
@@ -95,7 +85,7 @@ class RewardModel:
     prompts = [r["prompt"] for r in rows]
     out = []
     for i in range(0, len(responses), self.batch_size):
-      ids = [chat.tokenize_response(self.tokenizer, as_messages(p), r)[0][-self.max_len:]
+      ids = [chat.tokenize_response(self.tokenizer, chat.as_messages(p), r)[0][-self.max_len:]
              for p, r in zip(prompts[i:i + self.batch_size], responses[i:i + self.batch_size])]
       # Power-of-two widths and a fixed batch keep the number of compiled shapes small;
       # left padding is fine because the score is read at the last real token.
@@ -146,7 +136,7 @@ def r3_scorer(section, *, max_len: int, seed: int, mesh, mode: str):
                  section.get("encoder_dtype", "float32"))
   length, side = encoder_truncation(encoder, section.get("encoder_len", 0), section.get("encoder_side", ""))
   reward = r3.R3(dataclasses.replace(enc, max_len=length, truncation_side=side), max_len=max_len, mode=mode)
-  return lambda rows, ys: reward([as_text(r["prompt"]) for r in rows], ys,
+  return lambda rows, ys: reward([chat.as_text(r["prompt"]) for r in rows], ys,
                                  [r.get("reference") for r in rows], [r.get("query_type") for r in rows])
 
 
@@ -216,6 +206,8 @@ def terms(spec: str) -> list[tuple[float, str]]:
     except ValueError:
       raise ValueError(f"reward {spec!r}: {weight!r} is not a weight (terms are weight*name, "
                        "joined by '+')") from None
+    if not math.isfinite(w):  # float() takes "nan" and "inf"; the run would die at step 1.
+      raise ValueError(f"reward {spec!r}: the weight {weight!r} is not a finite number")
     if not name.strip():
       raise ValueError(f"reward {spec!r}: a term has no scorer name")
     out.append((w, name.strip()))

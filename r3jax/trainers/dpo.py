@@ -5,7 +5,8 @@ losses/preference.LOSSES.
 
 Reference log-probs are computed per batch without gradient, or once for the whole
 dataset up front (`loss.precompute_ref`), after which the reference weights are dropped.
-A reference-free loss (needs_reference=False, e.g. SimPO) builds no reference at all.
+A reference-free loss (needs_reference=False: SimPO, ORPO, CPO) builds no reference at
+all. KTO (trainers/kto.py) shares the log-probs and the reference.
 """
 
 import functools
@@ -75,21 +76,29 @@ def check_pairs(train_rows, eval_rows) -> None:
 
 
 def with_reference(ctx: supervised.Context):
-  """fn(batch, split, idx) adding the reference's log-probs, [B, 2]. The reference is the
-  starting policy: a copy of the fresh state (the train step donates it), or loaded again
-  when the run resumes. A reference-free loss gets the batch as it is, and no reference is
-  built."""
-  config, cfg = ctx.run.config, ctx.policy.cfg
+  """fn(batch, split, idx) adding the reference's log-probs, [B, 2] (`reference`); a
+  reference-free loss gets the batch as it is, and no reference is built."""
+  config = ctx.run.config
   if not losses.LOSSES[config.loss.type].needs_reference:
     ctx.run.writer.print(f"loss.type={config.loss.type} is reference-free: no reference model")
     return lambda batch, split, idx: batch
+  return reference(ctx, config.loss.precompute_ref)
+
+
+def reference(ctx: supervised.Context, precompute: bool):
+  """fn(batch, split, idx) adding "ref_logp", the reference's summed log-probs of each
+  response, [B, K]. The reference is the starting policy: a copy of the fresh state (the
+  train step donates it), or loaded again when the run resumes. `precompute`: computed
+  once for every row up front, after which the reference weights are dropped (the rows'
+  responses must not change from batch to batch)."""
+  config, cfg = ctx.run.config, ctx.policy.cfg
   prompt_len = config.prompt_len
   run = ctx.run
   ref_params = (jax.tree.map(jnp.copy, ctx.state["params"]) if ctx.fresh else
                 state_lib.initial_params(ctx.policy, config.init_from, ctx.state["params"],
                                          ctx.shardings["params"], run.mesh, run.rules, config.seed))
   ref_fn = jax.jit(lambda p, b: sequence_logprobs(p, cfg, b, prompt_len)[0])
-  if not config.loss.precompute_ref:
+  if not precompute:
     return lambda batch, split, idx: {**batch, "ref_logp": np.asarray(ref_fn(ref_params, batch))}
   cache = {}  # (split, row) -> [K] reference log-probs; the weights are dropped after.
   ctx.run.writer.print(f"precomputing reference log-probs for {len(ctx.train_rows) + ctx.n_eval} "

@@ -2,7 +2,7 @@
 
   run = harness.open_run(config, workdir, steps)     mesh, rules, writer, checkpoints
   state, order = harness.resume(run, state, rows, batch)   latest checkpoint + data order
-  with harness.training(run):                          SIGTERM -> checkpoint, exit 143
+  with harness.training(run):              SIGTERM / Ctrl-C -> checkpoint, exit 143 / 130
     for step in range(start, steps): ... harness.save(run, done, state, order)
   harness.finish(run, ...)                             summary, logs, PNGs (and hf/ export)
 """
@@ -22,7 +22,7 @@ from etils import epath
 import flax.linen as nn
 import jax
 
-from r3jax.core import checkpoint, metrics, paths, plots, sharding, workdir_lock
+from r3jax.core import checkpoint, metrics, optim, paths, plots, sharding, workdir_lock
 from r3jax.core.errors import ConfigError, TrainingError
 from r3jax.data import pipeline
 from r3jax.models import hf
@@ -45,6 +45,7 @@ class Run:
 
 def open_run(config, workdir: str, steps: int) -> Run:
   """Locks the workdir (one run each), then opens its logs and checkpoints."""
+  paths.check_writable(workdir, "--workdir")
   lock = workdir_lock.acquire(workdir) if jax.process_index() == 0 else None
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.rules_from_config(config.sharding.rules)
@@ -75,7 +76,7 @@ def check_config(run: Run) -> None:
   path = epath.Path(run.workdir) / "run_config.json"  # Not config.json: that names an HF dir.
   current = json.loads(json.dumps(run.config.to_dict(), default=str))  # Tuples as lists.
   if not fresh(run) and path.exists():
-    old, new = flat(json.loads(path.read_text())), flat(current)
+    old, new = flat(paths.read_json_object(path, "; restore it, or delete it to resume with the current config unchecked")), flat(current)
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     unsafe = [k for k in changed if not k.startswith(SAFE_CHANGES)]
     diff = lambda keys: "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys[:4])
@@ -84,8 +85,22 @@ def check_config(run: Run) -> None:
                         f"{', ...' if len(unsafe) > 4 else ''}); resume with its values or use a new workdir")
     if changed:
       run.writer.print(f"resuming with changed settings: {diff(changed)}")
+      note_schedule(run, old.get("steps"))
   if jax.process_index() == 0:
     paths.write_atomic(path, json.dumps(current, indent=1) + "\n")
+
+
+def note_schedule(run: Run, old_steps) -> None:
+  """A resume with another total of steps moves a schedule that is a function of the total
+  (cosine decay, a warm-up ratio): said, with the learning rate it jumps between."""
+  o, step = run.config.optim, run.mngr.latest_step()
+  if (o.schedule == "constant" and o.warmup_steps >= 0) or not old_steps or step is None:
+    return
+  if old_steps != run.steps:
+    lr = lambda total: float(optim.schedule(o, total)(step))
+    run.writer.print(f"steps {old_steps} -> {run.steps}: optim.schedule={o.schedule} spans the new "
+                     f"total, so the learning rate at the resumed step {step} moves from "
+                     f"{lr(old_steps):.3g} to {lr(run.steps):.3g}")
 
 
 def fresh(run: Run) -> bool:
@@ -143,7 +158,7 @@ def restore_newest(run: Run, abstract):
 
 @contextlib.contextmanager
 def training(run: Run):
-  """The loop's context: SIGTERM sets run.preempt (save polls it), and pending
+  """The loop's context: SIGTERM or SIGINT sets run.preempt (save polls it), and pending
   asynchronous checkpoints are written before the loop's results are used."""
   run.preempt = checkpoint.Preemption()
   try:
@@ -199,8 +214,8 @@ def check_finite(run: Run, step: int, values: dict, skipped=None) -> None:
 
 
 def save(run: Run, step: int, state, order) -> None:
-  """Checkpoints on the manager's interval, on the last step, and on SIGTERM; after a
-  SIGTERM it waits for the save and exits with status 143."""
+  """Checkpoints on the manager's interval, on the last step, and on SIGTERM or SIGINT;
+  after one it waits for the save and exits with status 143 or 130."""
   preempt = run.preempt.requested
   with disk_errors(f"{run.workdir}/checkpoints/{step}"):
     if checkpoint.save(run.mngr, step, state, {"order": order.state()},
@@ -208,9 +223,10 @@ def save(run: Run, step: int, state, order) -> None:
       run.writer.flush()  # The logs reach the workdir (a URI may lag) at least as far as a checkpoint.
   if preempt:
     run.mngr.wait_until_finished()
-    run.writer.print(f"SIGTERM: saved a checkpoint at step {step}; exiting")
     run.writer.close()
-    sys.exit(143)
+    print(f"{run.preempt.name}: saved a checkpoint at step {step} in {run.workdir}; rerun the "
+          "same command to resume", file=sys.stderr, flush=True)
+    sys.exit(run.preempt.exit_status)
 
 
 def export_hf(workdir: str, params, cfg, tok) -> str:

@@ -112,7 +112,8 @@ def plan(config, sizes: dict[str, int], remat: bool | None = None) -> dict:
   else:
     rows["policy params"] = policy_bytes
     rows["policy optimizer"] = _bytes(state["opt_state"], shard["opt_state"])
-    if ppo or (config.trainer == "dpo" and pref_losses.LOSSES[config.loss.type].needs_reference):
+    if ppo or config.trainer == "kto" or (config.trainer == "dpo" and
+                                           pref_losses.LOSSES[config.loss.type].needs_reference):
       rows["reference"] = policy_bytes
     elif config.trainer == "dpo":  # A reference-free loss (SimPO) builds no reference.
       rows[f"reference (none with loss.type={config.loss.type})"] = 0
@@ -141,8 +142,9 @@ def plan(config, sizes: dict[str, int], remat: bool | None = None) -> dict:
     length, mb_rows = config.seq_len, max((config.micro_batch_per_device or config.batch_size // dp), 1)
   per_row = activation_bytes(cfg, length)
   # PPO backpropagates through the policy and the value model; DPO and RM through (at
-  # least) two responses per row; the reference forward keeps nothing.
-  act_scale = 1 if config.trainer == "sft" or (ppo and not uses_value) else 2
+  # least) two responses per row; KTO through one (its KL completions run without
+  # gradient); the reference forward keeps nothing.
+  act_scale = 1 if config.trainer in ("sft", "kto") or (ppo and not uses_value) else 2
   rows[f"activations ({mb_rows} rows x {length} tokens{', remat' if cfg.remat else ''})"] = act_scale * per_row * mb_rows
   out["rows"] = rows
   out["total"] = sum(rows.values())

@@ -229,7 +229,7 @@ def make_setup(config, run, cfg, tok, frozen, lay, rows) -> Setup:
     values = qwen.scalar_outputs(value_params(config, val, frozen), cfg, seq, mask)[:, prompt_len - 1:-1]
     return ref_logp, values
 
-  ptx = sources.ptx_rows(config.ptx, tok)
+  ptx = sources.ptx_rows(config.ptx, tok, run.workdir)
   scorer = scorers.Mix(config.reward.mode, config.reward, max_len=config.rollout.max_new_tokens,
                        seed=config.seed, mesh=run.mesh)
   ro = config.rollout
@@ -252,7 +252,7 @@ def label_query_types(config, rows, policy_params_, cfg, tok, writer) -> None:
     qtok = tokenizer_lib.load(config.reward.classifier)
   else:
     classifier_cfg, qparams, qtok = cfg, policy_params_, tok
-  labels, _ = query_types.classify(qparams, classifier_cfg, qtok, [r["prompt"] for r in rows])
+  labels, _ = query_types.classify(qparams, classifier_cfg, qtok, [chat.as_text(r["prompt"]) for r in rows])
   for r, label in zip(rows, labels):
     r["query_type"] = label
   writer.print(f"query types from the classifier: {labels.count('open_ended')} open-ended, "
@@ -265,7 +265,7 @@ def label_query_types(config, rows, policy_params_, cfg, tok, writer) -> None:
 def rollout(s: Setup, state, batch_rows, it: int, rnd: int = 0) -> Rollout:
   """This process's prompts, left-padded to rollout.prompt_len, and n sampled responses
   each (this process's rows, host arrays). `rnd` > 0: a dynamic-sampling round's own key."""
-  prompt_ids = [chat.tokenize(s.tok, chat.prompt_messages(r["prompt"]), True)[0] for r in batch_rows]
+  prompt_ids = [chat.tokenize(s.tok, chat.as_messages(r["prompt"]), True)[0] for r in batch_rows]
   # Longer prompts keep their last prompt_len tokens (the question and the assistant header).
   truncated = sum(len(x) > s.config.rollout.prompt_len for x in prompt_ids)
   p_tok, p_mask = padding.left_pad(prompt_ids, s.tok.pad_token_id, s.config.rollout.prompt_len)
@@ -451,7 +451,7 @@ def update(s: Setup, state, batch: RLBatch, it: int):
     for j in range(0, n_rollouts, c.ppo.minibatch):
       ptx_BL = None
       if s.ptx is not None:
-        ptx_BL = jnp.asarray(s.ptx[perm_rng.integers(0, len(s.ptx), c.ptx.batch)])
+        ptx_BL = jnp.asarray(s.ptx[perm_rng.integers(0, len(s.ptx), c.ptx.batch)].astype(np.int32))
       models, m = s.update_fn(models, s.frozen, batch, jnp.asarray(perm[j:j + c.ppo.minibatch]),
                               ptx_BL, train_policy, state["beta"])
       ms.append(m)
@@ -496,6 +496,9 @@ def prepare(config, workdir: str):
   cfg, tok = policy.cfg.replace(dropout_rate=0.0), policy.tokenizer
   rows = sources.prompts(config.data)
   scorers.check_rows(config.reward.mode, rows)
+  if len(rows) < config.prompts_per_step:
+    raise ConfigError(f"config.prompts_per_step={config.prompts_per_step} is larger than the "
+                      f"{len(rows)} prompts of data.prompts={config.data.prompts or '(synthetic)'}")
   state, frozen = init_rl_state(config, run, cfg, tok, config.init_from or config.model.hf_dir)
   label_query_types(config, rows, frozen, cfg, tok, run.writer)
   state, order = harness.resume(run, state, len(rows), config.prompts_per_step)
@@ -508,7 +511,7 @@ def train(config, workdir: str) -> dict:
   random weights)."""
   s, state, order, rows = prepare(config, workdir)
   run, frozen = s.run, s.frozen
-  fixed = [[{"role": "user", "content": r["prompt"]}] for r in rows[:config.eval_prompts]]
+  fixed = [chat.as_messages(r["prompt"]) for r in rows[:config.eval_prompts]]
   before = greedy_answers(s, frozen, fixed)
   timer, truncated = harness.Timer(), 0
   with harness.training(run):
@@ -546,7 +549,7 @@ def log_iteration(s: Setup, done: int, state, itr: Iteration, times) -> dict:
                                   "len": vals["rollout/length"]})
   writer.advance()
   if done % s.config.log_samples_every == 0:
-    prompts = repeat(s.config.rollout.n, [r["prompt"] for r in itr.rollout.rows])
+    prompts = repeat(s.config.rollout.n, [chat.as_text(r["prompt"]) for r in itr.rollout.rows])
     rewards = itr.scored.components["reward"]
     writer.texts(done, "rollouts", [{"prompt": p, "response": t, "reward": float(r)} for p, t, r in
                                     zip(prompts[:4], itr.scored.texts[:4], rewards[:4])])

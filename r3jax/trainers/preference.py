@@ -9,11 +9,15 @@ from r3jax.trainers import supervised
 
 
 def drop_ties(data_config, *splits):
-  """(splits without the comparisons that repeat a response, how many were dropped); with
+  """(splits without the comparisons that repeat a response, up to whitespace, and how many
+  were dropped); with
   data.keep_ties nothing is dropped."""
   if data_config.keep_ties:
     return splits, 0
-  kept = [[r for r in rows if len(set(r["responses"])) == len(r["responses"])] for rows in splits]
+  # Equal after whitespace normalisation counts as a tie: a pair that differs only in
+  # spacing carries no preference, and a model learns the spacing to 100% accuracy.
+  distinct = lambda r: len({" ".join(x.split()) for x in r["responses"]}) == len(r["responses"])
+  kept = [[r for r in rows if distinct(r)] for rows in splits]
   return kept, sum(len(a) - len(b) for a, b in zip(splits, kept))
 
 
@@ -25,7 +29,7 @@ def loader(check: Callable) -> Callable:
     train_rows, eval_rows, skipped = sources.comparisons(config.data, config.seed)
     (train_rows, eval_rows), ties = drop_ties(config.data, train_rows, eval_rows)
     check(train_rows, eval_rows)
-    notes = [f"dropped {ties} comparisons whose responses are identical: they carry no "
+    notes = [f"dropped {ties} comparisons whose responses are identical (up to whitespace): they carry no "
              "preference and train at the loss of a coin flip (data.keep_ties=True keeps them)"]
     return train_rows, eval_rows, skipped, notes if ties else []
   return load

@@ -75,10 +75,14 @@ def sft() -> ConfigDict:
   c.model.dropout_rate = 0.1
   c.data = ConfigDict(dict(
       train="", eval="", format="auto", eval_fraction=0.05, skip_bad=False,
+      control_text="refuse",  # Or "plain": readers.refuse_control.
       use_tfds=False,  # Read files through a TFDS array_record data source.
       synthetic_examples=4000,
       synthetic_task="world",  # Without data.train: an entry of data/sources.TASKS.
-      synthetic_restate=0.0))  # Share of synthetic answers that open by repeating the question.
+      synthetic_restate=0.0,  # Share of synthetic answers that open by repeating the question.
+      # Several conversations per row of seq_len tokens, attention kept within each
+      # (pipeline.pack); batch_size then counts packed rows, and the loss is per token as before.
+      packing=False))
   c.optim = optim(warmup_steps=1430)
   c.eval_prompts = 4  # Held-out prompts answered greedily at each eval.
   c.sample_tokens = 48
@@ -91,6 +95,7 @@ def preference(trainer: str, name: str) -> ConfigDict:
   c = supervised(trainer, name)
   c.steps, c.epochs, c.batch_size = 0, 1, 64
   c.data = ConfigDict(dict(train="", eval="", eval_fraction=0.05, skip_bad=False,
+                           control_text="refuse",  # Or "plain": readers.refuse_control.
                            synthetic_examples=6000, synthetic_seed=0,
                            keep_ties=False))  # Comparisons whose responses are all equal.
   c.optim = optim(lr=3e-6, weight_decay=0.0)
@@ -110,6 +115,17 @@ def preference(trainer: str, name: str) -> ConfigDict:
   return c
 
 
+def kto(name: str = "kto") -> ConfigDict:
+  """KTO (Ethayarajh et al. 2024 §4) on unpaired feedback, or on comparisons taken apart
+  (trainers/kto.py): DPO's fields with KTO's loss, β and the weights of the desirable and
+  the undesirable rows (λ_D, λ_U; TRL's names and defaults). Its reference log-probs are
+  never precomputed: the mismatched pairs of its KL estimate change with every batch."""
+  c = preference("dpo", name)
+  c.trainer = "kto"
+  c.loss = ConfigDict(dict(beta=0.1, desirable_weight=1.0, undesirable_weight=1.0))
+  return c
+
+
 def ppo() -> ConfigDict:
   """PPO with the Qwen recipe's defaults (Qwen report, Bai et al. 2023 §3.2.2)."""
   c = run("ppo", "ppo")
@@ -118,6 +134,7 @@ def ppo() -> ConfigDict:
   # instruction: appended to every prompt after a blank line (e.g. the answer form a
   # verifiable reward reads: "... put your final answer within \boxed{}.").
   c.data = ConfigDict(dict(prompts="", synthetic_examples=2000, prompt_seed=1, instruction="",
+                          control_text="refuse",  # Or "plain": readers.refuse_control.
                           synthetic_task="world"))  # Without data.prompts: data/sources.TASKS.
   # engine: an entry of models/sampling.ENGINES ("static": one batch-wide decode loop).
   # dynamic_sampling (DAPO §3.2): drop groups whose rewards are all equal and sample more
@@ -192,5 +209,5 @@ def defaults(trainer: str) -> ConfigDict:
     c.sft = sft()  # best-of-N's fine-tuning rounds.
     return c
   builders = {"sft": sft, "ppo": ppo, "rm": lambda: preference("rm", "rm"),
-              "dpo": lambda: preference("dpo", "dpo")}
+              "dpo": lambda: preference("dpo", "dpo"), "kto": kto}
   return builders[trainer]()

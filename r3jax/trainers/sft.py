@@ -9,6 +9,7 @@ import jax
 import numpy as np
 
 from r3jax.core import sharding
+from r3jax.core.errors import ConfigError
 from r3jax.data import chat, pipeline, sources
 from r3jax.losses import lm
 from r3jax.models import qwen, sampling
@@ -18,9 +19,10 @@ from r3jax.trainers import supervised
 def loss_fn(params, batch, rng, *, model_cfg, deterministic=False):
   """(sum NLL over trained target tokens, their count, {}) for one microbatch."""
   tokens, attn = batch["tokens"], batch["attn_mask"]
+  segments = batch["segment_ids"][:, :-1] if "segment_ids" in batch else None  # Packed rows.
   # The model's logits go unused (XLA drops them): the lean head keeps no [B, T, V] residual.
   _, hidden_BTD, _ = qwen.Qwen(model_cfg).apply(
-      {"params": params}, tokens[:, :-1], kv_mask_BS=attn[:, :-1],
+      {"params": params}, tokens[:, :-1], kv_mask_BS=attn[:, :-1], segment_ids_BT=segments,
       deterministic=deterministic, rngs={"dropout": rng})
   nll, count = lm.masked_nll_sum(hidden_BTD, qwen.head_kernel(params, model_cfg),
                                         tokens[:, 1:], batch["loss_mask"][:, 1:])
@@ -40,10 +42,22 @@ def unigram_loss(tokenizer, rows, limit: int = 2000) -> float:
   return float(-(p * np.log(p)).sum())
 
 
-def with_unigram(ctx: supervised.Context):
+def prepare(ctx: supervised.Context):
   """The batches as they are; the unigram baseline of the training rows goes to ctx.extra,
-  for the first line, every evaluation and the run's result."""
+  for the first line, every evaluation and the run's result. With data.packing the training
+  rows become packs of conversations (pipeline.pack), before the data order is made."""
+  config = ctx.run.config
   ctx.extra["unigram"] = unigram_loss(ctx.policy.tokenizer, ctx.train_rows)
+  if config.data.packing:
+    n = len(ctx.train_rows)
+    packs, truncated = pipeline.pack(ctx.policy.tokenizer, [r["messages"] for r in ctx.train_rows],
+                                     config.seq_len)
+    ctx.train_rows = [{"where": f"pack:{i}", "pack": p} for i, p in enumerate(packs)]
+    ctx.run.writer.print(f"data.packing: {n} conversations in {len(packs)} rows of {config.seq_len + 1} "
+                         f"tokens ({n / len(packs):.2f} per row; {truncated} cut to fit)")
+    if len(packs) < config.batch_size:
+      raise ConfigError(f"config.batch_size={config.batch_size} is larger than the {len(packs)} "
+                        "packed training rows (data.packing=True); lower it")
   return lambda batch, split, idx: batch
 
 
@@ -72,6 +86,9 @@ def load(config, workdir: str):
 
 
 def batch(config, tok, rows):
+  """Conversations as sft_batch rows; packs (data.packing, training only) as packed rows."""
+  if rows and "pack" in rows[0]:
+    return pipeline.packed_batch([r["pack"] for r in rows], config.seq_len, tok.pad_token_id), 0
   return pipeline.sft_batch(tok, [r["messages"] for r in rows], config.seq_len)
 
 
@@ -80,7 +97,7 @@ TASK = supervised.Task(
     # Dropout (model.dropout_rate) trains only: evaluation is deterministic.
     make_loss=lambda config, cfg, deterministic: functools.partial(
         loss_fn, model_cfg=cfg, deterministic=deterministic),
-    prepare=with_unigram,
+    prepare=prepare,
     eval_metrics=eval_metrics,
     samples=greedy_answers,
     eval_line=lambda step, out: (f"step {step}: eval loss {out['eval/loss']:.3f} (unigram "

@@ -22,16 +22,16 @@ import sys
 
 # The trainers are imported on use (`trainer`): validation reads only the names, and a bad
 # config must fail in well under two seconds.
-TRAINERS = ("sft", "ppo", "rm", "dpo", "rso", "best_of_n")
+TRAINERS = ("sft", "ppo", "rm", "dpo", "kto", "rso", "best_of_n")
 STAGE_TRAINERS = ("sft", "rm", "dpo")  # What a stage after "sft" may run.
 STAGE_REF = re.compile(r"@(\w+)")
 
 
 def trainer(name: str):
-  """The train(config, workdir) function registered under a trainer name: SFT, RM and DPO
-  are tasks of the one supervised loop."""
-  from r3jax.trainers import dpo, ppo, rm, sft, supervised  # pylint: disable=g-import-not-at-top
-  tasks = {"sft": sft.TASK, "rm": rm.TASK, "dpo": dpo.TASK}
+  """The train(config, workdir) function registered under a trainer name: SFT, RM, DPO and
+  KTO are tasks of the one supervised loop."""
+  from r3jax.trainers import dpo, kto, ppo, rm, sft, supervised  # pylint: disable=g-import-not-at-top
+  tasks = {"sft": sft.TASK, "rm": rm.TASK, "dpo": dpo.TASK, "kto": kto.TASK}
   if name in tasks:
     return functools.partial(supervised.train, task=tasks[name])
   return {"ppo": ppo.train, "rso": run_rso, "best_of_n": run_best_of_n}[name]

@@ -30,7 +30,10 @@ def build_policy(model_config, workdir: str, tokenizer_dir: str = "") -> Policy:
                    dropout_rate=model_config.dropout_rate, remat=model_config.remat)
   if model_config.hf_dir:
     cfg = hf.load_config(model_config.hf_dir, **overrides)
-    return Policy(cfg, tokenizer_lib.load(tokenizer_dir or model_config.hf_dir), model_config.hf_dir)
+    hf.check(model_config.hf_dir, cfg)  # Before the state of cfg's size is allocated.
+    tok = tokenizer_lib.load(tokenizer_dir or model_config.hf_dir)
+    tokenizer_lib.check_fits(tok, tokenizer_dir or model_config.hf_dir, cfg.vocab_size, model_config.hf_dir)
+    return Policy(cfg, tok, model_config.hf_dir)
   if model_config.preset not in ("tiny", "bench") and not model_config.allow_random_init:
     raise ConfigError(
         f"model.preset={model_config.preset!r} is a full-size model: set --config.model.hf_dir=/path "
@@ -94,32 +97,14 @@ def initial_params(policy: Policy, init_from: str, like, param_shardings, mesh, 
   return state["params"]
 
 
-SHAPE_FIELDS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads",
-                "intermediate_size", "tie_embeddings")
-
-
 def check_architecture(source: str, cfg) -> None:
-  """A ConfigError, before any tensor is read, when an HF checkpoint is not the config's
-  model (another family, or a Qwen2 of another size)."""
-  import json  # pylint: disable=g-import-not-at-top
-  hf_cfg = json.load(open(os.path.join(source, "config.json")))
-  kind = hf_cfg.get("model_type", "?")
-  if kind != "qwen2":
-    raise ConfigError(f"{source}: a {kind!r} checkpoint, not a Qwen2 decoder; init_from and "
-                      "model.hf_dir take Qwen2 checkpoints (or an r3jax run directory)")
-  theirs = qwen.config_from_hf(hf_cfg)
-  diff = [f"{f} {getattr(theirs, f)} vs {getattr(cfg, f)}" for f in SHAPE_FIELDS
-          if hasattr(cfg, f) and getattr(theirs, f) != getattr(cfg, f)]
-  if diff:
-    raise ConfigError(f"{source}: the checkpoint's architecture does not match the config's model "
-                      f"({'; '.join(diff)}, checkpoint vs config); set --config.model.hf_dir={source} "
-                      "to take its architecture")
+  """hf.check: the one architecture and tensor-shape check, for init_from as for model.hf_dir."""
+  hf.check(source, cfg)
 
 
 def load_params(source: str, cfg, like, param_shardings):
   if os.path.exists(os.path.join(source, "config.json")):
-    check_architecture(source, cfg)
-    params = hf.load_params(source, cfg, shardings=param_shardings)
+    params = hf.load_params(source, cfg, shardings=param_shardings)  # It runs hf.check first.
   else:
     params = checkpoint.restore_params_from(source, checkpoint.abstract_like(like, param_shardings))
   host_memory.release(params)

@@ -19,6 +19,7 @@ import jax
 import numpy as np
 
 from r3jax.core import optim, sharding
+from r3jax.core.errors import ConfigError
 from r3jax.data import pipeline
 from r3jax.models import qwen
 from r3jax.trainers import harness, state as state_lib, step as step_lib
@@ -81,6 +82,8 @@ def setup(config, workdir: str, task: Task):
   """(run, optimizer, skipped rows, context) before the first step."""
   policy = state_lib.build_policy(config.model, workdir, config.tokenizer)
   train_rows, eval_rows, skipped, notes = task.load(config, workdir)
+  batch_of = functools.partial(task.batch, config, policy.tokenizer)
+  check_fits(config, task, batch_of, train_rows)
   steps = config.steps or config.epochs * (len(train_rows) // config.batch_size)
   run = harness.open_run(config, workdir, steps)
   tx = optim.make(config.optim, steps)
@@ -97,9 +100,21 @@ def setup(config, workdir: str, task: Task):
   if n_eval == 0:
     run.writer.print(f"no evaluation: {len(eval_rows)} held-out {task.rows}, fewer than the "
                      "data shards (raise data.eval_fraction or the dataset size)")
-  batch_of = functools.partial(task.batch, config, policy.tokenizer)
   ctx = Context(run, policy, state, shardings, fresh, batch_of, train_rows, eval_rows, n_eval)
   return run, tx, skipped, ctx
+
+
+def check_fits(config, task: Task, batch_of, rows) -> None:
+  """Before any work: enough rows for one batch, and a seq_len that leaves room for the
+  trained tokens (else every row trains on nothing and the loss reads 0)."""
+  if len(rows) < config.batch_size:
+    raise ConfigError(f"config.batch_size={config.batch_size} is larger than the {len(rows)} "
+                      f"training {task.rows} (after the held-out share, data.eval_fraction="
+                      f"{config.data.eval_fraction}, and any dropped rows)")
+  probe = rows[:min(len(rows), 64)]
+  if not np.any(batch_of(probe)[0]["loss_mask"]):
+    raise ConfigError(f"config.seq_len={config.seq_len}: not one trained token of the first "
+                      f"{len(probe)} {task.rows} fits; their prompts alone fill it")
 
 
 def evaluate(ctx: Context, task: Task, eval_loss, params, prepare, step: int) -> dict:

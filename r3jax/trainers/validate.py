@@ -2,18 +2,17 @@
 before any work. Each failure is a ConfigError (or FileNotFoundError for a missing path)
 whose one-line message names the field and what it may be."""
 
-import json
-import os
+import math
 
 from etils import epath
 import jax
 import ml_collections
 
-from r3jax.core import sharding
+from r3jax.core import cli, paths, sharding
 from r3jax.core.errors import ConfigError
-from r3jax.data import sources
+from r3jax.data import readers, sources
 from r3jax.losses import preference as pref_losses
-from r3jax.models import qwen, sampling
+from r3jax.models import hf, qwen, sampling
 from r3jax.rewards import scorers, verifiable
 from r3jax.rl import algorithms, ops, rso
 from r3jax.trainers import schema, stages as stages_lib
@@ -22,6 +21,29 @@ DTYPES = ("float32", "bfloat16")
 SCHEDULES = ("constant", "cosine")
 QUERY_TYPES = ("field", "classifier", "random")
 CONSTRUCTIONS = ("rso", "sft", "direct")
+
+# The interval each numeric field must lie in ("[" closed, "(" open), wherever a trainer's
+# config has the field; every other number need only be finite. These are the values that
+# otherwise run and train on something else: a temperature of 0 or below (1-token or
+# inverted rollouts), top_p outside (0, 1] (silently off), a negative LoRA rank (silently
+# full fine-tuning), eval_fraction 1 (no training rows).
+RANGES = {
+    "rollout.temperature": "(0, inf)", "rollout.top_p": "(0, 1]", "rollout.top_k": "[0, inf)",
+    "lora.rank": "[0, inf)", "lora.alpha": "(0, inf)", "model.dropout_rate": "[0, 1)",
+    "optim.lr": "[0, inf)", "optim.b1": "[0, 1)", "optim.b2": "[0, 1)", "optim.eps": "(0, inf)",
+    "optim.weight_decay": "[0, inf)", "optim.grad_clip": "[0, inf)",
+    "optim.warmup_steps": "[-1, inf)", "optim.warmup_ratio": "[0, 1]",
+    "optim.min_lr_ratio": "[0, 1]", "value_lr": "[0, inf)", "best_of_n.lr": "[0, inf)",
+    "data.eval_fraction": "[0, 1)", "data.synthetic_restate": "[0, 1]",
+    "loss.beta": "(0, inf)", "loss.label_smoothing": "[0, 0.5]", "loss.margin": "[0, inf)",
+    "loss.cpo_alpha": "[0, inf)", "loss.desirable_weight": "[0, inf)",
+    "loss.undesirable_weight": "[0, inf)",
+    "kl.beta": "[0, inf)", "kl.target": "(0, inf)", "kl.horizon": "(0, inf)",
+    "ppo.value_clip": "(0, inf)", "ppo.gamma": "[0, 1]", "ppo.lam": "[0, 1]",
+    "ppo.vf_coef": "[0, inf)", "ptx.coef": "[0, inf)", "ptx.batch": "(0, inf)",
+    "ptx.seq_len": "(1, inf)", "reward.clip": "(0, inf)", "reward.scale": "(0, inf)",
+    "reward.overlong_coef": "[0, inf)", "rso.beta": "(0, inf)",
+}
 
 
 def one_of(field: str, value, allowed) -> None:
@@ -43,8 +65,10 @@ def validate(config, stages: dict | None = None) -> None:
     check_stage(config, i, name, done)
   check_fields(config, schema.defaults(config.trainer), config.trainer)
   check_common(config, done)
-  {"sft": check_supervised, "rm": check_preference, "dpo": check_preference, "ppo": check_ppo,
+  {"sft": check_supervised, "rm": check_preference, "dpo": check_preference,
+   "kto": check_preference, "ppo": check_ppo,
    "rso": check_rso, "best_of_n": check_rso}[config.trainer](config, done)
+  check_values(config, schema.defaults(config.trainer))  # What the checks above leave.
 
 
 def check_stage(config, i: int, name: str, done: dict) -> None:
@@ -80,8 +104,37 @@ def check_fields(config, defaults, trainer: str, prefix: str = "") -> None:
       check_fields(config[key], defaults[key], trainer, f"{field}.")
 
 
+def in_range(field: str, value, interval: str) -> None:
+  """value in `interval`, written as in RANGES: "(0, 1]"."""
+  if not cli.in_interval(value, interval):
+    raise ConfigError(f"config.{field}={value!r}: expected a finite number in {interval}")
+
+
+def check_values(config, defaults, prefix: str = "") -> None:
+  """Every number finite (nan and inf parse as floats from the command line), each field
+  of RANGES in its interval, and an integer whose default is non-negative (a count, a
+  length, a seed) not negative. Stage sections are configs of their own (check_stage)."""
+  for key, value in config.items():
+    if not prefix and key in config.stages:
+      continue
+    field, default = f"{prefix}{key}", defaults[key]
+    if isinstance(value, ml_collections.ConfigDict):
+      check_values(value, default, f"{field}.")
+    elif field in RANGES:
+      in_range(field, value, RANGES[field])
+    elif isinstance(value, float) and not math.isfinite(value):
+      raise ConfigError(f"config.{field}={value!r}: expected a finite number")
+    elif (isinstance(value, int) and isinstance(default, int) and not isinstance(value, bool)
+          and default >= 0 > value):
+      raise ConfigError(f"config.{field}={value!r}: expected a non-negative integer")
+
+
 def check_common(config, stages: dict) -> None:
   one_of("nonfinite.action", config.nonfinite.action, ("stop", "skip"))
+  if "control_text" in config.data:
+    one_of("data.control_text", config.data.control_text, ("refuse", "plain"))
+  if "format" in config.data:
+    one_of("data.format", config.data.format, readers.FORMATS)
   positive("nonfinite.max_in_a_row", config.nonfinite.max_in_a_row, zero_ok=True)
   sizes = sharding.mesh_shape(config.mesh, jax.device_count())
   m = config.model
@@ -90,6 +143,8 @@ def check_common(config, stages: dict) -> None:
                       "or set model.hf_dir to an HF checkpoint")
   one_of("model.param_dtype", m.param_dtype, DTYPES)
   one_of("model.dtype", m.dtype, DTYPES)
+  if m.hf_dir and epath.Path(m.hf_dir).exists() and not paths.is_uri(m.hf_dir):
+    hf.check(m.hf_dir)  # Its config and safetensors headers: milliseconds, before any work.
   kv_heads = qwen.preset(m.preset).num_kv_heads if not m.hf_dir else None  # HF: known at load.
   if kv_heads and kv_heads % sizes["tensor"]:
     raise ConfigError(f"config.mesh: tensor={sizes['tensor']} does not divide model.preset="
@@ -122,7 +177,11 @@ def check_paths(config, stages: dict) -> None:
   for field, path in (("init_from", init_from), ("model.hf_dir", config.model.hf_dir),
                       ("tokenizer", config.tokenizer), ("data.train", data.get("train", "")),
                       ("data.eval", data.get("eval", "")), ("data.prompts", data.get("prompts", ""))):
-    if path and not epath.Path(path).exists():
+    try:
+      exists = not path or epath.Path(path).exists()
+    except ImportError as e:  # A gs:// path without gcsfs installed.
+      raise ConfigError(f"config.{field}={path}: {e}") from None
+    if not exists:
       raise FileNotFoundError(f"config.{field}={path}: no such file or directory")
 
 
@@ -151,6 +210,8 @@ def check_supervised(config, stages=None) -> None:
 
 def check_preference(config, stages=None) -> None:
   check_supervised(config)
+  if config.trainer == "kto":
+    check_kto(config)
   if config.trainer == "dpo":
     loss = pref_losses.LOSSES.get(config.loss.type, "loss.type")
     if config.loss.label_smoothing and not loss.smoothing:
@@ -163,6 +224,21 @@ def check_preference(config, stages=None) -> None:
     if not 0 <= config.prompt_len < config.seq_len:
       raise ConfigError(f"config.prompt_len={config.prompt_len}: expected 0 (whole rows) or less "
                         f"than seq_len={config.seq_len}")
+
+
+def check_kto(config) -> None:
+  """KTO's weights (not both 0), a batch in which each row's prompt can meet another row's
+  completion (its KL estimate), and the prompt split."""
+  if not config.loss.desirable_weight and not config.loss.undesirable_weight:
+    raise ConfigError("config.loss.desirable_weight and loss.undesirable_weight are both 0: "
+                      "no row would train")
+  if config.batch_size // jax.process_count() < 2:
+    raise ConfigError(f"config.batch_size={config.batch_size}: KTO needs at least 2 rows per "
+                      "process's batch, since each row's prompt is paired with another row's "
+                      "completion to estimate the KL reference point")
+  if not 0 <= config.prompt_len < config.seq_len:
+    raise ConfigError(f"config.prompt_len={config.prompt_len}: expected 0 (whole rows) or less "
+                      f"than seq_len={config.seq_len}")
 
 
 def check_reward(field: str, spec: str, stages: dict, mix: bool = True) -> list:
@@ -207,6 +283,7 @@ def check_ppo(config, stages=None) -> None:
     if loss.params and (wrong := loss.check(config.ppo.loss_params[name])):
       raise ConfigError(f"config.ppo.loss_params.{name}.{wrong}")
   one_of("ppo.loss_agg", config.ppo.loss_agg, ops.AGGREGATIONS)
+  check_lora(config.lora)
   check_estimator(config, terms)
   if not 0 <= config.reward.overlong_cache <= config.rollout.max_new_tokens:
     raise ConfigError(f"config.reward.overlong_cache={config.reward.overlong_cache}: tokens before "
@@ -229,6 +306,19 @@ def check_ppo(config, stages=None) -> None:
   if config.prompts_per_step % sharding.data_parallel(sizes):
     raise ConfigError(f"config.prompts_per_step={config.prompts_per_step} does not split over the "
                       f"{sizes['data'] * sizes['fsdp']} data-parallel devices")
+
+
+def check_lora(lora_config) -> None:
+  """LoRA's targets name kernels of the decoder (lora.init would fail only after loading)."""
+  if lora_config.rank <= 0:
+    return
+  shapes = jax.eval_shape(lambda k: qwen.init_params(qwen.preset("tiny"), k), jax.random.key(0))
+  kernels = sorted({str(p[-1].key) for p, _ in jax.tree_util.tree_flatten_with_path(shapes)[0]
+                    if str(p[-1].key).endswith("_kernel")})
+  targets = tuple(lora_config.targets)
+  if not targets or any(t not in kernels for t in targets):
+    raise ConfigError(f"config.lora.targets={targets}: expected a non-empty tuple of the "
+                      f"decoder's kernels {', '.join(kernels)}")
 
 
 def check_estimator(config, terms) -> None:
@@ -255,8 +345,7 @@ def check_estimator(config, terms) -> None:
 def check_context(config) -> None:
   """Prompt plus response within the model's context (its config.json, or the preset's)."""
   if config.model.hf_dir:
-    path = os.path.join(config.model.hf_dir, "config.json")
-    context = json.load(open(path)).get("max_position_embeddings") if os.path.exists(path) else None
+    context = hf.read_config(config.model.hf_dir).get("max_position_embeddings")
   else:
     context = qwen.preset(config.model.preset).max_position_embeddings
   total = config.rollout.prompt_len + config.rollout.max_new_tokens

@@ -1,0 +1,93 @@
+"""The data formats users download: each reads the same rows as its JSONL twin, and a
+damaged file is one line naming it."""
+
+import gzip
+import json
+
+import pytest
+
+from r3jax.core.errors import DataError
+from r3jax.data import readers
+from helpers import shared_file
+
+datasets = pytest.importorskip("datasets")  # Writes the Parquet and Arrow twins.
+
+
+def one_line(fn) -> str:
+  with pytest.raises(DataError) as e:
+    fn()
+  assert "\n" not in str(e.value)
+  return str(e.value)
+
+
+@pytest.fixture(scope="module")
+def twins(tmp_path_factory):
+  """dpo_en_demo.json's rows as .json.gz, Parquet, an Arrow directory and a DatasetDict."""
+  d = tmp_path_factory.mktemp("twins")
+  src = shared_file("dpo_en_demo.json")
+  raw = open(src, "rb").read()
+  (d / "rows.json.gz").write_bytes(gzip.compress(raw))
+  ds = datasets.Dataset.from_list(json.loads(raw))
+  ds.to_parquet(str(d / "rows.parquet"))
+  ds.save_to_disk(str(d / "arrow"))
+  datasets.DatasetDict({"train": ds}).save_to_disk(str(d / "dict"))
+  return src, d
+
+
+@pytest.mark.parametrize("name", ["rows.json.gz", "rows.parquet", "arrow"])
+def test_each_format_reads_the_rows_of_its_json_twin(twins, name):
+  src, d = twins
+  a, b = readers.load_comparisons(src), readers.load_comparisons(str(d / name))
+  strip = lambda rows: [{k: v for k, v in r.items() if k != "where"} for r in rows]
+  assert len(a.rows) == 300 and strip(a.rows) == strip(b.rows)
+  assert b.rows[7]["where"] == (f"{src}: item 7".replace(src, str(d / name)) if name.endswith(".gz")
+                                else f"{d / name}: row 7")
+
+
+def test_hh_as_jsonl_gz_reads_as_its_twin(tmp_path):
+  src = shared_file("hh_harmless_base_sample.jsonl")
+  gz = tmp_path / "hh.jsonl.gz"
+  gz.write_bytes(gzip.compress(open(src, "rb").read()))
+  a = readers.load_conversations(src, skip_bad=True)
+  b = readers.load_conversations(str(gz), skip_bad=True)
+  assert [r["messages"] for r in a.rows] == [r["messages"] for r in b.rows] and len(a.rows) > 100
+  assert [s.replace(src, str(gz)) for s in a.skipped] == b.skipped
+
+
+def test_damaged_files_are_one_line(twins, tmp_path):
+  src, d = twins
+  gz = tmp_path / "cut.jsonl.gz"
+  gz.write_bytes(gzip.compress(open(shared_file("hh_harmless_base_sample.jsonl"), "rb").read())[:5000])
+  assert one_line(lambda: readers.load_comparisons(str(gz), skip_bad=True)).startswith(
+      f"{gz}: truncated or damaged gzip file")
+  pq = tmp_path / "cut.parquet"
+  pq.write_bytes((d / "rows.parquet").read_bytes()[:3000])
+  assert one_line(lambda: readers.load_comparisons(str(pq))).startswith(f"{pq}: not a readable Parquet file")
+  # A Parquet file without the columns a reader needs names the row and the field.
+  assert one_line(lambda: readers.load_texts(str(d / "rows.parquet"))) == (
+      f"{d / 'rows.parquet'}: row 0: missing field 'text'")
+  assert one_line(lambda: readers.load_comparisons(str(d / "dict"))) == (
+      f"{d / 'dict'}: a DatasetDict with the splits train; name one directory, e.g. {d / 'dict' / 'train'}")
+  assert one_line(lambda: readers.load_comparisons(str(tmp_path))).startswith(
+      f"{tmp_path}: a directory without a state.json")
+
+
+def test_ptx_text_is_tokenized_once_into_a_memory_map(tmp_path):
+  """PPO-ptx reads its corpus a chunk at a time into <workdir>/ptx and maps it: the rows are
+  the documents' ids, each ended by end-of-text, cut into ptx.seq_len; a second run reuses it."""
+  import ml_collections
+  import numpy as np
+  from r3jax.data import sources, tokenizer as tokenizer_lib
+  tok = tokenizer_lib.tiny()
+  docs = [f"Document {i} says {'more ' * (i % 7)}things." for i in range(2500)]
+  path = tmp_path / "corpus.txt.gz"
+  path.write_bytes(gzip.compress("".join(d + "\n" for d in docs).encode()))
+  cfg = ml_collections.ConfigDict(dict(coef=0.1, data=str(path), seq_len=16, synthetic_docs=0))
+  rows = sources.ptx_rows(cfg, tok, str(tmp_path / "run"))
+  want = np.concatenate([tok(d)["input_ids"] + [tok.eos_token_id] for d in docs])
+  assert isinstance(rows, np.memmap) and rows.shape == (len(want) // 16, 16)
+  np.testing.assert_array_equal(rows.reshape(-1), want[:rows.size])
+  cache = tmp_path / "run" / "ptx" / "process_0" / "tokens.u32"
+  mtime = cache.stat().st_mtime_ns
+  sources.ptx_rows(cfg, tok, str(tmp_path / "run"))
+  assert cache.stat().st_mtime_ns == mtime  # Reused, not rebuilt.
