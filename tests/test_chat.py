@@ -90,3 +90,41 @@ def test_qwen1_tiktoken_tokenizer_matches_tiktoken(tmp_path):
   for text in ("hello world", "Hello, world!! 1234\n\n  hello\tworld's", "<|im_start|>user\nhello<|im_end|>\n"):
     assert tok.encode(text, add_special_tokens=False) == ref.encode(text, allowed_special="all"), text
   assert (tok.convert_tokens_to_ids(chat.IM_END), tok.eos_token, tok.pad_token) == (len(ranks) + 2, chat.IM_END, chat.ENDOFTEXT)
+
+
+# A template that renders tool turns as Qwen2.5's does: a function result as a user turn
+# wrapped in <tool_response>, an assistant's calls as <tool_call> blocks after its content.
+TOOL_TEMPLATE = (
+    "{% for m in messages %}{% if m.role == 'tool' %}<|im_start|>user\n<tool_response>\n"
+    "{{ m.content }}\n</tool_response><|im_end|>\n{% else %}<|im_start|>{{ m.role }}\n{{ m.content }}"
+    "{% for c in m.tool_calls or [] %}<tool_call>\n{{ c.function.name }}\n</tool_call>{% endfor %}"
+    "<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+TOOL_CONVERSATION = [
+    {"role": "user", "content": "Weather in Paris?"},
+    {"role": "assistant", "content": None,
+     "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": {}}}]},
+    {"role": "tool", "content": "21 degrees"},
+    {"role": "assistant", "content": "It is 21 degrees."}]
+
+
+def test_tool_turns_train_as_the_template_renders_them(tmp_path):
+  """A function-calling conversation reads (its tool-only assistant turn may have no
+  content), tokenizes to the template's own ids, and trains the assistant's calls and
+  answer, not the tool's result; a prompt may end with a tool result."""
+  import json
+  from r3jax.data import readers, tokenizer as tokenizer_lib
+  path = tmp_path / "tools.jsonl"
+  path.write_text(json.dumps({"messages": TOOL_CONVERSATION}) + "\n")
+  conv = readers.load_conversations(str(path)).rows[0]["messages"]
+  assert conv[1]["content"] == "" and conv[2]["role"] == "tool"
+  tok = tokenizer_lib.tiny()
+  with pytest.raises(ValueError, match="turn 1 has tool_calls: they are rendered by a checkpoint's chat template"):
+    chat.tokenize(tok, conv)
+  tok.chat_template = TOOL_TEMPLATE
+  ids, mask = chat.tokenize(tok, conv)
+  assert list(ids) == list(tok.apply_chat_template(conv, tokenize=True)["input_ids"])
+  assert tok.decode(ids[mask == 1]) == ("<tool_call>\nget_weather\n</tool_call><|im_end|>"
+                                        "It is 21 degrees.<|im_end|>")
+  prompt = tmp_path / "prompt.jsonl"
+  prompt.write_text(json.dumps({"messages": TOOL_CONVERSATION[:3]}) + "\n")
+  assert readers.load_prompts(str(prompt)).rows[0]["prompt"][-1]["role"] == "tool"

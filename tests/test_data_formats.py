@@ -91,3 +91,57 @@ def test_ptx_text_is_tokenized_once_into_a_memory_map(tmp_path):
   mtime = cache.stat().st_mtime_ns
   sources.ptx_rows(cfg, tok, str(tmp_path / "run"))
   assert cache.stat().st_mtime_ns == mtime  # Reused, not rebuilt.
+
+
+BUILDER = '''
+import tensorflow_datasets as tfds
+
+class TinyPrefs(tfds.core.GeneratorBasedBuilder):
+  VERSION = tfds.core.Version("1.0.0")
+
+  def _info(self):
+    return self.dataset_info_from_configs(features=tfds.features.FeaturesDict({
+        "prompt": tfds.features.Text(), "chosen": tfds.features.Text(),
+        "rejected": tfds.features.Text(),
+        "messages": tfds.features.Sequence({"role": tfds.features.Text(),
+                                            "content": tfds.features.Text()})}))
+
+  def _split_generators(self, dl_manager):
+    return {"train": self._generate_examples(6), "test": self._generate_examples(2)}
+
+  def _generate_examples(self, n):
+    for i in range(n):
+      yield i, {"prompt": f"Question {i}?", "chosen": f"Answer {i}.", "rejected": f"No {i}.",
+                "messages": [{"role": "user", "content": f"Question {i}?"},
+                             {"role": "assistant", "content": f"Answer {i}."}]}
+'''
+
+
+def test_a_prepared_tfds_dataset_reads_by_name_from_tfds_dir(tmp_path, monkeypatch):
+  """`tfds:<name>[@<split>]` from data.tfds_dir, nothing downloaded: a sequence of records
+  reads as a list of turns; a dataset that is not there is one line."""
+  import importlib
+  import sys
+  from r3jax.data import sources
+  from r3jax.trainers import schema
+  pkg = tmp_path / "pkg" / "tiny_prefs_builder"
+  pkg.mkdir(parents=True)
+  (pkg / "__init__.py").write_text(BUILDER)
+  monkeypatch.syspath_prepend(str(tmp_path / "pkg"))
+  module = importlib.import_module("tiny_prefs_builder")
+  module.TinyPrefs(data_dir=str(tmp_path / "tfds"), file_format="array_record").download_and_prepare()
+  sys.modules.pop("tiny_prefs_builder")
+  tfds_dir = str(tmp_path / "tfds")
+  rows = readers.load_comparisons("tfds:tiny_prefs", tfds_dir=tfds_dir).rows
+  assert sorted(r["responses"][0] for r in rows) == [f"Answer {i}." for i in range(6)]
+  assert rows[0]["where"] == "tfds:tiny_prefs: row 0"
+  convs = readers.load_conversations("tfds:tiny_prefs:1.0.0@test", tfds_dir=tfds_dir).rows
+  assert len(convs) == 2 and all(c["messages"][1]["role"] == "assistant" for c in convs)
+  c = schema.preference("dpo", "x").data
+  c.update(train="tfds:tiny_prefs", eval="tfds:tiny_prefs@test", tfds_dir=tfds_dir)
+  train, held_out, _ = sources.comparisons(c, 0)
+  assert (len(train), len(held_out)) == (6, 2)
+  assert one_line(lambda: readers.load_comparisons("tfds:nope", tfds_dir=tfds_dir)).startswith(
+      f"tfds:nope: not a prepared array_record dataset in data.tfds_dir={tfds_dir} (DatasetNotFoundError")
+  assert one_line(lambda: readers.load_comparisons("tfds:tiny_prefs")).startswith(
+      "tfds:tiny_prefs: set data.tfds_dir")

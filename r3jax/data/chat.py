@@ -18,7 +18,7 @@ CONTROL_TOKENS = [ENDOFTEXT, IM_START, IM_END]
 # structure, unless data.control_text=plain; other <|name|> strings (a dataset's own
 # "<|user|>" markers) are ordinary text.
 CONTROL_RE = re.compile(r"<\|[A-Za-z0-9_]+\|>")
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")  # "tool": a function result (Qwen2.5 template).
 
 
 def _check(messages, where: str = "conversation"):
@@ -53,6 +53,9 @@ def tokenize(tokenizer, messages, add_generation_prompt: bool = False):
   _check(messages)
   if getattr(tokenizer, "chat_template", None):
     return _tokenize_template(tokenizer, messages, add_generation_prompt)
+  if calls := [i for i, m in enumerate(messages) if m.get("tool_calls")]:
+    raise ValueError(f"turn {calls[0]} has tool_calls: they are rendered by a checkpoint's chat "
+                     "template, and this tokenizer has none")
   ids, mask = [], []
 
   def add(text, trained, literal=False):
@@ -74,9 +77,9 @@ def tokenize(tokenizer, messages, add_generation_prompt: bool = False):
 def _tokenize_template(tokenizer, messages, add_generation_prompt: bool):
   """The template's text encoded whole, so the ids equal apply_chat_template's (encoding
   pieces apart gives "\n" + "\n..." as [198, 198] where the whole text has [271]). The
-  mask covers each assistant content and the end-of-turn marker after it, found by
-  rendering the turns before it with the generation prompt (a prefix of the whole text);
-  a token straddling a content boundary (that "\n\n") is trained."""
+  mask covers each assistant turn from its content to its end-of-turn marker (tool calls
+  included), found by rendering the turns before it with the generation prompt (a prefix
+  of the whole text); a token straddling a content boundary (that "\n\n") is trained."""
   render = lambda msgs, gen: tokenizer.apply_chat_template(
       msgs, tokenize=False, add_generation_prompt=gen)
   text = render(messages, add_generation_prompt)
@@ -89,7 +92,10 @@ def _tokenize_template(tokenizer, messages, add_generation_prompt: bool):
     if text[start:end] != m["content"]:
       raise ValueError("the tokenizer's chat template does not write assistant turns "
                        f"verbatim after the generation prompt (turn {i}); cannot mask the loss")
-    spans.append((start, end + (len(IM_END) if text.startswith(IM_END, end) else 0)))
+    # The turn runs to its end marker: what the template writes after the content (Qwen2.5's
+    # <tool_call> blocks) is the assistant's too, and is trained with it.
+    close = text.find(IM_END, end)
+    spans.append((start, close + len(IM_END) if close >= 0 else end))
   ids, offsets = _encode_contents_literally(tokenizer, text, messages)
   mask = [int(any(a < e and s < b for s, e in spans)) for a, b in offsets]
   return np.asarray(ids, np.int32), np.asarray(mask, np.int32)
@@ -186,7 +192,8 @@ def parse_hh(text: str, where: str = "HH text"):
 
 _SHAREGPT_ROLE = {"human": "user", "user": "user", "gpt": "assistant",
                   "assistant": "assistant", "system": "system", "chatgpt": "assistant",
-                  "bing": "assistant", "bard": "assistant"}
+                  "bing": "assistant", "bard": "assistant",
+                  "observation": "tool", "tool": "tool"}  # LLaMA-Factory's function results.
 
 
 def parse_sharegpt(turns, where: str = "ShareGPT turns"):

@@ -77,11 +77,52 @@ def _parse(text: str, where: str, whole_file: bool = False):
   return obj
 
 
-def iter_records(path: str):
+def _plain(x):
+  """A TFDS example as JSON-like Python: bytes to text, arrays to lists, and a sequence of
+  records (TFDS stores it as a record of equal-length lists) to a list of records."""
+  if isinstance(x, bytes):
+    return x.decode("utf-8", errors="replace")
+  if isinstance(x, dict):
+    out = {k: _plain(v) for k, v in x.items()}
+    lists = list(out.values())
+    if lists and all(isinstance(v, list) for v in lists) and len({len(v) for v in lists}) == 1:
+      return [dict(zip(out, values)) for values in zip(*lists)]
+    return out
+  if hasattr(x, "tolist"):  # numpy arrays and scalars.
+    return _plain(x.tolist()) if getattr(x, "dtype", None) == object else x.tolist()
+  if isinstance(x, list):
+    return [_plain(v) for v in x]
+  return x
+
+
+def _tfds_rows(spec: str, data_dir: str):
+  """The rows of a prepared TFDS dataset, `tfds:<name>[/<config>][:<version>][@<split>]`
+  (split train by default), from `data_dir` (data.tfds_dir). Nothing is downloaded: a
+  dataset that is not there is one line."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (slow to import)
+  name, _, split = spec[len("tfds:"):].partition("@")
+  if not data_dir:
+    raise DataError(f"{spec}: set data.tfds_dir to the directory that holds the prepared "
+                    "dataset (r3jax downloads nothing)")
+  try:
+    source = tfds.builder(name, data_dir=data_dir).as_data_source(split=split or "train")
+  except Exception as e:  # pylint: disable=broad-except  (TFDS raises many kinds)
+    why = (str(e).strip().splitlines() or [""])[0]
+    raise DataError(f"{spec}: not a prepared array_record dataset in data.tfds_dir={data_dir} "
+                    f"({type(e).__name__}: {why})") from None
+  for i in range(len(source)):
+    yield f"{spec}: row {i}", _plain(source[i])
+
+
+def iter_records(path: str, tfds_dir: str = ""):
   """Yields (where, obj) for each JSONL line / JSON array item / text line / Parquet or
   Arrow row; obj is a DataError for a row that cannot be read. `path` may be a gs:// URI;
   JSON, JSONL and text files may be gzip-compressed (.jsonl.gz, .json.gz, .txt.gz), and
-  a directory is one written by `datasets.Dataset.save_to_disk` (Arrow)."""
+  a directory is one written by `datasets.Dataset.save_to_disk` (Arrow), and
+  `tfds:<name>...` a prepared TFDS dataset in `tfds_dir` (_tfds_rows)."""
+  if path.startswith("tfds:"):
+    yield from _tfds_rows(path, tfds_dir)
+    return
   p = epath.Path(path)
   if not p.exists():
     raise DataError(f"{path}: file not found")
@@ -210,7 +251,11 @@ def messages(obj, key, where) -> list[dict]:
     if not isinstance(m, dict):
       raise DataError(f"{where}: field '{key}' item {i} should be an object with 'role' and "
                       f"'content', got {type(m).__name__}")
-  return [dict(m) for m in turns]
+    if m.get("tool_calls") is not None and not isinstance(m["tool_calls"], list):
+      raise DataError(f"{where}: field '{key}' item {i}: 'tool_calls' should be a list")
+  # An assistant turn that only calls tools may have no content (OpenAI's form).
+  return [dict(m, content="") if m.get("tool_calls") and m.get("content") is None else dict(m)
+          for m in turns]
 
 
 def to_conversation(obj, fmt: str, where: str) -> list[dict]:
@@ -258,11 +303,12 @@ def refuse_control(row: dict, where: str) -> None:
                     "turn or an end of text (data.control_text=plain reads it as plain text)")
 
 
-def load_rows(path: str, parse, skip_bad: bool, what: str, control_text: str = "refuse") -> Loaded:
-  """Rows `parse(obj, where)` of a file; bad rows raise, or are counted with skip_bad.
-  control_text "refuse" or "plain": see refuse_control."""
+def load_rows(path: str, parse, skip_bad: bool, what: str, control_text: str = "refuse",
+              tfds_dir: str = "") -> Loaded:
+  """Rows `parse(obj, where)` of a file (or a TFDS dataset, iter_records); bad rows raise,
+  or are counted with skip_bad. control_text "refuse" or "plain": see refuse_control."""
   rows, skipped = [], []
-  for where, obj in iter_records(path):
+  for where, obj in iter_records(path, tfds_dir):
     try:
       if isinstance(obj, DataError):
         raise obj
@@ -280,9 +326,9 @@ def load_rows(path: str, parse, skip_bad: bool, what: str, control_text: str = "
 
 
 def load_conversations(path: str, fmt: str = "auto", skip_bad: bool = False,
-                       control_text: str = "refuse") -> Loaded:
+                       control_text: str = "refuse", tfds_dir: str = "") -> Loaded:
   return load_rows(path, lambda obj, where: {"messages": to_conversation(obj, fmt, where)},
-                   skip_bad, "rows", control_text)
+                   skip_bad, "rows", control_text, tfds_dir)
 
 
 def to_comparison(obj, where: str) -> dict:
@@ -330,9 +376,10 @@ def to_comparison(obj, where: str) -> dict:
   return {"prompt": prompt, "responses": responses, **extra}
 
 
-def load_comparisons(path: str, skip_bad: bool = False, control_text: str = "refuse") -> Loaded:
+def load_comparisons(path: str, skip_bad: bool = False, control_text: str = "refuse",
+                     tfds_dir: str = "") -> Loaded:
   """Comparison rows (see `to_comparison`); each keeps its "where" (file:line)."""
-  return load_rows(path, to_comparison, skip_bad, "comparisons", control_text)
+  return load_rows(path, to_comparison, skip_bad, "comparisons", control_text, tfds_dir)
 
 
 def _completion(obj, where) -> str:
@@ -389,9 +436,10 @@ def to_feedback(obj, where: str) -> dict:
   return {"prompt": prompt, "responses": [completion], "label": label}
 
 
-def load_feedback(path: str, skip_bad: bool = False, control_text: str = "refuse") -> Loaded:
+def load_feedback(path: str, skip_bad: bool = False, control_text: str = "refuse",
+                  tfds_dir: str = "") -> Loaded:
   """Unpaired feedback rows and comparisons (see `to_feedback`); each keeps its "where"."""
-  return load_rows(path, to_feedback, skip_bad, "feedback rows", control_text)
+  return load_rows(path, to_feedback, skip_bad, "feedback rows", control_text, tfds_dir)
 
 
 # The fields to_prompt reads a prompt and its reference from; any other field of a row
@@ -470,9 +518,9 @@ def conversation_prompt(obj: dict, where: str) -> list[dict]:
     chat.render(turns)
   except ValueError as e:
     raise DataError(str(e) if str(e).startswith(where) else f"{where}: {e}") from None
-  if turns[-1]["role"] != "user":
+  if turns[-1]["role"] not in ("user", "tool"):
     raise DataError(f"{where}: the prompt ends with its {turns[-1]['role']} turn; a prompt ends "
-                    "with the user turn the policy answers")
+                    "with the user turn (or tool result) the policy answers")
   return turns
 
 
@@ -488,9 +536,10 @@ def gsm8k_answer(obj: dict, where: str) -> dict:
   return {**obj, "answer": key.strip(), "solution": re.sub(r"<<[^>]*>>", "", solution).strip()}
 
 
-def load_prompts(path: str, skip_bad: bool = False, control_text: str = "refuse") -> Loaded:
+def load_prompts(path: str, skip_bad: bool = False, control_text: str = "refuse",
+                 tfds_dir: str = "") -> Loaded:
   """Prompt rows (see `to_prompt`) for evaluation; each keeps its "where" (file:line)."""
-  return load_rows(path, to_prompt, skip_bad, "prompts", control_text)
+  return load_rows(path, to_prompt, skip_bad, "prompts", control_text, tfds_dir)
 
 
 def _text(obj, where) -> dict:

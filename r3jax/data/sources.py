@@ -53,14 +53,14 @@ def conversations(data_config, workdir: str, seed: int):
   skipped = []
 
   def load(path):
-    if data_config.use_tfds:
+    if data_config.use_tfds and not path.startswith("tfds:"):
       from r3jax.data import tfds_local  # Local: TFDS is slow to import.
       name = os.path.splitext(os.path.basename(path))[0]
       return tfds_local.load_conversations(path, os.path.join(workdir, "tfds", name),
                                            data_config.format, data_config.skip_bad,
                                            data_config.control_text)
     return readers.load_conversations(path, data_config.format, data_config.skip_bad,
-                                      data_config.control_text)
+                                      data_config.control_text, data_config.tfds_dir)
 
   if data_config.train:
     loaded = load(data_config.train)
@@ -82,13 +82,15 @@ def comparisons(data_config, seed: int, read=readers.load_comparisons):
   takes unpaired rows), or the synthetic comparisons."""
   skipped = []
   if data_config.train:
-    loaded = read(data_config.train, data_config.skip_bad, data_config.control_text)
+    loaded = read(data_config.train, data_config.skip_bad, data_config.control_text,
+                  data_config.tfds_dir)
     rows, skipped = loaded.rows, loaded.skipped
   else:
     rows = [dict(where=f"synthetic:{i}", **c) for i, c in
             enumerate(synthetic.comparisons(data_config.synthetic_examples, seed=data_config.synthetic_seed))]
   if data_config.eval:
-    loaded = read(data_config.eval, data_config.skip_bad, data_config.control_text)
+    loaded = read(data_config.eval, data_config.skip_bad, data_config.control_text,
+                  data_config.tfds_dir)
     return rows, loaded.rows, skipped + loaded.skipped
   return _hold_out(rows, data_config.eval_fraction, seed) + (skipped,)
 
@@ -121,7 +123,8 @@ def _prompts(data_config):
   if not data_config.prompts:
     return TASKS.get(data_config.synthetic_task, "data.synthetic_task").prompts(data_config)
   rows = []
-  for r in readers.load_prompts(data_config.prompts, control_text=data_config.control_text).rows:
+  for r in readers.load_prompts(data_config.prompts, control_text=data_config.control_text,
+                                tfds_dir=data_config.tfds_dir).rows:
     try:
       qtype = r3.query_type(r.get("query_type"))
     except ValueError as e:

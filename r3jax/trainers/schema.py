@@ -77,6 +77,7 @@ def sft() -> ConfigDict:
       train="", eval="", format="auto", eval_fraction=0.05, skip_bad=False,
       control_text="refuse",  # Or "plain": readers.refuse_control.
       use_tfds=False,  # Read files through a TFDS array_record data source.
+      tfds_dir="",  # Where data.train="tfds:<name>[/<config>][:<version>][@<split>]" is prepared.
       synthetic_examples=4000,
       synthetic_task="world",  # Without data.train: an entry of data/sources.TASKS.
       synthetic_restate=0.0,  # Share of synthetic answers that open by repeating the question.
@@ -96,6 +97,7 @@ def preference(trainer: str, name: str) -> ConfigDict:
   c.steps, c.epochs, c.batch_size = 0, 1, 64
   c.data = ConfigDict(dict(train="", eval="", eval_fraction=0.05, skip_bad=False,
                            control_text="refuse",  # Or "plain": readers.refuse_control.
+                           tfds_dir="",  # For "tfds:<name>..." data (readers._tfds_rows).
                            synthetic_examples=6000, synthetic_seed=0,
                            keep_ties=False))  # Comparisons whose responses are all equal.
   c.optim = optim(lr=3e-6, weight_decay=0.0)
@@ -135,6 +137,7 @@ def ppo() -> ConfigDict:
   # verifiable reward reads: "... put your final answer within \boxed{}.").
   c.data = ConfigDict(dict(prompts="", synthetic_examples=2000, prompt_seed=1, instruction="",
                           control_text="refuse",  # Or "plain": readers.refuse_control.
+                          tfds_dir="",  # For data.prompts="tfds:<name>..." (readers._tfds_rows).
                           synthetic_task="world"))  # Without data.prompts: data/sources.TASKS.
   # engine: an entry of models/sampling.ENGINES ("static": one batch-wide decode loop).
   # dynamic_sampling (DAPO §3.2): drop groups whose rewards are all equal and sample more

@@ -177,6 +177,11 @@ def check_paths(config, stages: dict) -> None:
   for field, path in (("init_from", init_from), ("model.hf_dir", config.model.hf_dir),
                       ("tokenizer", config.tokenizer), ("data.train", data.get("train", "")),
                       ("data.eval", data.get("eval", "")), ("data.prompts", data.get("prompts", ""))):
+    if path.startswith("tfds:"):  # A prepared TFDS dataset: its directory must exist.
+      field, path = "data.tfds_dir", data.get("tfds_dir", "")
+      if not path:
+        raise ConfigError(f"config.{field}: empty, but a data path names a TFDS dataset; set it "
+                          "to the directory holding the prepared dataset (nothing is downloaded)")
     try:
       exists = not path or epath.Path(path).exists()
     except ImportError as e:  # A gs:// path without gcsfs installed.
