@@ -55,7 +55,9 @@ _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 128, "Answer length limit.")
 _MAX_PROMPT = flags.DEFINE_integer("max_prompt_len", 256, "Prompt tokens kept (the last ones).")
 _BATCH = flags.DEFINE_integer("batch", 16, "Prompts per generation batch.")
 _JUDGE = flags.DEFINE_string("judge", "gold,r3", "Comma-separated judges of the win rate: gold "
-                             "(the embedded world's facts) and/or scorers.make specs.")
+                             "(the embedded world's facts), scorers.make specs, and llm:DIR or "
+                             "llm-prob:DIR (a checkpoint judging each pair in both orders by its "
+                             "verdict text or its next-token probabilities; eval/llm_judge.py).")
 _ENCODER = flags.DEFINE_string("encoder", "", "Relevance encoder dir (default: packaged MiniLM).")
 _LIMIT = flags.DEFINE_integer("limit", 0, "First N prompts only (0: all).")
 _SKIP_BAD = flags.DEFINE_bool("skip_bad", False, "Skip (and count) malformed prompt rows.")

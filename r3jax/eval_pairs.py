@@ -19,7 +19,7 @@ from absl import app, flags
 
 from r3jax.core import cli
 from r3jax.data import readers
-from r3jax.eval import pairs
+from r3jax.eval import generation, pairs
 from r3jax.rewards import scorers
 
 _REWARD = flags.DEFINE_list("reward", ["r3"], "Rewards to evaluate.")
@@ -50,7 +50,8 @@ def main(argv):
     check_flags()
   try:
     sets = {pairs.set_name(d): pairs.load_set(d, _LIMIT.value, _SKIP_BAD.value) for d in _DATA.value}
-    rewards = {reward_name(s): scorers.make(s, max_len=_MAX_LEN.value) for s in _REWARD.value}
+    rewards = {reward_name(s): generation.judges(s, [], _MAX_LEN.value)[s] if s.startswith("llm")
+               else scorers.make(s, max_len=_MAX_LEN.value) for s in _REWARD.value}
     acc = pairs.table(rewards, sets)
   except (readers.DataError, FileNotFoundError) as e:
     cli.fail(str(e))

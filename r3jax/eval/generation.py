@@ -12,7 +12,7 @@ import numpy as np
 
 from r3jax.core import plots
 from r3jax.data import chat, readers, sources, tokenizer as tokenizer_lib
-from r3jax.eval import accuracy, gold, text_metrics as tm
+from r3jax.eval import accuracy, gold, llm_judge, text_metrics as tm
 from r3jax.models import hf, sampling
 from r3jax.rewards import r3, scorers, verifiable
 
@@ -174,7 +174,11 @@ def report(out, rows, stats, win, types, skipped, opts: Options) -> str:
     lines += ["", f"## Win rate, judged by `{judge_name}` in both orders", "",
               f"{names[0]} vs {names[1]}: **{w['win_rate']:.1%}** (95% interval over prompts "
               f"{w['ci95'][0]:.1%}–{w['ci95'][1]:.1%}; wins {w['wins']}, ties {w['ties']}, "
-              f"losses {w['losses']} of {w['judgements']} judgements)."]
+              f"losses {w['losses']} of {w['judgements']} {w.get('unit', 'judgements')})."]
+    if "position_bias" in w:  # An LLM judge's own calibration, beside its verdicts.
+      lines.append(f"Position bias (the verdict follows the order): {w['position_bias']:.1%} of "
+                   f"the prompts with both verdicts read; unreadable verdicts: {w['unreadable']} "
+                   f"of {2 * w['judgements']} (scored as ties).")
   if skipped:
     lines += ["", f"{len(skipped)} malformed prompt rows skipped, e.g. `{skipped[0]}`."]
   lines += ["", "![length](length_hist.png) ![relevance](relevance_by_position.png) "
@@ -226,9 +230,10 @@ def load_rows(prompts: str, limit: int, skip_bad: bool):
 
 
 def judges(spec: str, rows, max_len: int) -> dict:
-  """{name: pointwise judge(rows, answers) -> [N]} from a comma-separated
-  list: "gold" (the embedded world's gold score; dropped with a note for other prompts)
-  or any rewards/scorers.make spec."""
+  """{name: pointwise judge(rows, answers) -> [N], or an llm_judge.PairwiseJudge} from a
+  comma-separated list: "gold" (the embedded world's gold score; dropped with a note for
+  other prompts), "llm:DIR" / "llm-prob:DIR" (a checkpoint judging pairs by its verdict
+  text / its next-token probabilities), or any rewards/scorers.make spec."""
   out = {}
   for name in [x.strip() for x in spec.split(",") if x.strip()]:
     if name == "gold":
@@ -237,6 +242,12 @@ def judges(spec: str, rows, max_len: int) -> dict:
       else:
         print("judge gold: these prompts are not questions about the embedded world; skipped",
               file=sys.stderr)
+      continue
+    if name.startswith("llm:"):  # A checkpoint as a pairwise judge: llm:DIR or llm-prob:DIR.
+      out[name] = llm_judge.PairwiseJudge.load(name[len("llm:"):])
+      continue
+    if name.startswith("llm-prob:"):
+      out[name] = llm_judge.PairwiseJudge.load(name[len("llm-prob:"):], mode="prob")
       continue
     scorer = scorers.make(name, max_len=max_len)
     out[name] = lambda rs, a, f=scorer: np.asarray(f(rs, a)["reward"])
@@ -248,6 +259,8 @@ def judged_win_rate(judge, rows, stats) -> dict:
   set is scored once, and both orders read the same scores."""
   queries = [chat.as_text(r["prompt"]) for r in rows]
   answers = {n: stats[n]["answers"] for n in ("policy", "baseline")}
+  if isinstance(judge, llm_judge.PairwiseJudge):  # Pairwise, each order judged apart.
+    return judge.win_rate(queries, answers["policy"], answers["baseline"])
   score = {n: np.asarray(judge(rows, a)) for n, a in answers.items()}
   name = lambda x: "policy" if x is answers["policy"] else "baseline"
   pref = lambda p, a, b: score[name(a)] - score[name(b)]

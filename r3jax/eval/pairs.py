@@ -10,7 +10,8 @@ import time
 import numpy as np
 
 from r3jax.core import plots
-from r3jax.data import readers, synrel, synthetic
+from r3jax.data import chat, readers, synrel, synthetic
+from r3jax.eval import llm_judge
 
 
 def wilson(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -23,7 +24,16 @@ def wilson(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
 
 
 def pair_accuracy(scorer, rows) -> tuple[float, int]:
-  """(wins + ties/2, number of pairs) over every ordered pair of each ranking."""
+  """(wins + ties/2, number of pairs) over every ordered pair of each ranking. An LLM judge
+  (llm_judge.PairwiseJudge) judges each pair in both orders: a win needs both."""
+  if isinstance(scorer, llm_judge.PairwiseJudge):
+    pairs = [(chat.as_text(r["prompt"]), r["responses"][a], r["responses"][b]) for r in rows
+             for a in range(len(r["responses"])) for b in range(a + 1, len(r["responses"]))]
+    q, better, worse = (list(x) for x in zip(*pairs))
+    out = llm_judge.both_orders(scorer.verdicts(q, better, worse), scorer.verdicts(q, worse, better))
+    print(f"LLM judge: position bias {out['position_bias']:.1%}, {out['unreadable']} unreadable "
+          f"verdicts of {2 * len(q)}", file=sys.stderr)
+    return out["wins"] + 0.5 * out["ties"], out["judgements"]
   per_response = [r for r in rows for _ in r["responses"]]
   responses = [y for r in rows for y in r["responses"]]
   scores = np.asarray(scorer(per_response, responses)["reward"], np.float64)
