@@ -145,3 +145,27 @@ def test_a_prepared_tfds_dataset_reads_by_name_from_tfds_dir(tmp_path, monkeypat
       f"tfds:nope: not a prepared array_record dataset in data.tfds_dir={tfds_dir} (DatasetNotFoundError")
   assert one_line(lambda: readers.load_comparisons("tfds:tiny_prefs")).startswith(
       "tfds:tiny_prefs: set data.tfds_dir")
+
+
+def test_a_byte_order_mark_and_windows_line_ends_are_not_data(tmp_path):
+  rows = [{"prompt": "Q?", "chosen": "yes", "rejected": "no"}] * 2
+  body = "".join(json.dumps(r) + "\r\n" for r in rows).encode()
+  (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + body)
+  (tmp_path / "bom.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(rows).encode())
+  (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbfFirst line.\r\nSecond line.\r\n")
+  for name in ("bom.jsonl", "bom.json"):
+    assert len(readers.load_comparisons(str(tmp_path / name)).rows) == 2
+  assert [r["text"] for r in readers.load_texts(str(tmp_path / "bom.txt")).rows] == ["First line.", "Second line."]
+
+
+def test_multi_part_content_reads_its_text_parts(tmp_path):
+  turn = lambda role, *parts: {"role": role, "content": [{"type": "text", "text": t} for t in parts]}
+  rows = [{"messages": [turn("user", "Hi ", "there"), turn("assistant", "Hello.")]},
+          {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]},
+                        {"role": "assistant", "content": "A cat."}]}]
+  path = tmp_path / "parts.jsonl"
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  loaded = readers.load_conversations(str(path), skip_bad=True)
+  assert loaded.rows[0]["messages"][0]["content"] == "Hi there"
+  assert loaded.skipped == [f"{path}:2: field 'messages' item 0: a content part of type 'image_url'; "
+                            "only text parts are read"]

@@ -200,7 +200,7 @@ def _arrow_dir(path: str):
 
 def _json_items(path: str, data: bytes):
   try:
-    text = data.decode("utf-8")
+    text = data.decode("utf-8-sig")  # A byte-order mark (Windows editors) is not the data.
   except UnicodeDecodeError as e:
     raise DataError(f"{path}: invalid UTF-8 at byte {e.start}") from None
   items = _parse(text, path, whole_file=True)
@@ -216,13 +216,13 @@ def _lines(path: str, f, text_file: bool):
   for lineno, raw in enumerate(f, 1):
     where = f"{path}:{lineno}"
     try:
-      line = raw.decode("utf-8")
+      line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # Without a byte-order mark.
     except UnicodeDecodeError as e:
       yield where, DataError(f"{where}: invalid UTF-8 at byte {e.start} of the line")
       continue
     if not line.strip():
       continue
-    yield where, ({"text": line.rstrip("\n")} if text_file else _parse(line, where))
+    yield where, ({"text": line.rstrip("\r\n")} if text_file else _parse(line, where))
 
 
 FORMATS = ("auto", "messages", "sharegpt", "hh", "alpaca")  # data.format, for conversations.
@@ -254,8 +254,21 @@ def messages(obj, key, where) -> list[dict]:
     if m.get("tool_calls") is not None and not isinstance(m["tool_calls"], list):
       raise DataError(f"{where}: field '{key}' item {i}: 'tool_calls' should be a list")
   # An assistant turn that only calls tools may have no content (OpenAI's form).
-  return [dict(m, content="") if m.get("tool_calls") and m.get("content") is None else dict(m)
-          for m in turns]
+  return [dict(m, content="") if m.get("tool_calls") and m.get("content") is None else
+          dict(m, content=_text_parts(m["content"], f"{where}: field '{key}' item {i}"))
+          if isinstance(m.get("content"), list) else dict(m) for i, m in enumerate(turns)]
+
+
+def _text_parts(parts: list, where: str) -> str:
+  """OpenAI's multi-part content, [{"type": "text", "text": ...}, ...], as one text; a part
+  of another kind (an image) is an error, since the model reads text only."""
+  texts = []
+  for part in parts:
+    if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
+      kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+      raise DataError(f"{where}: a content part of type {kind!r}; only text parts are read")
+    texts.append(part["text"])
+  return "".join(texts)
 
 
 def to_conversation(obj, fmt: str, where: str) -> list[dict]:
