@@ -19,6 +19,7 @@ Lower bounds, from the matmul peak and memory bandwidth measured in this same ru
 
   python -m bench.ppo_step [--iters=4] [--prompts=16] [--new_tokens=128]
   python -m bench.ppo_step --model=DIR [--lora_rank=16] [--prompts=8] [--dtype=bfloat16]
+  ... [--engine=continuous --slots=8]   (the rollout engine; static with all rows by default)
 """
 
 import json
@@ -36,6 +37,8 @@ _PROMPTS_FILE = flags.DEFINE_string(
                                  "vicuna_bench_questions.jsonl"), "Prompts for --model.")
 _LORA = flags.DEFINE_integer("lora_rank", 16, "LoRA rank with --model (0: full fine-tuning).")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
+_ENGINE = flags.DEFINE_string("engine", "static", "rollout.engine (models/engines.ENGINES).")
+_SLOTS = flags.DEFINE_integer("slots", 0, "rollout.slots: sequences decoding at once (0: all).")
 PROMPT = 64  # Prompt tokens per row, left-padded.
 
 
@@ -60,7 +63,7 @@ def main(argv):
     config.model.update(preset="bench", allow_random_init=True, dtype=_DTYPE.value)
     config.init_from = "random"
   config.update(steps=_ITERS.value, prompts_per_step=n_prompts, eval_prompts=2, log_samples_every=1000)
-  config.rollout.update(max_new_tokens=new, prompt_len=PROMPT)
+  config.rollout.update(max_new_tokens=new, prompt_len=PROMPT, engine=_ENGINE.value, slots=_SLOTS.value)
   config.ppo.update(minibatch=8, epochs=1, value_warmup_steps=0)
   config.checkpoint.update(every=10_000, async_save=False)
   with tempfile.TemporaryDirectory() as workdir:

@@ -13,6 +13,17 @@ With --top_k=K (default 40, the RSO and best-of-N presets' value), r3jax is also
 sampling with top-k K alone, and the ratio to its top-p time is printed.
 
   python -m bench.sampler [--model=DIR] [--dtype=bfloat16] [--repeats=3] [--threads=2] [--top_k=40]
+
+With --workload=ragged, the rollout engines against each other (issue #34): --batch prompts,
+--n samples each, at --slots sequences decoding at once for both (the same KV-cache rows;
+`static` runs slots // n prompts per batch). Each sequence's length is drawn as in RL
+rollouts: a share (--clipped) runs to --new_tokens, the rest are log-uniform between
+new_tokens / 32 and new_tokens, and each sequence stops there (engines' max_new_N), so both
+engines make exactly the same tokens. Printed: useful (non-padding) tokens/s of each, their
+ratio, and the prefill of the n samples shared (one per prompt) against one per sample.
+
+  python -m bench.sampler --workload=ragged [--model=DIR] [--batch=8 --n=8 --slots=16]
+      [--new_tokens=128 --prompt_len=64] [--repeats=3]
 """
 
 import itertools
@@ -32,6 +43,13 @@ _BATCH = flags.DEFINE_integer("batch", 8, "Prompts per generate call.")
 _NEW = flags.DEFINE_integer("new_tokens", 128, "Tokens generated per row.")
 _TOP_K = flags.DEFINE_integer("top_k", 40, "Also time r3jax with top-k sampling (no top-p) in "
                               "the same run, against its top-p time; 0: skip.")
+_WORKLOAD = flags.DEFINE_enum("workload", "hf", ["hf", "ragged"], "hf: r3jax against HF generate. "
+                               "ragged: the engines against each other (engines.py).")
+_N = flags.DEFINE_integer("n", 8, "ragged: samples per prompt.")
+_SLOTS = flags.DEFINE_integer("slots", 16, "ragged: sequences decoding at once, the same KV-cache "
+                              "rows for both engines.")
+_PROMPT_LEN = flags.DEFINE_integer("prompt_len", 64, "ragged: prompt length (left-padded).")
+_CLIPPED = flags.DEFINE_float("clipped", 0.1, "ragged: share of sequences that run to --new_tokens.")
 _PROMPT = 64
 
 
@@ -56,13 +74,15 @@ def _models(path: str, dtype: str):
 
 def main(argv):
   del argv
+  if _WORKLOAD.value == "ragged":
+    return ragged()
   import jax
   import jax.numpy as jnp
   import numpy as np
   import torch
 
   from r3jax.data import padding
-  from r3jax.models import sampling
+  from r3jax.models import engines, sampling
   from bench.peaks import median_time
 
   torch.set_num_threads(_THREADS.value)
@@ -76,7 +96,7 @@ def main(argv):
   tokens_BT, mask_BT = padding.left_pad(prompts, pad_id=0, length=_PROMPT)
 
   def run_ours(seed, sample_cfg):
-    out = sampling.generate(params, jnp.asarray(tokens_BT), jnp.asarray(mask_BT),
+    out = engines.generate(params, jnp.asarray(tokens_BT), jnp.asarray(mask_BT),
                             jax.random.key(seed), model_cfg=cfg, cfg=sample_cfg)
     return jax.block_until_ready(out)
 
@@ -125,6 +145,56 @@ def main(argv):
           f"top-k time / top-p time: {topk_s / ours_s:.2f}")
   for dt, s in hf_s.items():
     print(f"HF    {dt:9s}: {n_tok / s:9.1f} tok/s  ({s * 1e3:.0f} ms)   r3jax / HF {dt}: {s / ours_s:.2f}x")
+
+
+def ragged():
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from r3jax.data import padding
+  from r3jax.models import engines, sampling
+  from bench.peaks import median_time
+
+  _, cfg, params = _models(_MODEL.value, _DTYPE.value)
+  p, n, m, t = _BATCH.value, _N.value, _NEW.value, _PROMPT_LEN.value
+  rng = np.random.RandomState(0)
+  prompts = [rng.randint(10, min(cfg.vocab_size, 151643), k).tolist() for k in rng.randint(t // 2, t + 1, p)]
+  tokens_BT, mask_BT = (jnp.asarray(x) for x in padding.left_pad(prompts, pad_id=0, length=t))
+  lengths = np.exp(rng.uniform(np.log(m / 32), np.log(m), p * n)).astype(np.int32) + 1
+  lengths = np.where(rng.rand(p * n) < _CLIPPED.value, m, np.minimum(lengths, m))
+  useful = int(lengths.sum())
+
+  def run(engine, seed):
+    scfg = sampling.SampleConfig(max_new_tokens=m, top_p=0.9, n=n, engine=engine, slots=_SLOTS.value)
+    out = jax.block_until_ready(engines.generate(params, tokens_BT, mask_BT, jax.random.key(seed),
+                                                 model_cfg=cfg, cfg=scfg, max_new_N=lengths))
+    assert int(np.asarray(out.mask_BN).sum()) == useful
+    return out
+
+  names = ("static", "continuous")
+  for e in names:
+    run(e, 100)  # Compiles.
+  times = {e: [] for e in names}
+  for i in range(_REPEATS.value):  # Alternating, so a slow moment falls on both.
+    for e in names:
+      times[e].append(median_time(lambda: run(e, i), 1))
+  sec = {e: statistics.median(v) for e, v in times.items()}
+  pre = jax.jit(engines.prefill, static_argnames=("model_cfg", "cache_len"))
+  shared = lambda: jax.block_until_ready(pre(params, cfg, tokens_BT, mask_BT, cache_len=t))
+  rep = lambda x: jnp.repeat(x, n, 0)
+  each = lambda: jax.block_until_ready(pre(params, cfg, rep(tokens_BT), rep(mask_BT), cache_len=t))
+  shared(), each()
+  pre_s = {"shared": median_time(shared, _REPEATS.value), "per sample": median_time(each, _REPEATS.value)}
+  print(f"devices: {jax.devices()}  model: {_MODEL.value or 'random bench model'} "
+        f"({cfg.num_layers} layers, hidden {cfg.hidden_size}, vocab {cfg.vocab_size}), {_DTYPE.value}")
+  print(f"workload: {p} prompts x n={n}, prompt {t}, new <= {m}, slots {_SLOTS.value}, "
+        f"{_CLIPPED.value:.0%} run to the limit; mean length {lengths.mean():.1f}, {useful} useful tokens")
+  for e in names:
+    print(f"{e:10s}: {useful / sec[e]:8.1f} useful tok/s  ({sec[e]:.2f} s; runs {', '.join(f'{x:.2f}' for x in times[e])})")
+  print(f"continuous / static useful tok/s: {sec['static'] / sec['continuous']:.2f}x")
+  print(f"prefill of {p} prompts x {n} samples: shared {pre_s['shared'] * 1e3:.0f} ms, one per sample "
+        f"{pre_s['per sample'] * 1e3:.0f} ms: cut {pre_s['per sample'] / pre_s['shared']:.2f}x")
 
 
 if __name__ == "__main__":

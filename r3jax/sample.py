@@ -16,7 +16,7 @@ from r3jax.core.errors import ConfigError
 import jax
 
 from r3jax.data import chat, tokenizer as tokenizer_lib
-from r3jax.models import hf, qwen, sampling
+from r3jax.models import hf, qwen, engines, sampling
 
 _MODEL = flags.DEFINE_string("model", "tiny", "HF checkpoint dir or model preset name.")
 _PROMPT = flags.DEFINE_multi_string("prompt", ["Please tell me about Nivo."], "User message(s).")
@@ -77,7 +77,7 @@ def main(argv):
   sample_cfg = sampling.sample_config(
       tok, max_new_tokens=_MAX_NEW.value, temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
       top_p=_TOP_P.value, greedy=_GREEDY.value, n=_N.value)
-  texts, _ = sampling.generate_text(params, cfg, tok, prompts, jax.random.key(_SEED.value), sample_cfg)
+  texts, _ = engines.generate_text(params, cfg, tok, prompts, jax.random.key(_SEED.value), sample_cfg)
   for i, text in enumerate(texts):
     prompt = _PROMPT.value[i // _N.value]
     print(f"### prompt {i // _N.value} sample {i % _N.value}: {prompt}\n{text}\n")

@@ -18,7 +18,7 @@ from r3jax.core import metrics, paths
 from r3jax.core.errors import ConfigError, DataError
 from r3jax.data import chat, readers, tokenizer as tokenizer_lib
 from r3jax.trainers import harness, preference, stages, validate
-from helpers import shared_file, write_jsonl
+from helpers import write_jsonl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from r3jax.data import chat, tokenizer as tokenizer_lib
-from r3jax.models import hf, sampling
+from r3jax.models import hf, engines, sampling
 from test_qwen import masked_maxdiff, ours_logits, torch_logits
 
 MODEL_DIR = os.environ.get("R3JAX_QWEN25_DIR", "")
@@ -63,7 +63,7 @@ def test_logits_greedy_tokens_and_export_match_transformers(models, tmp_path):
   with torch.no_grad():
     out = ref.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), do_sample=False,
                        max_new_tokens=32, min_new_tokens=32, pad_token_id=tok.pad_token_id, eos_token_id=None)
-  got = sampling.generate(params, jnp.asarray(ids), jnp.asarray(mask), jax.random.key(0), model_cfg=cfg,
+  got = engines.generate(params, jnp.asarray(ids), jnp.asarray(mask), jax.random.key(0), model_cfg=cfg,
                           cfg=sampling.SampleConfig(max_new_tokens=32, greedy=True))
   np.testing.assert_array_equal(np.asarray(got.tokens_BN), out[:, ids.shape[1]:].numpy())
   assert "sort" in tok.decode(np.asarray(got.tokens_BN)[0]).lower()  # It answers sensibly.
@@ -102,7 +102,7 @@ def test_r3_stop_rules_and_ce_fallback_on_real_answers(models):
   from r3jax.rewards import r3
   _, cfg, params, tok = models
   ids, mask = _prompts(tok)
-  got = sampling.generate(params, jnp.asarray(ids), jnp.asarray(mask), jax.random.key(0), model_cfg=cfg,
+  got = engines.generate(params, jnp.asarray(ids), jnp.asarray(mask), jax.random.key(0), model_cfg=cfg,
                           cfg=sampling.sample_config(tok, max_new_tokens=48, greedy=True))
   answers = sampling.decode(tok, got)
   for y in answers:

@@ -11,7 +11,7 @@ from configs import common
 from r3jax.core import registry
 from r3jax.core.errors import ConfigError
 from r3jax.losses import preference
-from r3jax.models import sampling
+from r3jax.models import engines
 from r3jax.rewards import scorers
 from r3jax.rl import algorithms
 from r3jax.trainers import validate
@@ -19,7 +19,7 @@ from r3jax.trainers import validate
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REGISTRIES = {"ADVANTAGES": algorithms.ADVANTAGES, "POLICY_LOSSES": algorithms.POLICY_LOSSES,
               "KL_ESTIMATORS": algorithms.KL_ESTIMATORS, "LOSS_TERMS": algorithms.LOSS_TERMS,
-              "METHODS": algorithms.METHODS, "ENGINES": sampling.ENGINES,
+              "METHODS": algorithms.METHODS, "ENGINES": engines.ENGINES,
               "LOSSES": preference.LOSSES, "REWARDS": scorers.REWARDS}
 
 

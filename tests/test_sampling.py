@@ -9,7 +9,7 @@ from scipy import stats
 import torch
 
 from r3jax.data import padding
-from r3jax.models import hf, qwen, sampling
+from r3jax.models import hf, qwen, engines, sampling
 from helpers import left_padded_batch, make_hf_qwen
 
 
@@ -23,7 +23,7 @@ def test_greedy_matches_hf_generate(tmp_path):
                        do_sample=False, max_new_tokens=32, min_new_tokens=32,
                        pad_token_id=0, eos_token_id=None)
   want = out[:, ids.shape[1]:].numpy()
-  got = sampling.generate(params, jnp.asarray(ids), jnp.asarray(mask), jax.random.key(0),
+  got = engines.generate(params, jnp.asarray(ids), jnp.asarray(mask), jax.random.key(0),
                           model_cfg=cfg, cfg=sampling.SampleConfig(max_new_tokens=32, greedy=True))
   np.testing.assert_array_equal(np.asarray(got.tokens_BN), want)
   assert np.asarray(got.mask_BN).all() and not np.asarray(got.stopped_B).any()
@@ -33,7 +33,7 @@ def _draw(logits_V, scfg, n_draws):
   keys = jax.random.split(jax.random.key(123), n_draws)
   logits_NV = jnp.broadcast_to(logits_V, (n_draws, logits_V.shape[0]))
   # One draw per key, exactly as the decode loop calls it (batch of 1 per key).
-  toks, logps, _ = jax.jit(jax.vmap(lambda l, k: sampling.choose(l[None], k, scfg)))(logits_NV, keys)
+  toks, logps, _ = jax.jit(jax.vmap(lambda l, k: sampling.choose(l[None], k[None], scfg)))(logits_NV, keys)
   return np.asarray(toks[:, 0]), np.asarray(logps[:, 0])
 
 
@@ -90,7 +90,7 @@ def test_stops_masks_and_logprobs(tiny):
   cfg, params = tiny
   ids, mask = left_padded_batch(vocab=64)
   scfg = sampling.SampleConfig(max_new_tokens=20, top_p=0.9, n=2, stop_ids=(5, 7), pad_id=0)
-  out = sampling.generate(params, jnp.asarray(ids), jnp.asarray(mask), jax.random.key(3),
+  out = engines.generate(params, jnp.asarray(ids), jnp.asarray(mask), jax.random.key(3),
                           model_cfg=cfg, cfg=scfg)
   chex.assert_shape([out.tokens_BN, out.mask_BN, out.logprobs_BN, out.model_logprobs_BN], (6, 20))
   toks, m = np.asarray(out.tokens_BN), np.asarray(out.mask_BN)
@@ -116,7 +116,7 @@ def test_stops_masks_and_logprobs(tiny):
 def test_deterministic_per_key(tiny):
   cfg, params = tiny
   ids, mask = left_padded_batch(vocab=64)
-  run = lambda k: np.asarray(sampling.generate(
+  run = lambda k: np.asarray(engines.generate(
       params, jnp.asarray(ids), jnp.asarray(mask), jax.random.key(k), model_cfg=cfg,
       cfg=sampling.SampleConfig(max_new_tokens=12, n=2)).tokens_BN)
   np.testing.assert_array_equal(run(0), run(0))
@@ -131,10 +131,10 @@ def test_segmented_cache_reads_change_no_token(tiny, sampler):
   and log-probs of one loop over the whole cache, for a fixed key."""
   cfg, params = tiny
   ids, mask = left_padded_batch(vocab=64)
-  run = lambda chunk: sampling.generate(
+  run = lambda chunk: engines.generate(
       params, jnp.asarray(ids), jnp.asarray(mask), jax.random.key(4), model_cfg=cfg,
       cfg=sampling.SampleConfig(max_new_tokens=21, n=2, stop_ids=(5,), cache_chunk=chunk, **sampler))
-  assert sampling.segments(21, 8) == [8, 16, 21] and sampling.segments(21, 0) == [21]
+  assert engines.segments(21, 8) == [8, 16, 21] and engines.segments(21, 0) == [21]
   whole, parts = run(0), run(8)
   np.testing.assert_array_equal(parts.tokens_BN, whole.tokens_BN)
   np.testing.assert_array_equal(parts.mask_BN, whole.mask_BN)

@@ -13,7 +13,7 @@ import numpy as np
 from r3jax.core import plots
 from r3jax.data import chat, readers, sources, tokenizer as tokenizer_lib
 from r3jax.eval import accuracy, gold, llm_judge, text_metrics as tm
-from r3jax.models import hf, sampling
+from r3jax.models import hf, engines, sampling
 from r3jax.rewards import r3, scorers, verifiable
 
 
@@ -47,7 +47,7 @@ def generate(cfg, params, tok, rows, n: int, greedy: bool, seed: int, opts: Opti
     ids = sampling.chat_ids(tok, [chat.as_messages(r["prompt"]) for r in chunk])
     truncated += sum(len(x) > opts.max_prompt_len for x in ids)
     ids += [ids[-1]] * (bs - len(ids))  # One batch shape: one compile.
-    texts, s = sampling.generate_text(params, cfg, tok, ids, jax.random.fold_in(jax.random.key(seed), i),
+    texts, s = engines.generate_text(params, cfg, tok, ids, jax.random.fold_in(jax.random.key(seed), i),
                                       sample_cfg, length=opts.max_prompt_len)  # Keeps each prompt's end.
     texts = [t.strip() for t in texts]
     lens = np.asarray(s.mask_BN).sum(-1) - np.asarray(s.stopped_B)

@@ -24,7 +24,7 @@ import numpy as np
 
 from r3jax.data import chat, padding, tokenizer as tokenizer_lib
 from r3jax.eval import text_metrics as tm
-from r3jax.models import hf, qwen, sampling
+from r3jax.models import hf, qwen, engines, sampling
 
 SYSTEM = ("You judge answers to a user's question. Compare two assistants' answers for "
           "helpfulness, relevance, accuracy and detail; ignore their order and their length "
@@ -107,7 +107,7 @@ class PairwiseJudge:
     cfg = sampling.sample_config(self.tok, max_new_tokens=self.max_new_tokens, greedy=True)
     texts = []
     for i in range(0, len(ids), self.batch):
-      out, _ = sampling.generate_text(self.params, self.cfg, self.tok, ids[i:i + self.batch],
+      out, _ = engines.generate_text(self.params, self.cfg, self.tok, ids[i:i + self.batch],
                                       jax.random.key(0), cfg)
       texts += out
     return [parse(t) for t in texts]

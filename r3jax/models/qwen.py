@@ -217,6 +217,16 @@ class RMSNorm(nn.Module):
     return scale.astype(self.cfg.dtype) * x32.astype(self.cfg.dtype)
 
 
+def _write(cache_BKSE: Array, x_BKTE: Array, index) -> Array:
+  """cache with x written at slots [index, index + T): one index for the batch, or one per
+  row (a continuous-batching engine's slots each decode at their own position)."""
+  x_BKTE = x_BKTE.astype(cache_BKSE.dtype)
+  if jnp.ndim(index) == 0:
+    return jax.lax.dynamic_update_slice_in_dim(cache_BKSE, x_BKTE, index, 2)
+  row = lambda c_KSE, x_KTE, i: jax.lax.dynamic_update_slice_in_dim(c_KSE, x_KTE, i, 1)
+  return jax.vmap(row)(cache_BKSE, x_BKTE, index)
+
+
 class Attention(nn.Module):
   cfg: QwenConfig
 
@@ -251,10 +261,8 @@ class Attention(nn.Module):
     k_BKTE, v_BKTE = k_BTKE.transpose(0, 2, 1, 3), v_BTKE.transpose(0, 2, 1, 3)
     if cache is not None:
       # Write this chunk at slots [cache_index, cache_index + T) and attend over the cache.
-      k_BKSE = jax.lax.dynamic_update_slice_in_dim(cache["k"], k_BKTE.astype(cache["k"].dtype), cache_index, 2)
-      v_BKSE = jax.lax.dynamic_update_slice_in_dim(cache["v"], v_BKTE.astype(cache["v"].dtype), cache_index, 2)
-      cache = dict(k=k_BKSE, v=v_BKSE)
-      k_BKSE, v_BKSE = k_BKSE.astype(dt), v_BKSE.astype(dt)
+      cache = dict(k=_write(cache["k"], k_BKTE, cache_index), v=_write(cache["v"], v_BKTE, cache_index))
+      k_BKSE, v_BKSE = cache["k"].astype(dt), cache["v"].astype(dt)
     else:
       k_BKSE, v_BKSE = k_BKTE, v_BKTE
 
@@ -319,7 +327,7 @@ class Qwen(nn.Module):
       kv_mask_BS: 1 for keys that may be attended to. Without a cache S == T and this is
         the attention (padding) mask; with a cache S is the cache length.
       cache: from `init_cache`, or None for a full pass.
-      cache_index: cache slot of tokens_BT[:, 0].
+      cache_index: cache slot of tokens_BT[:, 0]: one for the batch, or one per row [B].
       deterministic: False enables dropout (needs a 'dropout' rng).
       last_only: compute logits for the last position only (prefill before sampling).
       segment_ids_BT: packed rows (full pass only): each token attends only within its
@@ -340,9 +348,9 @@ class Qwen(nn.Module):
     x_BTD = nn.Dropout(cfg.dropout_rate, deterministic=deterministic)(x_BTD)
 
     # Causal over cache slots, and only to valid keys; shared by all layers.
-    query_slot_T = cache_index + jnp.arange(tokens_BT.shape[1])
-    causal_TS = jnp.arange(kv_mask_BS.shape[1])[None, :] <= query_slot_T[:, None]
-    allowed_BTS = causal_TS[None] & kv_mask_BS[:, None, :].astype(bool)
+    query_slot_BT = jnp.reshape(cache_index, (-1, 1)) + jnp.arange(tokens_BT.shape[1])
+    causal_BTS = jnp.arange(kv_mask_BS.shape[1]) <= query_slot_BT[:, :, None]
+    allowed_BTS = causal_BTS & kv_mask_BS[:, None, :].astype(bool)
     if segment_ids_BT is not None:
       allowed_BTS &= segment_ids_BT[:, :, None] == segment_ids_BT[:, None, :]
 

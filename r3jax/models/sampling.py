@@ -1,25 +1,21 @@
-"""Jitted autoregressive sampling over the KV cache.
+"""What every rollout engine shares: the sampling distribution and the draws from it.
 
-`lax.while_loop`s decode a batch of left-padded prompts, one per segment of `cache_chunk`
-new slots, each over the cache filled by its end. Every row stops at its first
-stop id (or after `max_new_tokens`), and the loop exits early once all rows have stopped.
-It returns the sampled tokens with two per-token log-probs: under the distribution
-actually sampled from (temperature, top-k and top-p applied), which is what importance
-ratios need, and under the unmodified model (temperature 1, no filtering), which is what
-KL penalties against a reference need.
+`choose` picks each next token and returns two log-probs: under the distribution actually
+sampled from (temperature, top-k and top-p applied), which is what importance ratios need,
+and under the unmodified model (temperature 1, no filtering), which is what KL penalties
+against a reference need. Each sequence draws with its own key (`sequence_keys`,
+`token_keys`), so the engines of `engines.py` give the same samples for the same seed.
 """
 
 import dataclasses
-import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from r3jax.core import registry, sharding
-from r3jax.data import chat, padding
-from r3jax.models import qwen
+from r3jax.core import sharding
+from r3jax.data import chat
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +33,13 @@ class SampleConfig:
   # at 512 new tokens reads 256 on average); each segment compiles its own loop, hence
   # segments of 128, leaving shorter generations one loop (0: always one).
   cache_chunk: int = 128
+  # An entry of engines.ENGINES: "static" decodes its batch until the longest row stops,
+  # "continuous" refills a slot as soon as its sequence stops.
+  engine: str = "static"
+  # Sequences decoding at once, i.e. KV-cache rows (0: all of them); a multiple of n is
+  # best, since "static" runs slots // n prompts per batch.
+  slots: int = 0
+  sync_steps: int = 32  # "continuous": most decode steps between host round trips.
 
 
 class Samples(NamedTuple):
@@ -91,8 +94,22 @@ def sampling_probs(logits_BV: jax.Array, temperature: float = 1.0, top_k: int = 
   return probs_BV
 
 
-def choose(logits_BV, key, cfg: SampleConfig):
-  """Next token, its log-prob under the sampling distribution and under the model."""
+def sequence_keys(key: jax.Array, first_prompt, num_prompts: int, n: int) -> jax.Array:
+  """One key per sequence, prompt-major: (prompt first_prompt + p, sample s) folded into
+  `key`, so a sequence's draws do not depend on which engine, batch or slot runs it."""
+  fold = jax.vmap(jax.random.fold_in, (None, 0))
+  keys_P = fold(key, first_prompt + jnp.arange(num_prompts))
+  return jax.vmap(lambda k: fold(k, jnp.arange(n)))(keys_P).reshape(num_prompts * n)
+
+
+def token_keys(seq_keys_B: jax.Array, step_B: jax.Array) -> jax.Array:
+  """The key of each sequence's new token number step_B."""
+  return jax.vmap(jax.random.fold_in)(seq_keys_B, step_B)
+
+
+def choose(logits_BV, keys_B, cfg: SampleConfig):
+  """Next token, its log-prob under the sampling distribution and under the model; row b
+  draws with keys_B[b] (token_keys)."""
   model_logp_BV = jax.nn.log_softmax(logits_BV.astype(jnp.float32), axis=-1)
   if cfg.greedy:
     tok_B = jnp.argmax(logits_BV, axis=-1)
@@ -103,78 +120,12 @@ def choose(logits_BV, key, cfg: SampleConfig):
     # first index whose CDF reaches u has positive probability.
     probs_BV = sampling_probs(logits_BV, cfg.temperature, cfg.top_k, cfg.top_p)
     cdf_BV = jnp.cumsum(probs_BV, axis=-1)
-    u_B1 = 1.0 - jax.random.uniform(key, (probs_BV.shape[0], 1))
+    u_B1 = 1.0 - jax.vmap(jax.random.uniform)(keys_B)[:, None]
     tok_B = jnp.sum(cdf_BV < u_B1 * cdf_BV[:, -1:], axis=-1)
     tok_B = jnp.minimum(tok_B, probs_BV.shape[-1] - 1)
     logp_B = jnp.log(jnp.take_along_axis(probs_BV, tok_B[:, None], -1)[:, 0])
   model_logp_B = jnp.take_along_axis(model_logp_BV, tok_B[:, None], -1)[:, 0]
   return tok_B.astype(jnp.int32), logp_B, model_logp_B
-
-
-def segments(n_new: int, chunk: int) -> list[int]:
-  """Ends of the decode segments: each attends over the prompt and the new slots up to its
-  end, not the whole cache (chunk 0: one segment)."""
-  if chunk <= 0 or chunk >= n_new:
-    return [n_new]
-  return list(range(chunk, n_new, chunk)) + [n_new]
-
-
-# Rollout engines (`rollout.engine`): (params, prompt_BT, prompt_mask_BT, key, *, model_cfg,
-# cfg: SampleConfig) -> Samples, the n samples of each prompt in prompt-major rows.
-ENGINES = registry.Registry("rollout engine")
-
-
-@ENGINES.register("static")
-@functools.partial(jax.jit, static_argnames=("model_cfg", "cfg"))
-def generate(params, prompt_BT: jax.Array, prompt_mask_BT: jax.Array, key: jax.Array, *,
-             model_cfg: qwen.QwenConfig, cfg: SampleConfig) -> Samples:
-  """Samples `cfg.n` continuations of each left-padded prompt: the whole batch in one
-  static-shape loop per cache segment, until its longest row stops."""
-  model = qwen.Qwen(model_cfg)
-  prompt_BT = jnp.repeat(prompt_BT, cfg.n, axis=0)
-  prompt_mask_BT = jnp.repeat(prompt_mask_BT.astype(jnp.int32), cfg.n, axis=0)
-  b, t = prompt_BT.shape
-  n_new = cfg.max_new_tokens
-  kv_mask_BS = jnp.concatenate([prompt_mask_BT, jnp.ones((b, n_new), jnp.int32)], axis=1)
-  ends = segments(n_new, cfg.cache_chunk)
-
-  cache = qwen.init_cache(model_cfg, b, t + ends[0])
-  positions_BT = qwen.positions_from_mask(prompt_mask_BT)
-  logits_BTV, _, cache = model.apply({"params": params}, prompt_BT, positions_BT,
-                                     kv_mask_BS[:, :t + ends[0]], cache, 0, last_only=True)
-  next_pos_B = positions_BT[:, -1] + 1
-  stop_ids = jnp.asarray(cfg.stop_ids or (-1,), jnp.int32)
-
-  def segment(state, end):
-    """Decodes slots up to `end` with a cache of t + end slots: masked slots past the
-    filled ones add exactly 0 to the softmax, so reading fewer changes no token."""
-    kv_mask = kv_mask_BS[:, :t + end]
-
-    def body(state):
-      i, done_B, logits_BV, cache, tokens, logps, model_logps, mask = state
-      tok_B, logp_B, model_logp_B = choose(logits_BV, jax.random.fold_in(key, i), cfg)
-      live_B = ~done_B
-      tokens = tokens.at[:, i].set(jnp.where(live_B, tok_B, cfg.pad_id))
-      logps = logps.at[:, i].set(jnp.where(live_B, logp_B, 0.0))
-      model_logps = model_logps.at[:, i].set(jnp.where(live_B, model_logp_B, 0.0))
-      mask = mask.at[:, i].set(live_B.astype(jnp.int32))
-      done_B = done_B | jnp.isin(tok_B, stop_ids)
-      logits_B1V, _, cache = model.apply(
-          {"params": params}, tok_B[:, None], (next_pos_B + i)[:, None], kv_mask, cache, t + i)
-      return i + 1, done_B, logits_B1V[:, 0], cache, tokens, logps, model_logps, mask
-
-    grow = lambda x: jnp.pad(x, [(0, 0), (0, 0), (0, t + end - x.shape[2]), (0, 0)])
-    state = state[:3] + (jax.tree.map(grow, state[3]),) + state[4:]
-    return jax.lax.while_loop(lambda s: (s[0] < end) & ~jnp.all(s[1]), body, state)
-
-  zeros = jnp.zeros((b, n_new), jnp.float32)
-  state = (jnp.int32(0), jnp.zeros((b,), bool), logits_BTV[:, -1], cache,
-           jnp.full((b, n_new), cfg.pad_id, jnp.int32), zeros, zeros,
-           jnp.zeros((b, n_new), jnp.int32))
-  for end in ends:
-    state = segment(state, end)
-  _, done_B, _, _, tokens, logps, model_logps, mask = state
-  return Samples(tokens, mask, logps, model_logps, done_B)
 
 
 def decode(tokenizer, samples: Samples) -> list[str]:
@@ -206,13 +157,3 @@ def sample_config(tok, **kw) -> SampleConfig:
 def chat_ids(tok, conversations) -> list[np.ndarray]:
   """Token ids of chat prompts (lists of messages), each ending in the assistant header."""
   return [chat.tokenize(tok, m, add_generation_prompt=True)[0] for m in conversations]
-
-
-def generate_text(params, model_cfg, tok, prompt_ids, key, sample_cfg: SampleConfig, *,
-                  length: int | None = None, put=jnp.asarray) -> tuple[list[str], Samples]:
-  """(texts, samples): `sample_cfg.n` continuations of each prompt (token id lists), left-padded
-  to `length` (their longest without it) and placed with `put` (e.g. replicated on a mesh
-  when the params span several processes)."""
-  tokens_BT, mask_BT = padding.left_pad(prompt_ids, tok.pad_token_id, length)
-  samples = generate(params, put(tokens_BT), put(mask_BT), key, model_cfg=model_cfg, cfg=sample_cfg)
-  return decode(tok, samples), samples

@@ -42,7 +42,7 @@ from r3jax.core.errors import ConfigError
 from r3jax.data import chat, padding, pipeline, sources, tokenizer as tokenizer_lib
 from r3jax.eval import gold, text_metrics as tm
 from r3jax.losses import lm
-from r3jax.models import hf, lora, qwen, sampling
+from r3jax.models import hf, lora, qwen, engines, sampling
 from r3jax.rewards import query_types, r3, scorers
 from r3jax.rl import algorithms, ops
 from r3jax.rl.records import Forward, Iteration, RLBatch, Rollout, Scored
@@ -234,7 +234,7 @@ def make_setup(config, run, cfg, tok, frozen, lay, rows) -> Setup:
                        seed=config.seed, mesh=run.mesh)
   ro = config.rollout
   sample_cfg = sampling.sample_config(tok, max_new_tokens=ro.max_new_tokens, temperature=ro.temperature,
-                                top_p=ro.top_p, top_k=ro.top_k, n=ro.n)
+                                top_p=ro.top_p, top_k=ro.top_k, n=ro.n, engine=ro.engine, slots=ro.slots)
   update = make_update(config, make_loss(config, cfg), lay)
   return Setup(config, cfg, tok, run, scorer, ptx, sample_cfg, frozen,
                jax.jit(functools.partial(policy_params, config)), ref_value, update,
@@ -272,9 +272,8 @@ def rollout(s: Setup, state, batch_rows, it: int, rnd: int = 0) -> Rollout:
   prompts = sharding.put_batch({"tok": p_tok, "mask": p_mask}, s.run.mesh)
   key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), it)
   key = jax.random.fold_in(key, rnd) if rnd else key
-  engine = sampling.ENGINES.get(s.config.rollout.engine, "rollout.engine").fn
-  out = engine(s.merged_policy(state["policy"], s.frozen), prompts["tok"], prompts["mask"],
-                          key, model_cfg=s.cfg, cfg=s.sample_cfg)
+  out = engines.generate(s.merged_policy(state["policy"], s.frozen), prompts["tok"], prompts["mask"],
+                         key, model_cfg=s.cfg, cfg=s.sample_cfg)
   out_local = sampling.Samples(*(sharding.local_rows(x, s.run.mesh) for x in out))
   return Rollout(batch_rows, p_tok, p_mask, out_local, truncated)
 
@@ -560,7 +559,7 @@ def greedy_answers(s: Setup, params, conversations) -> list[str]:
   """Greedy answers to fixed prompts (before_after.md), replicated on the mesh."""
   sample_cfg = sampling.sample_config(s.tok, max_new_tokens=s.config.rollout.max_new_tokens, greedy=True)
   with harness.mesh_rules(s.run.mesh, s.run.rules):
-    texts, _ = sampling.generate_text(params, s.cfg, s.tok, sampling.chat_ids(s.tok, conversations),
+    texts, _ = engines.generate_text(params, s.cfg, s.tok, sampling.chat_ids(s.tok, conversations),
                                       jax.random.key(0), sample_cfg,
                                       put=lambda x: sharding.replicate(x, s.run.mesh))
   return texts

@@ -33,7 +33,7 @@ from r3jax.core import sharding
 from r3jax.core.errors import DataError
 from r3jax.data import readers, sources
 from r3jax.eval import gold
-from r3jax.models import sampling
+from r3jax.models import engines, sampling
 from r3jax.rewards import scorers
 from r3jax.rl import rso
 from r3jax.trainers import harness, state as state_lib
@@ -52,7 +52,7 @@ def sample_candidates(config, init_dir, workdir, rows, log):
                         max_len=config.rollout.max_new_tokens)
   n, ro = config.rso.n, config.rollout
   sample_cfg = sampling.sample_config(tok, max_new_tokens=ro.max_new_tokens, temperature=ro.temperature,
-                                top_k=ro.top_k, top_p=ro.top_p, n=n)
+                                top_k=ro.top_k, top_p=ro.top_p, n=n, engine=ro.engine, slots=ro.slots)
   texts, rewards = [], []
   bs = config.rso.prompts_per_batch
   with harness.mesh_rules(mesh, rules):
@@ -60,7 +60,7 @@ def sample_candidates(config, init_dir, workdir, rows, log):
       chunk = rows[i:i + bs]
       ids = sampling.chat_ids(tok, [r["prompt"] for r in chunk])
       ids += [ids[-1]] * (bs - len(chunk))  # A fixed batch shape; the extra rows are dropped.
-      ys, _ = sampling.generate_text(state["params"], cfg, tok, ids, jax.random.fold_in(jax.random.key(config.seed), i),
+      ys, _ = engines.generate_text(state["params"], cfg, tok, ids, jax.random.fold_in(jax.random.key(config.seed), i),
                                      sample_cfg, length=ro.prompt_len)
       ys = [t.strip() for t in ys][:len(chunk) * n]
       r = scorer([c for c in chunk for _ in range(n)], ys)["reward"]

@@ -12,7 +12,7 @@ from r3jax.core import sharding
 from r3jax.core.errors import ConfigError
 from r3jax.data import chat, pipeline, sources
 from r3jax.losses import lm
-from r3jax.models import qwen, sampling
+from r3jax.models import qwen, engines, sampling
 from r3jax.trainers import supervised
 
 
@@ -73,7 +73,7 @@ def greedy_answers(ctx: supervised.Context, params, step: int) -> None:
   if not prompts:
     return
   sample_cfg = sampling.sample_config(tok, max_new_tokens=config.sample_tokens, greedy=True)
-  answers, _ = sampling.generate_text(params, ctx.policy.cfg.replace(dropout_rate=0.0), tok,
+  answers, _ = engines.generate_text(params, ctx.policy.cfg.replace(dropout_rate=0.0), tok,
                                       sampling.chat_ids(tok, prompts), jax.random.key(0), sample_cfg,
                                       put=lambda x: sharding.replicate(x, ctx.run.mesh))
   ctx.run.writer.texts(step, "eval_samples", [{"prompt": p[-1]["content"], "answer": a}
