@@ -19,7 +19,7 @@ Lower bounds, from the matmul peak and memory bandwidth measured in this same ru
 
   python -m bench.ppo_step [--iters=4] [--prompts=16] [--new_tokens=128]
   python -m bench.ppo_step --model=DIR [--lora_rank=16] [--prompts=8] [--dtype=bfloat16]
-  ... [--engine=continuous --slots=8]   (the rollout engine; static with all rows by default)
+  ... [--engine=continuous --slots=8]   (the rollout engine; with slots=0, static's one loop)
 """
 
 import json
@@ -37,7 +37,7 @@ _PROMPTS_FILE = flags.DEFINE_string(
                                  "vicuna_bench_questions.jsonl"), "Prompts for --model.")
 _LORA = flags.DEFINE_integer("lora_rank", 16, "LoRA rank with --model (0: full fine-tuning).")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
-_ENGINE = flags.DEFINE_string("engine", "static", "rollout.engine (models/engines.ENGINES).")
+_ENGINE = flags.DEFINE_string("engine", "continuous", "rollout.engine (models/engines.ENGINES).")
 _SLOTS = flags.DEFINE_integer("slots", 0, "rollout.slots: sequences decoding at once (0: all).")
 PROMPT = 64  # Prompt tokens per row, left-padded.
 

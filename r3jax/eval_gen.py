@@ -41,7 +41,7 @@ from r3jax.core import cli
 from r3jax.core.errors import ConfigError
 from r3jax.data import readers, sources
 from r3jax.eval import generation
-from r3jax.models import bert, hf
+from r3jax.models import bert, engines, hf
 from r3jax.rewards import r3
 
 _POLICY = flags.DEFINE_string("policy", None, "Run directory or HF directory.", required=True)
@@ -62,6 +62,8 @@ _ENCODER = flags.DEFINE_string("encoder", "", "Relevance encoder dir (default: p
 _LIMIT = flags.DEFINE_integer("limit", 0, "First N prompts only (0: all).")
 _SKIP_BAD = flags.DEFINE_bool("skip_bad", False, "Skip (and count) malformed prompt rows.")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+_ENGINE = flags.DEFINE_string("engine", "continuous", "Generation engine (models/engines.py): static or continuous.")
+_SLOTS = flags.DEFINE_integer("slots", 0, "Sequences decoding at once with --engine (0: all of a batch).")
 _INSTRUCTION = flags.DEFINE_string("instruction", "", "Appended to every prompt after a blank line "
                                    "(as a config's data.instruction), e.g. the answer form asked for.")
 # Outside these, generation fails midway (a seed past 2**63: jax.random.key's OverflowError)
@@ -75,6 +77,7 @@ def check_flags() -> None:
   """A ConfigError naming the first bad flag, before any model loads: a bad --out or
   --baseline would otherwise fail only after every answer was generated."""
   cli.check_numbers(RANGES)
+  engines.check(_ENGINE.value, _SLOTS.value, max(1, _SAMPLES.value), ("--engine", "--slots"))
   if _SAMPLES.value == 1:
     raise ConfigError("--samples=1: expected at least 2 (Self-BLEU compares samples with each "
                       "other), or 0 for greedy answers only")
@@ -92,7 +95,8 @@ def main(argv):
     check_flags()
   opts = generation.Options(prompts=_PROMPTS.value, samples=_SAMPLES.value, top_p=_TOP_P.value,
                             max_new_tokens=_MAX_NEW.value, max_prompt_len=_MAX_PROMPT.value,
-                            batch=_BATCH.value, judge=_JUDGE.value, seed=_SEED.value)
+                            batch=_BATCH.value, judge=_JUDGE.value, seed=_SEED.value,
+                            engine=_ENGINE.value, slots=_SLOTS.value)
   try:
     rows, types, skipped = generation.load_rows(_PROMPTS.value, _LIMIT.value, _SKIP_BAD.value)
     rows = sources.with_instruction(rows, _INSTRUCTION.value)

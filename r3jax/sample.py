@@ -16,7 +16,7 @@ from r3jax.core.errors import ConfigError
 import jax
 
 from r3jax.data import chat, tokenizer as tokenizer_lib
-from r3jax.models import hf, qwen, engines, sampling
+from r3jax.models import engines, hf, qwen, sampling
 
 _MODEL = flags.DEFINE_string("model", "tiny", "HF checkpoint dir or model preset name.")
 _PROMPT = flags.DEFINE_multi_string("prompt", ["Please tell me about Nivo."], "User message(s).")
@@ -29,6 +29,8 @@ _TOP_K = flags.DEFINE_integer("top_k", 0, "Top-k (0: off).")
 _GREEDY = flags.DEFINE_bool("greedy", False, "Greedy decoding.")
 _N = flags.DEFINE_integer("n", 1, "Samples per prompt.")
 _SEED = flags.DEFINE_integer("seed", 0, "PRNG seed.")
+_ENGINE = flags.DEFINE_string("engine", "continuous", "Generation engine (models/engines.py): static or continuous.")
+_SLOTS = flags.DEFINE_integer("slots", 0, "Sequences decoding at once (0: all).")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Param/compute dtype.")
 # Outside these a run would crash mid-generation (--max_new_tokens=-5), print nothing
 # (--n=0) or empty text (--temperature=0), or sample from another distribution than asked;
@@ -42,6 +44,7 @@ def check_flags() -> None:
   ranges = {**RANGES, "temperature": "[0, inf)"} if _GREEDY.value else RANGES  # Unused then.
   hint = "; for greedy decoding pass --greedy" if _TEMPERATURE.value == 0 else ""
   cli.check_numbers(ranges, {"temperature": hint})
+  engines.check(_ENGINE.value, _SLOTS.value, _N.value, ("--engine", "--slots"))
   if not all(p.strip() for p in _PROMPT.value):
     raise ConfigError("--prompt: an empty message; give the text to continue")
 
@@ -76,7 +79,7 @@ def main(argv):
                for p in _PROMPT.value]
   sample_cfg = sampling.sample_config(
       tok, max_new_tokens=_MAX_NEW.value, temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
-      top_p=_TOP_P.value, greedy=_GREEDY.value, n=_N.value)
+      top_p=_TOP_P.value, greedy=_GREEDY.value, n=_N.value, engine=_ENGINE.value, slots=_SLOTS.value)
   texts, _ = engines.generate_text(params, cfg, tok, prompts, jax.random.key(_SEED.value), sample_cfg)
   for i, text in enumerate(texts):
     prompt = _PROMPT.value[i // _N.value]

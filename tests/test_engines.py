@@ -104,3 +104,16 @@ def test_a_refilled_slot_attends_only_to_its_own_sequence(tiny, monkeypatch):
 
   monkeypatch.setattr(engines, "_admit", poisoned)
   _assert_same(_run(tiny, "continuous", 1, greedy=True), want)
+
+
+def test_engine_and_slots_mistakes_are_one_line():
+  from r3jax.core.errors import ConfigError
+  from r3jax.trainers import schema, validate
+  with pytest.raises(ConfigError, match=r"^config.rollout.engine='vllm': unknown rollout engine; expected one of static, continuous$"):
+    engines.check("vllm", 0, 2)
+  with pytest.raises(ConfigError, match=r"^--slots=3: at least the 4 samples of one prompt, or 0 for all$"):
+    engines.check("continuous", 3, 4, ("--engine", "--slots"))
+  config = schema.defaults("ppo")
+  config.rollout.update(engine="continuous", slots=1, n=2)
+  with pytest.raises(ConfigError, match=r"config.rollout.slots=1"):
+    validate.check_ppo(config, {})

@@ -39,7 +39,9 @@ VARIANTS = {
                      "--config.ppo.value_warmup_steps=1", "--config.ppo.minibatch=8",
                      "--config.lora.rank=4", "--config.ptx.coef=0.1", "--config.ptx.seq_len=32",
                      "--config.ptx.synthetic_docs=50"],
-    "grpo": ["--config=configs/grpo_qwen.py", "--config.prompts_per_step=8", "--config.ppo.minibatch=16"],
+    # GRPO's rollouts by the continuous engine with fewer slots than sequences (refills).
+    "grpo": ["--config=configs/grpo_qwen.py", "--config.prompts_per_step=8", "--config.ppo.minibatch=16",
+             "--config.rollout.engine=continuous", "--config.rollout.slots=12"],
 }
 
 

@@ -28,6 +28,8 @@ class Options:
   batch: int = 16
   judge: str = "gold,r3"  # Comma-separated judges of the win rate; gold where rows allow it.
   seed: int = 0
+  engine: str = "continuous"  # models/engines.ENGINES.
+  slots: int = 0  # Sequences decoding at once (0: all of a batch).
 
 
 _POSITIONS = 8  # Sentence positions shown in the relevance plot.
@@ -37,7 +39,7 @@ def generate(cfg, params, tok, rows, n: int, greedy: bool, seed: int, opts: Opti
   """(texts [P][n], token counts [P][n], truncated prompt count): answers to each row's
   prompt; a count is of the generated tokens, the stop token excluded."""
   sample_cfg = sampling.sample_config(tok, max_new_tokens=opts.max_new_tokens, top_p=opts.top_p,
-                                greedy=greedy, n=n)
+                                greedy=greedy, n=n, engine=opts.engine, slots=opts.slots)
   if opts.max_prompt_len + opts.max_new_tokens > cfg.max_position_embeddings:
     raise ValueError(f"max_prompt_len + max_new_tokens = {opts.max_prompt_len + opts.max_new_tokens} "
                      f"exceeds the model's context of {cfg.max_position_embeddings}")

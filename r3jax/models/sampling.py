@@ -35,7 +35,7 @@ class SampleConfig:
   cache_chunk: int = 128
   # An entry of engines.ENGINES: "static" decodes its batch until the longest row stops,
   # "continuous" refills a slot as soon as its sequence stops.
-  engine: str = "static"
+  engine: str = "continuous"
   # Sequences decoding at once, i.e. KV-cache rows (0: all of them); a multiple of n is
   # best, since "static" runs slots // n prompts per batch.
   slots: int = 0

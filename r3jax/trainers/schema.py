@@ -141,10 +141,11 @@ def ppo() -> ConfigDict:
                           synthetic_task="world"))  # Without data.prompts: data/sources.TASKS.
   # engine: an entry of models/engines.ENGINES: "static" (a batch decodes until its longest
   # row stops) or "continuous" (a stopped sequence's slot is refilled at once). slots:
-  # sequences decoding at once, i.e. the KV cache's rows (0: all prompts_per_step x n).
+  # sequences decoding at once, i.e. the KV cache's rows (0: all prompts_per_step x n, where
+  # "continuous" runs static's loop: there is nothing to refill).
   # dynamic_sampling (DAPO §3.2): drop groups whose rewards are all equal and sample more
   # prompts, up to max_extra_rounds more rounds per iteration (trainers/ppo.sample_batch).
-  c.rollout = ConfigDict(dict(engine="static", slots=0, n=2, top_p=0.9, top_k=0, temperature=1.0,
+  c.rollout = ConfigDict(dict(engine="continuous", slots=0, n=2, top_p=0.9, top_k=0, temperature=1.0,
                               max_new_tokens=512, prompt_len=256, dynamic_sampling=False,
                               max_extra_rounds=4))
   # reward.mode: any scorer (rewards/scorers.make): r3 and its ablations, length, random, a
@@ -200,7 +201,7 @@ def rso(c: ConfigDict) -> ConfigDict:
   c.rso = ConfigDict(dict(construction="rso", reward="r3", encoder="", n=64, k=8, beta=0.5,
                           pairing="first_round", num_prompts=1000, prompts_per_batch=8))
   c.rollout = ConfigDict(dict(temperature=0.7, top_k=40, top_p=1.0, max_new_tokens=512,
-                              prompt_len=256, engine="static", slots=0))  # As PPO's.
+                              prompt_len=256, engine="continuous", slots=0))  # As PPO's.
   c.loss.update(type="sigmoid_norm", beta=0.05)  # β here is the paper's γ.
   c.best_of_n = ConfigDict(dict(rounds=1, sft_steps=200, lr=1e-5))
   return c

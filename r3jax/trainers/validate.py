@@ -278,7 +278,7 @@ def check_ppo(config, stages=None) -> None:
   if not 0 <= config.reward.encoder_len <= 512:
     raise ConfigError(f"config.reward.encoder_len={config.reward.encoder_len}: word pieces "
                       "kept by R³'s encoder, in [1, 512] (BERT's positions), or 0 for the default")
-  check_engine(config.rollout, config.rollout.n)
+  engines.check(config.rollout.engine, config.rollout.slots, config.rollout.n)
   sources.TASKS.get(config.data.synthetic_task, "data.synthetic_task")
   algorithms.KL_ESTIMATORS.get(config.kl.estimator, "kl.estimator")
   one_of("kl.placement", config.kl.placement, ("reward", "loss"))
@@ -359,16 +359,8 @@ def check_context(config) -> None:
                       f"model's context of {context} positions")
 
 
-def check_engine(rollout, n: int) -> None:
-  """rollout.engine names an engine, and its slots hold at least one prompt's n samples."""
-  engines.ENGINES.get(rollout.engine, "rollout.engine")
-  if rollout.slots and rollout.slots < n:
-    raise ConfigError(f"config.rollout.slots={rollout.slots}: at least the {n} samples of one "
-                      "prompt, or 0 for all of a step's")
-
-
 def check_rso(config, stages=None) -> None:
-  check_engine(config.rollout, config.rso.n)
+  engines.check(config.rollout.engine, config.rollout.slots, config.rso.n)
   one_of("rso.construction", config.rso.construction, CONSTRUCTIONS)
   one_of("rso.pairing", config.rso.pairing, rso.PAIRINGS)
   check_reward("rso.reward", config.rso.reward, {}, mix=False)
