@@ -35,12 +35,14 @@ position (R³ paper, Fig. 3) and Self-BLEU by query type. Prompts longer than
 """
 
 
+import os
+
 from absl import app, flags
 
 from r3jax.core import cli
 from r3jax.core.errors import ConfigError
 from r3jax.data import readers, sources
-from r3jax.eval import generation
+from r3jax.eval import chat_bench, generation
 from r3jax.models import bert, engines, hf
 from r3jax.rewards import r3
 
@@ -64,6 +66,13 @@ _SKIP_BAD = flags.DEFINE_bool("skip_bad", False, "Skip (and count) malformed pro
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 _ENGINE = flags.DEFINE_string("engine", "continuous", "Generation engine (models/engines.py): static or continuous.")
 _SLOTS = flags.DEFINE_integer("slots", 0, "Sequences decoding at once with --engine (0: all of a batch).")
+_BENCH = flags.DEFINE_enum("bench", "", ["", *chat_bench.BENCHES], "Run MT-Bench or Vicuna-Bench on "
+                           "--prompts (FastChat's question file): each turn judged by --judge's "
+                           "llm judge in both orders, by category (eval/chat_bench.py).")
+_REFERENCES = flags.DEFINE_string("references", "", "With --bench: FastChat's reference answers, "
+                                  "shown to the judge for math, reasoning and coding questions.")
+_JUDGE_PROMPTS = flags.DEFINE_string("judge_prompts", "", "With --bench: a FastChat judge prompt "
+                                     "file (their pair-v2 and pair-math-v1 prompts) instead of r3jax's.")
 _INSTRUCTION = flags.DEFINE_string("instruction", "", "Appended to every prompt after a blank line "
                                    "(as a config's data.instruction), e.g. the answer form asked for.")
 # Outside these, generation fails midway (a seed past 2**63: jax.random.key's OverflowError)
@@ -82,11 +91,45 @@ def check_flags() -> None:
     raise ConfigError("--samples=1: expected at least 2 (Self-BLEU compares samples with each "
                       "other), or 0 for greedy answers only")
   cli.check_output("out", is_dir=True)
+  if _BENCH.value:
+    check_bench_flags()
   for flag in (_POLICY, _BASELINE) if _BASELINE.value else (_POLICY,):
     try:
       hf.model_dir(flag.value)
     except FileNotFoundError as e:
       raise ConfigError(f"--{flag.name}={e}") from None
+
+
+def _llm_judges() -> list[str]:
+  return [j.strip() for j in _JUDGE.value.split(",") if j.strip().startswith(("llm:", "llm-prob:"))]
+
+
+def check_bench_flags() -> None:
+  llm = _llm_judges()
+  if not _BASELINE.value or len(llm) != 1:
+    raise ConfigError(f"--bench={_BENCH.value}: give --baseline and one LLM judge, --judge=llm:DIR "
+                      "or llm-prob:DIR (the benchmarks are judged pairwise)")
+  if _JUDGE_PROMPTS.value and llm[0].startswith("llm-prob:"):
+    raise ConfigError("--judge_prompts: FastChat's prompts ask for an explanation before the "
+                      "verdict; read them with --judge=llm:DIR, not llm-prob:DIR")
+  for flag in (_REFERENCES, _JUDGE_PROMPTS):
+    if flag.value and not os.path.isfile(flag.value):
+      raise ConfigError(f"--{flag.name}={flag.value}: no such file")
+
+
+def run_bench(opts: generation.Options) -> None:
+  """--bench: both models answer every turn; the LLM judge compares them turn by turn."""
+  questions = chat_bench.load_questions(_PROMPTS.value, _BENCH.value, _LIMIT.value)
+  refs = chat_bench.load_references(_REFERENCES.value) if _REFERENCES.value else {}
+  tmpl = chat_bench.templates(_JUDGE_PROMPTS.value)
+  for path in (_POLICY.value, _BASELINE.value):  # Before either model answers.
+    generation.check_context(hf.load_config(hf.model_dir(path)), opts, path)
+  judge_spec = _llm_judges()[0]
+  judge = generation.judges(judge_spec, [], opts.max_new_tokens)[judge_spec]
+  answers = [chat_bench.answer(generation.greedy_answers(path, opts), questions)
+             for path in (_POLICY.value, _BASELINE.value)]
+  results = chat_bench.judge_bench(judge, tmpl, questions, refs, *answers)
+  print(chat_bench.report(_OUT.value, _BENCH.value, judge_spec, questions, answers, results))
 
 
 def main(argv):
@@ -97,6 +140,11 @@ def main(argv):
                             max_new_tokens=_MAX_NEW.value, max_prompt_len=_MAX_PROMPT.value,
                             batch=_BATCH.value, judge=_JUDGE.value, seed=_SEED.value,
                             engine=_ENGINE.value, slots=_SLOTS.value)
+  if _BENCH.value:
+    try:
+      return run_bench(opts)
+    except (readers.DataError, FileNotFoundError, ValueError) as e:
+      cli.fail(str(e))
   try:
     rows, types, skipped = generation.load_rows(_PROMPTS.value, _LIMIT.value, _SKIP_BAD.value)
     rows = sources.with_instruction(rows, _INSTRUCTION.value)

@@ -119,6 +119,10 @@ def test_sample_greedy_takes_temperature_zero():
     ("--out={a_file}/report", "error: --out={a_file}/report: {a_file} is not a directory"),
     ("--baseline={tmp}/nope", "error: --baseline={tmp}/nope: neither a run with an exported hf/ "
                               "directory nor an HF model directory (config.json + tokenizer.json)"),
+    ("--engine=vllm", "error: --engine='vllm': unknown rollout engine; expected one of static, continuous"),
+    ("--slots=3", "error: --slots=3: at least the 10 samples of one prompt, or 0 for all"),
+    ("--bench=mt_bench", "error: --bench=mt_bench: give --baseline and one LLM judge, --judge=llm:DIR "
+                         "or llm-prob:DIR (the benchmarks are judged pairwise)"),
 ])
 def test_eval_gen_flags_and_paths_are_checked_before_generation(tmp_path, a_file, monkeypatch, capsys,
                                                                 flag, line):

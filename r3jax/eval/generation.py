@@ -40,9 +40,7 @@ def generate(cfg, params, tok, rows, n: int, greedy: bool, seed: int, opts: Opti
   prompt; a count is of the generated tokens, the stop token excluded."""
   sample_cfg = sampling.sample_config(tok, max_new_tokens=opts.max_new_tokens, top_p=opts.top_p,
                                 greedy=greedy, n=n, engine=opts.engine, slots=opts.slots)
-  if opts.max_prompt_len + opts.max_new_tokens > cfg.max_position_embeddings:
-    raise ValueError(f"max_prompt_len + max_new_tokens = {opts.max_prompt_len + opts.max_new_tokens} "
-                     f"exceeds the model's context of {cfg.max_position_embeddings}")
+  check_context(cfg, opts)
   out, counts, truncated, bs = [], [], 0, opts.batch
   for i in range(0, len(rows), bs):
     chunk = rows[i:i + bs]
@@ -58,6 +56,21 @@ def generate(cfg, params, tok, rows, n: int, greedy: bool, seed: int, opts: Opti
           file=sys.stderr, flush=True)
     counts += [list(lens[j * n:(j + 1) * n]) for j in range(len(chunk))]
   return out, counts, truncated
+
+
+def check_context(cfg, opts: Options, path: str = "") -> None:
+  """A ValueError when a prompt and its answer may not fit the model's context."""
+  if opts.max_prompt_len + opts.max_new_tokens > cfg.max_position_embeddings:
+    raise ValueError(f"{path + ': ' if path else ''}max_prompt_len + max_new_tokens = "
+                     f"{opts.max_prompt_len + opts.max_new_tokens} exceeds the model's context of "
+                     f"{cfg.max_position_embeddings}")
+
+
+def greedy_answers(path: str, opts: Options):
+  """rows -> [greedy answer] of the model at `path` (loaded once)."""
+  cfg, params = hf.load(hf.model_dir(path), dropout_rate=0.0)
+  tok = tokenizer_lib.load(hf.model_dir(path))
+  return lambda rows: [g[0] for g in generate(cfg, params, tok, rows, 1, True, opts.seed, opts)[0]]
 
 
 def model_stats(name, path, rows, encoder, reward, opts: Options):

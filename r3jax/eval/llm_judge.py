@@ -83,7 +83,10 @@ class PairwiseJudge:
   def prompts(self, questions, first, second) -> list[np.ndarray]:
     user = [self.template.format(question=q, answer_a=a, answer_b=b, ask=ASK[self.mode])
             for q, a, b in zip(questions, first, second)]
-    return sampling.chat_ids(self.tok, [chat.prompt_messages(u, self.system) for u in user])
+    return self.chat_ids(user, self.system)
+
+  def chat_ids(self, user_texts, system: str) -> list[np.ndarray]:
+    return sampling.chat_ids(self.tok, [chat.prompt_messages(u, system) for u in user_texts])
 
   def letter_logprobs(self, ids) -> np.ndarray:
     """[N, 3] log-probabilities of the next token being A, B or C after each prompt."""
@@ -101,7 +104,10 @@ class PairwiseJudge:
 
   def verdicts(self, questions, first, second) -> list[int | None]:
     """+1 / -1 / 0 (first better / second better / tie) per pair, None where unreadable."""
-    ids = self.prompts(questions, first, second)
+    return self.verdicts_of(self.prompts(questions, first, second))
+
+  def verdicts_of(self, ids) -> list[int | None]:
+    """The verdict of each judge prompt (token ids, as `chat_ids` makes them)."""
     if self.mode == "prob":
       return [(1, -1, 0)[int(k)] for k in np.argmax(self.letter_logprobs(ids), axis=-1)]
     cfg = sampling.sample_config(self.tok, max_new_tokens=self.max_new_tokens, greedy=True)
