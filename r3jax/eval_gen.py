@@ -71,6 +71,9 @@ _BENCH = flags.DEFINE_enum("bench", "", ["", *chat_bench.BENCHES], "Run MT-Bench
                            "llm judge in both orders, by category (eval/chat_bench.py).")
 _REFERENCES = flags.DEFINE_string("references", "", "With --bench: FastChat's reference answers, "
                                   "shown to the judge for math, reasoning and coding questions.")
+_GRADING = flags.DEFINE_enum("grading", "pairwise", ["pairwise", "single"], "With --bench: "
+                             "pairwise (policy against --baseline, both orders) or single (each "
+                             "model's answers rated 1-10; --baseline optional).")
 _JUDGE_PROMPTS = flags.DEFINE_string("judge_prompts", "", "With --bench: a FastChat judge prompt "
                                      "file (their pair-v2 and pair-math-v1 prompts) instead of r3jax's.")
 _INSTRUCTION = flags.DEFINE_string("instruction", "", "Appended to every prompt after a blank line "
@@ -106,7 +109,11 @@ def _llm_judges() -> list[str]:
 
 def check_bench_flags() -> None:
   llm = _llm_judges()
-  if not _BASELINE.value or len(llm) != 1:
+  if _GRADING.value == "single":
+    if len(llm) != 1 or not llm[0].startswith("llm:"):
+      raise ConfigError("--grading=single: give one judge as --judge=llm:DIR (a rating is "
+                        "read from the judge's text)")
+  elif not _BASELINE.value or len(llm) != 1:
     raise ConfigError(f"--bench={_BENCH.value}: give --baseline and one LLM judge, --judge=llm:DIR "
                       "or llm-prob:DIR (the benchmarks are judged pairwise)")
   if _JUDGE_PROMPTS.value and llm[0].startswith("llm-prob:"):
@@ -122,12 +129,18 @@ def run_bench(opts: generation.Options) -> None:
   questions = chat_bench.load_questions(_PROMPTS.value, _BENCH.value, _LIMIT.value)
   refs = chat_bench.load_references(_REFERENCES.value) if _REFERENCES.value else {}
   tmpl = chat_bench.templates(_JUDGE_PROMPTS.value)
-  for path in (_POLICY.value, _BASELINE.value):  # Before either model answers.
+  for path in filter(None, (_POLICY.value, _BASELINE.value)):  # Before either model answers.
     generation.check_context(hf.load_config(hf.model_dir(path)), opts, path)
   judge_spec = _llm_judges()[0]
   judge = generation.judges(judge_spec, [], opts.max_new_tokens)[judge_spec]
-  answers = [chat_bench.answer(generation.greedy_answers(path, opts), questions)
-             for path in (_POLICY.value, _BASELINE.value)]
+  models = {"policy": _POLICY.value, **({"baseline": _BASELINE.value} if _BASELINE.value else {})}
+  answers = {name: chat_bench.answer(generation.greedy_answers(path, opts), questions)
+             for name, path in models.items()}
+  if _GRADING.value == "single":
+    grades = {n: chat_bench.grade_bench(judge, tmpl, questions, refs, a) for n, a in answers.items()}
+    print(chat_bench.report_single(_OUT.value, _BENCH.value, judge_spec, questions, answers, grades))
+    return
+  answers = [answers["policy"], answers["baseline"]]
   results = chat_bench.judge_bench(judge, tmpl, questions, refs, *answers)
   print(chat_bench.report(_OUT.value, _BENCH.value, judge_spec, questions, answers, results))
 

@@ -72,11 +72,14 @@ def test_every_turn_is_judged_in_both_orders_with_references_where_fastchat_give
 def test_fastchat_prompts_load_by_path_and_fill_their_placeholders(judge):
   path = shared_file("fastchat_judge_prompts.jsonl")
   tmpl = chat_bench.templates(path)
-  assert set(tmpl) == set(chat_bench.FASTCHAT_NAMES)
+  assert set(tmpl) == set(chat_bench.FASTCHAT_NAMES) == set(chat_bench.templates(""))
   ids = chat_bench.judge_prompts(judge, tmpl, QUESTIONS[1:2], {"101": ["R1", "R2"]},
                                  [["a1", "a2"]], [["b1", "b2"]])
   turn2 = judge.tok.decode(ids[1])
   assert all(x in turn2 for x in ("R2", "a1", "a2", "b1", "b2", "And if you pass the last?"))
+  single = judge.tok.decode(chat_bench.judge_prompts(judge, tmpl, QUESTIONS[1:2], {"101": ["R1", "R2"]},
+                                                     [["a1", "a2"]], [["a1", "a2"]], "single")[1])
+  assert all(x in single for x in ("R2", "a1", "a2", "[[rating]]")) and "b1" not in single
 
 
 def test_question_files_read_with_file_line_errors(tmp_path):
@@ -93,3 +96,30 @@ def test_question_files_read_with_file_line_errors(tmp_path):
   bad.write_text(json.dumps({"question_id": 1, "category": "x", "turns": ["only one"]}) + "\n")
   with pytest.raises(readers.DataError, match=r"q.jsonl:1: --bench=mt_bench asks 2 turns"):
     chat_bench.load_questions(str(bad), "mt_bench")
+
+
+def test_ratings_parse_as_fastchat_reads_them():
+  assert [llm_judge.parse_rating(t) for t in ["... [[7]]", "[[3]] then [[8.5]]", "Rating: [6]", "[[11]]", "none"]] == [
+      7.0, 8.5, 6.0, None, None]
+
+
+def test_single_grading_rates_each_turn_and_counts_unreadable_ratings(judge, monkeypatch, tmp_path):
+  answers = [["p1 " + q.qid, "p2 " + q.qid] for q in QUESTIONS]
+  shown = []
+
+  def judgements(self, ids):
+    texts = [self.tok.decode(x) for x in ids]
+    shown.extend(texts)
+    # Rates a first answer 8 and a second one 4; the coding question's second turn unreadable.
+    return ["no verdict" if "p2 130" in t else "[[4]]" if "p2 " in t else "[[8]]" for t in texts]
+
+  monkeypatch.setattr(llm_judge.PairwiseJudge, "judgements", judgements)
+  g = chat_bench.grade_bench(judge, chat_bench.templates(""), QUESTIONS, {"101": ["R1", "R2"]}, answers)
+  assert len(shown) == 6 and "R2" in shown[3] and "p1 101" in shown[3]  # Turn 2 sees turn 1.
+  assert g[("all", 1)]["mean"] == 8.0 and g[("all", 2)]["mean"] == 4.0
+  assert g[("all", 2)]["unreadable"] == 1 and g[("all", 2)]["graded"] == 3
+  assert g["ratings"][2] == [8.0, None]
+  table = chat_bench.report_single(str(tmp_path), "mt_bench", "llm:J", QUESTIONS, {"policy": answers},
+                                   {"policy": g})
+  assert "| coding | 8.00 [8.00, 8.00] | - (1 of 1 unreadable) |" in table
+  assert "| all | 8.00 [8.00, 8.00] | 4.00 [4.00, 4.00] (1 of 3 unreadable) |" in table

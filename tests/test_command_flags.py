@@ -140,6 +140,18 @@ def test_eval_gen_flags_and_paths_are_checked_before_generation(tmp_path, a_file
   assert not (tmp_path / "out").exists()
 
 
+def test_eval_gen_single_grading_needs_a_generating_llm_judge(tmp_path, capsys):
+  policy = tmp_path / "policy"
+  policy.mkdir()
+  for name in ("config.json", "tokenizer.json"):
+    (policy / name).write_text("{}")
+  with alone("r3jax.eval_gen") as eval_gen:
+    line = refused(eval_gen, capsys, f"--policy={policy}", "--prompts=q.jsonl", f"--out={tmp_path}/out",
+                   "--bench=vicuna", "--grading=single", "--judge=llm-prob:/j")
+  assert line == ("error: --grading=single: give one judge as --judge=llm:DIR (a rating is read "
+                  "from the judge's text)")
+
+
 # -------------------------------------------------------------------------------- score
 
 

@@ -23,12 +23,28 @@ import os
 import numpy as np
 
 from r3jax.data import readers
-from r3jax.eval import llm_judge
+from r3jax.eval import llm_judge, text_metrics as tm
 
 BENCHES = {"mt_bench": 2, "vicuna": 1}  # Turns per question.
 REFERENCE_CATEGORIES = ("math", "reasoning", "coding")  # FastChat's NEED_REF_CATS.
 FASTCHAT_NAMES = {"pair": "pair-v2", "pair-multi": "pair-v2-multi-turn",
-                  "pair-ref": "pair-math-v1", "pair-multi-ref": "pair-math-v1-multi-turn"}
+                  "pair-ref": "pair-math-v1", "pair-multi-ref": "pair-math-v1-multi-turn",
+                  "single": "single-v1", "single-multi": "single-v1-multi-turn",
+                  "single-ref": "single-math-v1", "single-multi-ref": "single-math-v1-multi-turn"}
+SINGLE_SYSTEM = ("You grade an assistant's answer to a user's question for helpfulness, relevance, "
+                 "accuracy and detail, and ignore its length as such.")
+_RATE = "Explain briefly, then rate the answer from 1 to 10 in the form [[rating]], e.g. [[5]]."
+_ANSWER = ("[Question]\n{question}\n\n[The Start of the Assistant's Answer]\n{answer}\n"
+           "[The End of the Assistant's Answer]\n\n")
+_DIALOGUE = ("[Conversation]\nUser: {question_1}\nAssistant: {answer_1}\nUser: {question_2}\n"
+             "Assistant: {answer_2}\n\n")
+SINGLE = {  # Single-answer grading (MT-Bench's default), in this project's wording.
+    "single": _ANSWER + _RATE,
+    "single-ref": "[Reference answer]\n{ref_answer_1}\n\n" + _ANSWER + "Grade against the reference. " + _RATE,
+    "single-multi": _DIALOGUE + "Grade the assistant's answer to the second question only. " + _RATE,
+    "single-multi-ref": "[Reference answer to the second question]\n{ref_answer_2}\n\n" + _DIALOGUE
+                        + "Grade the answer to the second question only, against the reference. " + _RATE,
+}
 _REF = "[Reference answer]\n{ref_answer_1}\n\n"
 _SECOND = ("[Conversation of Assistant A]\nUser: {question_1}\nAssistant A: {answer_a_1}\nUser: "
            "{question_2}\nAssistant A: {answer_a_2}\n\n[Conversation of Assistant B]\nUser: "
@@ -84,7 +100,8 @@ def load_references(path: str) -> dict[str, list[str]]:
 def templates(judge_prompts: str) -> dict[str, tuple[str, str]]:
   """{kind: (system, user template)}: FastChat's from a prompt file, else this project's."""
   if not judge_prompts:
-    return {k: (llm_judge.SYSTEM, t) for k, t in OWN.items()}
+    return ({k: (llm_judge.SYSTEM, t) for k, t in OWN.items()}
+            | {k: (SINGLE_SYSTEM, t) for k, t in SINGLE.items()})
   return {k: llm_judge.load_template(judge_prompts, name) for k, name in FASTCHAT_NAMES.items()}
 
 
@@ -112,21 +129,22 @@ def answer(generate, questions: list[Question]) -> list[list[str]]:
 
 def _fields(q: Question, k: int, first, second, ref) -> dict:
   f = {"question": q.turns[0], "question_1": q.turns[0], "answer_a": first[k], "answer_b": second[k],
-       "answer_a_1": first[0], "answer_b_1": second[0]}
+       "answer_a_1": first[0], "answer_b_1": second[0], "answer": first[k], "answer_1": first[0]}
   if k == 1:
-    f.update(question_2=q.turns[1], answer_a_2=first[1], answer_b_2=second[1])
+    f.update(question_2=q.turns[1], answer_a_2=first[1], answer_b_2=second[1], answer_2=first[1])
   for j, r in enumerate(ref or []):
     f[f"ref_answer_{j + 1}"] = r
   return f
 
 
-def judge_prompts(judge, tmpl, questions, refs, first, second) -> list:
-  """Judge prompt ids per (question, turn), in question-major order: first shown as A."""
+def judge_prompts(judge, tmpl, questions, refs, first, second, grading: str = "pair") -> list:
+  """Judge prompt ids per (question, turn), in question-major order: first shown as A (with
+  grading="single", the first model's answers alone)."""
   ids = []
   for i, q in enumerate(questions):
     ref = refs.get(q.qid) if q.category in REFERENCE_CATEGORIES else None
     for k in range(len(q.turns)):
-      kind = ("pair-multi" if k else "pair") + ("-ref" if ref and len(ref) > k else "")
+      kind = grading + ("-multi" if k else "") + ("-ref" if ref and len(ref) > k else "")
       system, user = tmpl[kind]
       ids += judge.chat_ids([user.format(**_fields(q, k, first[i], second[i], ref),
                                          ask=llm_judge.ASK[judge.mode])], system)
@@ -149,6 +167,56 @@ def judge_bench(judge, tmpl, questions, refs, policy, baseline) -> dict:
   out = {g: llm_judge.both_orders([ab[x] for x in idx], [ba[x] for x in idx]) | {"index": idx}
          for g, idx in groups.items()}
   return out | {"verdicts": verdicts}
+
+
+def grade_bench(judge, tmpl, questions, refs, answers) -> dict:
+  """Single-answer grading of one model: {(category, turn): mean rating with its 95%
+  interval, graded and unreadable counts}, and "ratings" per question and turn (None where
+  unreadable: counted, and left out of the mean)."""
+  texts = judge.judgements(judge_prompts(judge, tmpl, questions, refs, answers, answers, "single"))
+  flat = [llm_judge.parse_rating(t) for t in texts]
+  groups, j, ratings = collections.defaultdict(list), 0, []
+  for q in questions:
+    ratings.append(flat[j:j + len(q.turns)])
+    for k in range(len(q.turns)):
+      for cat in (q.category, "all"):
+        groups[(cat, k + 1)].append(flat[j + k])
+    j += len(q.turns)
+  out = {}
+  for g, rs in groups.items():
+    read = [r for r in rs if r is not None]
+    mean, lo, hi = tm.mean_ci(read)
+    out[g] = {"mean": mean, "ci95": (lo, hi), "graded": len(rs), "unreadable": len(rs) - len(read)}
+  return out | {"ratings": ratings}
+
+
+def report_single(out: str, bench: str, judge_name: str, questions, answers: dict, grades: dict) -> str:
+  """report.md (each model's mean rating by category and turn) and answers.jsonl."""
+  turns = BENCHES[bench]
+  lines = [f"{bench}: single-answer grading (1-10) by {judge_name}; mean [95% CI] over the "
+           "readable ratings, unreadable ones counted.", ""]
+  for name, g in grades.items():
+    lines += [f"### {name}", "", "| category | " + " | ".join(f"turn {k}" for k in range(1, turns + 1))
+              + " |", "|---" * (turns + 1) + "|"]
+    for c in sorted({q.category for q in questions}) + ["all"]:
+      lines.append(f"| {c} | " + " | ".join(_rating_cell(g[(c, k)]) for k in range(1, turns + 1)) + " |")
+    lines.append("")
+  text = "\n".join(lines)
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, "report.md"), "w") as f:
+    f.write(text)
+  with open(os.path.join(out, "answers.jsonl"), "w") as f:
+    for i, q in enumerate(questions):
+      f.write(json.dumps({"question_id": q.qid, "category": q.category, "turns": q.turns,
+                          **{n: answers[n][i] for n in grades},
+                          **{f"{n}_ratings": grades[n]["ratings"][i] for n in grades}}) + "\n")
+  return text
+
+
+def _rating_cell(r: dict) -> str:
+  lo, hi = r["ci95"]
+  body = f"{r['mean']:.2f} [{lo:.2f}, {hi:.2f}]" if np.isfinite(r["mean"]) else "-"
+  return body + (f" ({r['unreadable']} of {r['graded']} unreadable)" if r["unreadable"] else "")
 
 
 def report(out: str, bench: str, judge_name: str, questions, answers, results) -> str:

@@ -36,6 +36,8 @@ ASK = {"generate": "Explain briefly, then end with your verdict: [[A]], [[B]] or
        "prob": "Reply with one letter only: A if A is better, B if B is better, C for a tie."}
 VERDICTS = {"A": 1, "B": -1, "C": 0}  # Preference for the first answer shown.
 _VERDICT = re.compile(r"\[\[([ABC])\]\]")
+_RATING = re.compile(r"\[\[(\d+\.?\d*)\]\]")
+_RATING_LOOSE = re.compile(r"\[(\d+\.?\d*)\]")
 
 
 @functools.partial(jax.jit, static_argnames="cfg")
@@ -49,6 +51,14 @@ def parse(text: str) -> int | None:
   """The last [[A]] / [[B]] / [[C]] of a judgement as +1 / -1 / 0; None when there is none."""
   found = _VERDICT.findall(text)
   return VERDICTS[found[-1]] if found else None
+
+
+def parse_rating(text: str) -> float | None:
+  """The last [[r]] of a single-answer grading, r in [1, 10] (FastChat's form; a single
+  bracket as their fallback); None when there is none."""
+  found = _RATING.findall(text) or _RATING_LOOSE.findall(text)
+  rating = float(found[-1]) if found else None
+  return rating if rating is not None and 1 <= rating <= 10 else None
 
 
 def load_template(path: str, name: str = "pair-v2") -> tuple[str, str]:
@@ -110,13 +120,17 @@ class PairwiseJudge:
     """The verdict of each judge prompt (token ids, as `chat_ids` makes them)."""
     if self.mode == "prob":
       return [(1, -1, 0)[int(k)] for k in np.argmax(self.letter_logprobs(ids), axis=-1)]
+    return [parse(t) for t in self.judgements(ids)]
+
+  def judgements(self, ids) -> list[str]:
+    """The judge's greedy text after each prompt."""
     cfg = sampling.sample_config(self.tok, max_new_tokens=self.max_new_tokens, greedy=True)
     texts = []
     for i in range(0, len(ids), self.batch):
       out, _ = engines.generate_text(self.params, self.cfg, self.tok, ids[i:i + self.batch],
                                       jax.random.key(0), cfg)
       texts += out
-    return [parse(t) for t in texts]
+    return texts
 
   def win_rate(self, questions, a, b) -> dict:
     return both_orders(self.verdicts(questions, a, b), self.verdicts(questions, b, a))
