@@ -90,3 +90,14 @@ def why(proc, n: int = 3000) -> str:
   err = proc.stderr or ""
   fatal = err.find("Fatal Python error")
   return err[max(0, fatal - n):fatal + 300] if fatal >= 0 else err[-n:]
+
+
+def tiny_judge(**kw):
+  """An llm_judge.PairwiseJudge on a tiny random model with the tiny tokenizer."""
+  import jax
+  from r3jax.data import tokenizer as tokenizer_lib
+  from r3jax.eval import llm_judge
+  from r3jax.models import qwen
+  tok = tokenizer_lib.tiny()
+  cfg = qwen.preset("tiny", vocab_size=len(tok))
+  return llm_judge.PairwiseJudge(cfg, qwen.init_params(cfg, jax.random.key(1)), tok, **kw)

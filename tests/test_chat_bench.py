@@ -4,13 +4,11 @@ references reach the judge for math, reasoning and coding; FastChat's prompts lo
 
 import json
 
-import jax
 import pytest
 
-from r3jax.data import readers, tokenizer as tokenizer_lib
+from r3jax.data import readers
 from r3jax.eval import chat_bench, llm_judge
-from r3jax.models import qwen
-from helpers import shared_file
+from helpers import shared_file, tiny_judge
 
 QUESTIONS = [chat_bench.Question("81", "writing", ("Write a haiku.", "Now make it rhyme.")),
              chat_bench.Question("101", "reasoning", ("Who is second?", "And if you pass the last?")),
@@ -19,10 +17,7 @@ QUESTIONS = [chat_bench.Question("81", "writing", ("Write a haiku.", "Now make i
 
 @pytest.fixture(scope="module")
 def judge():
-  tok = tokenizer_lib.tiny()
-  cfg = qwen.preset("tiny", vocab_size=len(tok))
-  return llm_judge.PairwiseJudge(cfg, qwen.init_params(cfg, jax.random.key(1)), tok,
-                                 max_new_tokens=6, batch=4)
+  return tiny_judge(max_new_tokens=6, batch=4)
 
 
 def test_the_second_turn_sees_the_first_turn_and_the_models_own_answer():

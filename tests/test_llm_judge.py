@@ -2,14 +2,13 @@
 run, a flip is a tie, unreadable verdicts are counted, and the probability verdict is the
 argmax of the judge's own next-token log-probs."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from r3jax.data import tokenizer as tokenizer_lib
 from r3jax.eval import generation, llm_judge
 from r3jax.models import qwen
+from helpers import tiny_judge
 
 QUESTIONS = ["What is Nivo?", "Where is Karen?", "Name a colour.", "Why is the sky blue?"]
 A = ["Nivo is a city.", "Karen lies by a desert.", "Blue.", "Scattering."]
@@ -18,10 +17,7 @@ B = ["I do not know.", "Somewhere.", "Red, maybe.", "Because."]
 
 @pytest.fixture(scope="module")
 def judge():
-  tok = tokenizer_lib.tiny()
-  cfg = qwen.preset("tiny", vocab_size=len(tok))
-  return llm_judge.PairwiseJudge(cfg, qwen.init_params(cfg, jax.random.key(1)), tok,
-                                 max_new_tokens=8, batch=3)
+  return tiny_judge(max_new_tokens=8, batch=3)
 
 
 def test_verdicts_parse_the_last_bracketed_letter():

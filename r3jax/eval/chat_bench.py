@@ -1,18 +1,20 @@
 """MT-Bench and Vicuna-Bench runners (Zheng et al. 2023, "Judging LLM-as-a-Judge", §3-4;
-the R³ paper's win rates, §5), judged by an LLM judge pairwise in both orders.
+the R³ paper's win rates, §5), judged by an LLM judge pairwise in both orders, or by
+single-answer grading (1-10).
 
 Each model answers every question turn by turn: turn k+1 is asked in the conversation of
 the earlier turns with the model's own answers (MT-Bench's second turn sees its own first
 answer). Answers are greedy. Each turn is judged by `llm_judge.PairwiseJudge` with the
 policy shown first and then second; a win needs both orders (the adjusted win rate
-(W + T/2) / N, by category and turn, with 95% intervals). For the categories where
+(W + T/2) / N, by category and turn, with 95% intervals). Single grading rates each model's
+answers alone; an unreadable rating is counted and left out of the mean. For the categories where
 FastChat gives the judge a reference answer (math, reasoning, coding), the reference of
 `--references` is shown to the judge when it has one for the question.
 
 Judge prompts are this project's wording, or FastChat's from a prompt file
-(`--judge_prompts`, their JSONL of {name, system_prompt, prompt_template}): pair-v2,
-pair-v2-multi-turn, pair-math-v1 and pair-math-v1-multi-turn, filled with FastChat's
-placeholders ({question_1}, {answer_a_1}, {ref_answer_1}, ...).
+(`--judge_prompts`, their JSONL of {name, system_prompt, prompt_template}): the pair-* and
+single-* prompts of FASTCHAT_NAMES, filled with FastChat's placeholders ({question_1},
+{answer_a_1}, {ref_answer_1}, ...).
 """
 
 import collections
@@ -151,22 +153,33 @@ def judge_prompts(judge, tmpl, questions, refs, first, second, grading: str = "p
   return ids
 
 
+def _groups(questions) -> dict[tuple[str, int], list[int]]:
+  """{(category, turn): indices into the question-major (question, turn) list}, with
+  ("all", turn) over every question."""
+  groups, j = collections.defaultdict(list), 0
+  for q in questions:
+    for k in range(len(q.turns)):
+      for cat in (q.category, "all"):
+        groups[(cat, k + 1)].append(j + k)
+    j += len(q.turns)
+  return groups
+
+
+def _per_question(flat: list, questions) -> list[list]:
+  """A question-major (question, turn) list split into each question's turns."""
+  bounds = np.cumsum([0] + [len(q.turns) for q in questions])
+  return [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
 def judge_bench(judge, tmpl, questions, refs, policy, baseline) -> dict:
   """{(category, turn): both_orders(...)}, with ("all", turn) over every question, and
   "verdicts": each question's per-turn verdicts [policy first, baseline first] (+1: the
   first shown is better, -1: the second, 0: tie, None: unreadable)."""
   ab = judge.verdicts_of(judge_prompts(judge, tmpl, questions, refs, policy, baseline))
   ba = judge.verdicts_of(judge_prompts(judge, tmpl, questions, refs, baseline, policy))
-  groups, j, verdicts = collections.defaultdict(list), 0, []
-  for q in questions:
-    verdicts.append([[ab[j + k], ba[j + k]] for k in range(len(q.turns))])
-    for k in range(len(q.turns)):
-      for cat in (q.category, "all"):
-        groups[(cat, k + 1)].append(j + k)
-    j += len(q.turns)
   out = {g: llm_judge.both_orders([ab[x] for x in idx], [ba[x] for x in idx]) | {"index": idx}
-         for g, idx in groups.items()}
-  return out | {"verdicts": verdicts}
+         for g, idx in _groups(questions).items()}
+  return out | {"verdicts": _per_question([list(v) for v in zip(ab, ba)], questions)}
 
 
 def grade_bench(judge, tmpl, questions, refs, answers) -> dict:
@@ -175,19 +188,12 @@ def grade_bench(judge, tmpl, questions, refs, answers) -> dict:
   unreadable: counted, and left out of the mean)."""
   texts = judge.judgements(judge_prompts(judge, tmpl, questions, refs, answers, answers, "single"))
   flat = [llm_judge.parse_rating(t) for t in texts]
-  groups, j, ratings = collections.defaultdict(list), 0, []
-  for q in questions:
-    ratings.append(flat[j:j + len(q.turns)])
-    for k in range(len(q.turns)):
-      for cat in (q.category, "all"):
-        groups[(cat, k + 1)].append(flat[j + k])
-    j += len(q.turns)
   out = {}
-  for g, rs in groups.items():
-    read = [r for r in rs if r is not None]
+  for g, idx in _groups(questions).items():
+    read = [flat[x] for x in idx if flat[x] is not None]
     mean, lo, hi = tm.mean_ci(read)
-    out[g] = {"mean": mean, "ci95": (lo, hi), "graded": len(rs), "unreadable": len(rs) - len(read)}
-  return out | {"ratings": ratings}
+    out[g] = {"mean": mean, "ci95": (lo, hi), "graded": len(idx), "unreadable": len(idx) - len(read)}
+  return out | {"ratings": _per_question(flat, questions)}
 
 
 def report_single(out: str, bench: str, judge_name: str, questions, answers: dict, grades: dict) -> str:
@@ -202,15 +208,20 @@ def report_single(out: str, bench: str, judge_name: str, questions, answers: dic
       lines.append(f"| {c} | " + " | ".join(_rating_cell(g[(c, k)]) for k in range(1, turns + 1)) + " |")
     lines.append("")
   text = "\n".join(lines)
+  _write(out, text, questions, [{**{n: answers[n][i] for n in grades},
+                                 **{f"{n}_ratings": grades[n]["ratings"][i] for n in grades}}
+                                for i in range(len(questions))])
+  return text
+
+
+def _write(out: str, text: str, questions, extras: list[dict]) -> None:
+  """<out>/report.md, and <out>/answers.jsonl: each question with its `extras`."""
   os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, "report.md"), "w") as f:
     f.write(text)
   with open(os.path.join(out, "answers.jsonl"), "w") as f:
-    for i, q in enumerate(questions):
-      f.write(json.dumps({"question_id": q.qid, "category": q.category, "turns": q.turns,
-                          **{n: answers[n][i] for n in grades},
-                          **{f"{n}_ratings": grades[n]["ratings"][i] for n in grades}}) + "\n")
-  return text
+    for q, extra in zip(questions, extras):
+      f.write(json.dumps({"question_id": q.qid, "category": q.category, "turns": q.turns, **extra}) + "\n")
 
 
 def _rating_cell(r: dict) -> str:
@@ -235,13 +246,8 @@ def report(out: str, bench: str, judge_name: str, questions, answers, results) -
                  f"bias {r['position_bias']:.1%} (verdicts that flip with the order); "
                  f"{r['unreadable']} unreadable verdicts (scored as ties).")
   text = "\n".join(lines) + "\n"
-  os.makedirs(out, exist_ok=True)
-  with open(os.path.join(out, "report.md"), "w") as f:
-    f.write(text)
-  with open(os.path.join(out, "answers.jsonl"), "w") as f:
-    for q, p, b, v in zip(questions, *answers, results["verdicts"]):
-      f.write(json.dumps({"question_id": q.qid, "category": q.category, "turns": q.turns,
-                          "policy": p, "baseline": b, "verdicts": v}) + "\n")
+  _write(out, text, questions, [{"policy": p, "baseline": b, "verdicts": v}
+                                for p, b, v in zip(*answers, results["verdicts"])])
   return text
 
 

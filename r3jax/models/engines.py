@@ -246,8 +246,8 @@ def continuous(params, prompt_BT, prompt_mask_BT, key, *, model_cfg, cfg: Sample
   feed = _Feed(params, model_cfg, prompts, masks, group, n, s_count)
   live = np.zeros((s_count,), bool)
   while True:
-    slots = feed.refill(slots, np.flatnonzero(~live))
-    if feed.next_seq == total and not live.any() and not feed.admitted_now:
+    slots, admitted = feed.refill(slots, np.flatnonzero(~live))
+    if not (admitted or live.any()):  # Nothing pending either: refill admits while it can.
       break
     want = min(total - feed.next_seq, 1)  # Refill as soon as a slot idles while work remains.
     slots, out = _decode(params, slots, out, seq_keys_N, limits_N, want, model_cfg=model_cfg, cfg=cfg)
@@ -263,7 +263,7 @@ class _Feed:
   def __init__(self, params, model_cfg, prompts, masks, group: int, n: int, s_count: int):
     self.params, self.model_cfg, self.prompts, self.masks = params, model_cfg, prompts, masks
     self.group, self.n, self.s_count = group, n, s_count
-    self.next_seq, self.first, self.staged, self.admitted_now = 0, None, None, False
+    self.next_seq, self.first, self.staged = 0, None, None
 
   def _stage(self, p: int):
     """Prefills prompts [p, p + group), the last group padded with its last prompt."""
@@ -272,8 +272,9 @@ class _Feed:
     self.staged = _prefill_group(self.params, jnp.asarray(self.prompts[rows]),
                                  jnp.asarray(self.masks[rows]), model_cfg=self.model_cfg)
 
-  def refill(self, slots: _Slots, idle: np.ndarray) -> _Slots:
-    total, self.admitted_now = len(self.prompts) * self.n, False
+  def refill(self, slots: _Slots, idle: np.ndarray) -> tuple[_Slots, bool]:
+    """(slots, whether any was refilled): the idle slots take the next pending sequences."""
+    total, start = len(self.prompts) * self.n, self.next_seq
     take = []  # (slot, staged row, sequence)
     for slot in idle:
       if self.next_seq == total:
@@ -285,12 +286,11 @@ class _Feed:
         self._stage(p)
       take.append((slot, p - self.first, self.next_seq))
       self.next_seq += 1
-    return self._admit(slots, take)
+    return self._admit(slots, take), self.next_seq > start
 
   def _admit(self, slots: _Slots, take: list) -> _Slots:
     if not take:
       return slots
-    self.admitted_now = True
     # Padded to a power of two (one compile each): the copy is of the prompts taken, not of
     # every slot (at 512-token prompts a full copy per refill cost 19% of the decode time).
     width = min(self.s_count, 1 << (len(take) - 1).bit_length())
