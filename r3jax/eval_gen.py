@@ -32,6 +32,13 @@ Writes <out>/report.md (tables), answers.jsonl (on keyed prompts also each model
 answer and whether it is right), and PNGs: the length histogram, relevance by sentence
 position (R³ paper, Fig. 3) and Self-BLEU by query type. Prompts longer than
 --max_prompt_len tokens keep their last tokens; the report counts them.
+
+With an LLM judge in --judge (llm:DIR or llm-prob:DIR), the report also gives the judge's
+calibration (eval/judge_calibration.py): its position bias on this run's verdicts, its
+agreement with the human labels of --calibration's preference set, and on the embedded
+world its agreement with the gold judge. --rel adds the R³ paper's relevant sentence ratio
+(% Rel, by sentence position: eval/relevant_sentences.py) of each model's answers, each
+sentence judged by that judge.
 """
 
 
@@ -41,8 +48,8 @@ from absl import app, flags
 
 from r3jax.core import cli
 from r3jax.core.errors import ConfigError
-from r3jax.data import readers, sources
-from r3jax.eval import chat_bench, generation
+from r3jax.data import chat, readers, sources
+from r3jax.eval import chat_bench, generation, judge_calibration, pairs, relevant_sentences as rel
 from r3jax.models import bert, engines, hf
 from r3jax.rewards import r3
 
@@ -76,13 +83,19 @@ _GRADING = flags.DEFINE_enum("grading", "pairwise", ["pairwise", "single"], "Wit
                              "model's answers rated 1-10; --baseline optional).")
 _JUDGE_PROMPTS = flags.DEFINE_string("judge_prompts", "", "With --bench: a FastChat judge prompt "
                                      "file (their pair-v2 and pair-math-v1 prompts) instead of r3jax's.")
+_REL = flags.DEFINE_bool("rel", False, "Also % Rel of each model's answers: each sentence judged "
+                         "relevant or not by --judge's LLM judge (eval/relevant_sentences.py).")
+_CALIBRATION = flags.DEFINE_string("calibration", "", "A preference set (a comparisons file, or "
+                                   "synthetic) on which --judge's LLM judge's agreement with the "
+                                   "labels is measured and reported.")
+_CALIBRATION_LIMIT = flags.DEFINE_integer("calibration_limit", 100, "First N rows of --calibration.")
 _INSTRUCTION = flags.DEFINE_string("instruction", "", "Appended to every prompt after a blank line "
                                    "(as a config's data.instruction), e.g. the answer form asked for.")
 # Outside these, generation fails midway (a seed past 2**63: jax.random.key's OverflowError)
 # or samples from another distribution than asked.
 RANGES = {"samples": "[0, inf)", "top_p": "(0, 1]", "max_new_tokens": "[1, inf)",
           "max_prompt_len": "[1, inf)", "batch": "[1, inf)", "limit": "[0, inf)",
-          "seed": "[-1e18, 1e18]"}
+          "seed": "[-1e18, 1e18]", "calibration_limit": "[1, inf)"}
 
 
 def check_flags() -> None:
@@ -96,6 +109,9 @@ def check_flags() -> None:
   cli.check_output("out", is_dir=True)
   if _BENCH.value:
     check_bench_flags()
+  if (_REL.value or _CALIBRATION.value) and len(_llm_judges()) != 1:
+    raise ConfigError(f"--{'rel' if _REL.value else 'calibration'}: give one LLM judge in --judge, "
+                      "llm:DIR or llm-prob:DIR")
   for flag in (_POLICY, _BASELINE) if _BASELINE.value else (_POLICY,):
     try:
       hf.model_dir(flag.value)
@@ -124,11 +140,31 @@ def check_bench_flags() -> None:
       raise ConfigError(f"--{flag.name}={flag.value}: no such file")
 
 
+def judge_report(spec: str, judge, calibration, questions, answers: dict, bias: dict, gold=None) -> list[str]:
+  """--rel's % Rel of each model's answers ({model: [answer]} to `questions`) and the judge's
+  calibration, as report lines; writes <out>/relevant_sentences.png."""
+  lines = []
+  if _REL.value:
+    summaries = {n: rel.summary(rel.label(judge, questions, a)) for n, a in answers.items()}
+    os.makedirs(_OUT.value, exist_ok=True)
+    rel.plot(os.path.join(_OUT.value, "relevant_sentences.png"), summaries)
+    lines += rel.lines(summaries, spec) + ["", "![% Rel by position](relevant_sentences.png)"]
+  human = (judge_calibration.human_agreement(judge, calibration, os.path.basename(_CALIBRATION.value))
+           if calibration else None)
+  return lines + judge_calibration.lines(spec, bias, human, gold)
+
+
+def calibration_rows() -> list:
+  """--calibration's comparison rows, read before any model answers."""
+  return pairs.load_set(_CALIBRATION.value, _CALIBRATION_LIMIT.value, _SKIP_BAD.value) if _CALIBRATION.value else []
+
+
 def run_bench(opts: generation.Options) -> None:
   """--bench: both models answer every turn; the LLM judge compares them turn by turn."""
   questions = chat_bench.load_questions(_PROMPTS.value, _BENCH.value, _LIMIT.value)
   refs = chat_bench.load_references(_REFERENCES.value) if _REFERENCES.value else {}
   tmpl = chat_bench.templates(_JUDGE_PROMPTS.value)
+  calibration = calibration_rows()
   for path in filter(None, (_POLICY.value, _BASELINE.value)):  # Before either model answers.
     generation.check_context(hf.load_config(hf.model_dir(path)), opts, path)
   judge_spec = _llm_judges()[0]
@@ -136,13 +172,18 @@ def run_bench(opts: generation.Options) -> None:
   models = {"policy": _POLICY.value, **({"baseline": _BASELINE.value} if _BASELINE.value else {})}
   answers = {name: chat_bench.answer(generation.greedy_answers(path, opts), questions)
              for name, path in models.items()}
+  turns = [(i, k) for i, q in enumerate(questions) for k in range(len(q.turns))]
+  extra = lambda bias: judge_report(judge_spec, judge, calibration, [questions[i].turns[k] for i, k in turns],
+                                    {n: [a[i][k] for i, k in turns] for n, a in answers.items()}, bias)
   if _GRADING.value == "single":
     grades = {n: chat_bench.grade_bench(judge, tmpl, questions, refs, a) for n, a in answers.items()}
-    print(chat_bench.report_single(_OUT.value, _BENCH.value, judge_spec, questions, answers, grades))
+    print(chat_bench.report_single(_OUT.value, _BENCH.value, judge_spec, questions, answers, grades,
+                                   extra({})))
     return
-  answers = [answers["policy"], answers["baseline"]]
-  results = chat_bench.judge_bench(judge, tmpl, questions, refs, *answers)
-  print(chat_bench.report(_OUT.value, _BENCH.value, judge_spec, questions, answers, results))
+  results = chat_bench.judge_bench(judge, tmpl, questions, refs, answers["policy"], answers["baseline"])
+  bias = {f"turn {k}": results[("all", k)]["position_bias"] for k in range(1, chat_bench.BENCHES[_BENCH.value] + 1)}
+  print(chat_bench.report(_OUT.value, _BENCH.value, judge_spec, questions,
+                          [answers["policy"], answers["baseline"]], results, extra(bias)))
 
 
 def main(argv):
@@ -163,17 +204,35 @@ def main(argv):
     rows = sources.with_instruction(rows, _INSTRUCTION.value)
     encoder = bert.Encoder.from_dir(_ENCODER.value or bert.minilm_dir(), normalize=True)
     reward = r3.R3(encoder, max_len=opts.max_new_tokens, mode="r3")
+    calibration = calibration_rows()
     # The judges before any answer: a bad --judge spec stops the command before generation.
-    judges = generation.judges(opts.judge, rows, opts.max_new_tokens) if _BASELINE.value else {}
+    judges = (generation.judges(opts.judge, rows, opts.max_new_tokens)
+              if _BASELINE.value or _REL.value or calibration else {})
     models = {"policy": _POLICY.value, **({"baseline": _BASELINE.value} if _BASELINE.value else {})}
     stats = {name: generation.model_stats(name, path, rows, encoder, reward, opts)
              for name, path in models.items()}
   except (readers.DataError, FileNotFoundError, ValueError) as e:
     cli.fail(str(e))
-  win = {name: generation.judged_win_rate(j, rows, stats) for name, j in judges.items()}
+  win = ({name: generation.judged_win_rate(j, rows, stats) for name, j in judges.items()}
+         if _BASELINE.value else {})
   generation.write_answers(_OUT.value, rows, stats)
   generation.write_plots(_OUT.value, stats, types)
-  print(generation.report(_OUT.value, rows, stats, win, types, skipped, opts))
+  print(generation.report(_OUT.value, rows, stats, win, types, skipped, opts,
+                          llm_judge_lines(judges, calibration, rows, stats, win)))
+
+
+def llm_judge_lines(judges, calibration, rows, stats, win) -> list[str]:
+  """The first LLM judge's report lines (judge_report); none without an LLM judge."""
+  spec = next((s for s in _llm_judges() if s in judges), None)
+  if spec is None:
+    return []
+  w = win.get(spec)
+  gold = (judge_calibration.gold_agreement(w["outcomes"], stats["policy"]["gold"]["score"],
+                                           stats["baseline"]["gold"]["score"])
+          if w and "gold" in stats["policy"] else None)
+  answers = {n: [r3.truncate_response(a) for a in s["answers"]] for n, s in stats.items()}
+  return judge_report(spec, judges[spec], calibration, [chat.as_text(r["prompt"]) for r in rows],
+                      answers, {"this run's prompts": w["position_bias"]} if w else {}, gold)
 
 
 if __name__ == "__main__":

@@ -123,6 +123,9 @@ def test_sample_greedy_takes_temperature_zero():
     ("--slots=3", "error: --slots=3: at least the 10 samples of one prompt, or 0 for all"),
     ("--bench=mt_bench", "error: --bench=mt_bench: give --baseline and one LLM judge, --judge=llm:DIR "
                          "or llm-prob:DIR (the benchmarks are judged pairwise)"),
+    ("--rel", "error: --rel: give one LLM judge in --judge, llm:DIR or llm-prob:DIR"),
+    ("--calibration=hh.jsonl", "error: --calibration: give one LLM judge in --judge, llm:DIR or llm-prob:DIR"),
+    ("--calibration_limit=0", "error: --calibration_limit=0: expected an integer in [1, inf)"),
 ])
 def test_eval_gen_flags_and_paths_are_checked_before_generation(tmp_path, a_file, monkeypatch, capsys,
                                                                 flag, line):

@@ -5,6 +5,7 @@ import itertools
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -91,6 +92,9 @@ def test_copies_query_and_sentences():
   assert not tm.copies_query("What is Kalo?", "Kalo is a city.")
   assert not tm.copies_query("", "")
   assert tm.sentences("One. Two!  Three?\nFour") == ["One.", "Two!", "Three?", "Four"]
+  # A list's numbers open their item's sentence (an answer's "1." is not a sentence to judge).
+  assert tm.sentences("Tips:\n\n1. **Plan**: Start early. It helps.\n2. Rest.\n-\nEnd 3.") == [
+      "Tips:", "1. **Plan**: Start early.", "It helps.", "2. Rest.", "- End 3."]
 
 
 def test_expected_best_of_n_matches_brute_force_and_kl_closed_form():
@@ -198,6 +202,24 @@ def test_eval_gen_report_tables_and_plots(tmp_path, two_policies):
   answers = [json.loads(line) for line in open(out / "answers.jsonl")]
   assert len(answers) == 6 and set(answers[0]) >= {"where", "prompt", "policy", "baseline"}
   assert "Win rate" in res.stdout
+
+
+@pytest.mark.slow
+def test_eval_gen_reports_an_llm_judges_rel_and_calibration(tmp_path, two_policies):
+  """On the embedded world: the LLM judge's % Rel of both models' answers, and its agreement
+  with gold and with a comparison set's labels, beside its win rate."""
+  out = tmp_path / "report"
+  _run(["r3jax.eval_gen", f"--policy={two_policies[0]}", f"--baseline={two_policies[1]}",
+        "--prompts=synthetic", f"--out={out}", "--limit=4", "--samples=0", "--max_new_tokens=12",
+        "--max_prompt_len=48", "--batch=4", f"--judge=gold,llm-prob:{two_policies[1]}/hf", "--rel",
+        "--calibration=synthetic", "--calibration_limit=2"])
+  report = open(out / "report.md").read()
+  assert "## Relevant sentence ratio (% Rel), each sentence judged by `llm-prob:" in report
+  assert re.search(r"Agreement with the labels of `synthetic`: \*\*[\d.]+%\*\* .* over \d+ pairs", report)
+  assert re.search(r"Agreement with the gold judge( on the \d+ prompts whose gold scores differ|: gold "
+                   r"scored both answers equal)", report)
+  assert "Position bias, this run's prompts:" in report
+  assert os.path.getsize(out / "relevant_sentences.png") > 5000
 
 
 @pytest.mark.slow

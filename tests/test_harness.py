@@ -65,16 +65,18 @@ def test_sharding_equivalence_on_8_devices(tmp_path):
 @pytest.mark.slow
 def test_exact_resume_after_sigkill_and_sigterm_checkpoint(tmp_path):
   ref_dir, kill_dir = tmp_path / "ref", tmp_path / "killed"
-  ref = run(train_cmd(ref_dir))
+  packed = "--config.data.packing=True"  # Packed rows (#30) through the same Grain order.
+  ref = run(train_cmd(ref_dir, packed))
   assert ref.returncode == 0, why(ref)
+  assert "(train: packed rows)" in ref.stderr and "data.packing: 380 conversations in" in ref.stderr
 
   # SIGKILL between checkpoints (after step 5 or 6; checkpoints at 4, 8, 12).
-  proc = start_until_step(train_cmd(kill_dir), kill_dir, "train/loss", 5, timeout=240)
+  proc = start_until_step(train_cmd(kill_dir, packed), kill_dir, "train/loss", 5, timeout=240)
   killed_at = max(last_metrics(kill_dir))
   proc.kill()
   proc.wait(timeout=30)
   assert killed_at < 12
-  resumed = run(train_cmd(kill_dir))
+  resumed = run(train_cmd(kill_dir, packed))
   assert resumed.returncode == 0, why(resumed)
   assert "resumed from step" in resumed.stderr + resumed.stdout
 
@@ -183,6 +185,9 @@ def test_order_is_deterministic_resumable_and_covers_epochs():
   for want in seq[4:]:
     np.testing.assert_array_equal(c.next(), want)
   assert not all((x == y).all() for x, y in zip(seq[:3], seq[3:6]))  # Reshuffled per epoch.
+  assert b.state() == {"next_index": 4} and (c.epoch, c.index) == (2, 1)  # Grain's iterator state.
+  old = pipeline.Order(10, 3, seed=1, state={"epoch": 1, "index": 1})  # A pre-Grain checkpoint's.
+  np.testing.assert_array_equal(old.next(), seq[4])
 
 
 def test_microbatches_and_decay_mask():

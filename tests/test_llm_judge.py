@@ -84,3 +84,27 @@ def test_pairwise_accuracy_of_an_llm_judge_needs_both_orders(judge, monkeypatch)
       (1 if f[i] in A else -1) if i < 2 else 1 for i in range(len(q))])
   wins, n = pairs.pair_accuracy(judge, rows)
   assert (wins, n) == (2 + 0.5 * 2, 4)
+
+
+def test_human_agreement_is_both_orders_accuracy_with_a_wilson_interval(judge, monkeypatch):
+  from r3jax.eval import judge_calibration, pairs
+  rows = [{"prompt": [{"role": "user", "content": q}], "responses": [a, b]} for q, a, b in zip(QUESTIONS, A, B)]
+  # Agrees with the label in both orders on prompt 0, disagrees on 1, first-shown on 2-3.
+  monkeypatch.setattr(llm_judge.PairwiseJudge, "verdicts", lambda self, q, f, s: [
+      [1 if f[0] in A else -1, 1 if f[1] in B else -1, 1, 1][i] for i in range(len(q))])
+  out = judge_calibration.human_agreement(judge, rows, "hh.jsonl")
+  assert out["accuracy"] == pytest.approx((1 + 0.5 * 2) / 4) and out["pairs"] == 4
+  assert out["ci95"] == pytest.approx(pairs.wilson(2.0, 4)) and out["position_bias"] == pytest.approx(2 / 4)
+  text = "\n".join(judge_calibration.lines("llm:J", {"turn 1": 0.25}, out, None))
+  assert "`hh.jsonl`: **50.0%**" in text and "Position bias, turn 1: 25.0%" in text
+  assert "only on the embedded world's questions" in text
+
+
+def test_gold_agreement_counts_the_prompts_gold_decides_and_judge_ties_as_half():
+  from r3jax.eval import judge_calibration
+  outcomes = [1.0, 0.0, 0.5, 1.0, 0.0, 0.5]
+  policy = [0.9, 0.2, 0.7, 0.1, 0.5, 0.5]  # Gold: policy, baseline, policy, baseline, tie, tie.
+  baseline = [0.3, 0.8, 0.1, 0.6, 0.5, 0.5]
+  out = judge_calibration.gold_agreement(outcomes, policy, baseline)
+  assert (out["decided"], out["gold_ties"], out["judge_ties"]) == (4, 2, 1)
+  assert out["agreement"] == pytest.approx((1 + 1 + 0.5 + 0) / 4)

@@ -128,10 +128,11 @@ def test_ppo_across_two_processes_then_resumed_by_one(tmp_path):
   assert sorted(os.listdir(two / "checkpoints")) == ["1"]
   reward = lambda d: {s: r["reward/reward"] for s, r in metric_rows(d, "reward/reward").items()}
   assert reward(two)[1] == pytest.approx(reward(one)[1], abs=1e-6)
-  _assert_same_state(checkpoint.load_host(one, 1), checkpoint.load_host(two, 1))
+  # 2 x 2 devices reduce in another order than 1 x 4, and Adam scales a near-zero gradient's
+  # rounding up to a visible step: 2.8e-6 at step 1, and at step 2, which starts from those
+  # states, up to 2e-5 in one element of 131,072 (seen with two data orders). A misplaced
+  # shard would still differ by ~lr = 3e-3 in most of its elements.
+  _assert_same_state(checkpoint.load_host(one, 1), checkpoint.load_host(two, 1), atol=1e-5)
   _train(two, 1, steps=2, init_from=one / "sft")  # Another process count restores it.
-  # Step 2 starts from states equal only to float rounding (2 x 2 devices reduce in another
-  # order than 1 x 4), and Adam scales a near-zero gradient's rounding up to a visible step
-  # (3e-6 seen); a misplaced shard would still differ by ~lr = 3e-3.
-  _assert_same_state(checkpoint.load_host(one, 2), checkpoint.load_host(two, 2), atol=1e-5)
+  _assert_same_state(checkpoint.load_host(one, 2), checkpoint.load_host(two, 2), atol=1e-4)
   assert reward(two)[2] == pytest.approx(reward(one)[2], abs=1e-6)

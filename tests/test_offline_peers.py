@@ -374,6 +374,7 @@ def test_kto_trains_end_to_end_on_unpaired_comparisons(tmp_path):
   assert all(r["train/kl"] >= 0.0 for r in train.values())
   # The policy moved off the reference (4 steps from random weights are too few to learn the
   # preference; tiny-kto from the SFT start does, README).
-  assert ev[4]["eval/kl"] > 0.0 and ev[4]["eval/rewards/chosen"] != 0.0
+  # (KTO's z₀ is clamped at 0, so the eval KL may read 0 after 4 steps; the rewards move.)
+  assert ev[4]["eval/kl"] >= 0.0 and ev[4]["eval/rewards/chosen"] != 0.0
   assert (tmp_path / "hf" / "config.json").exists() and result["eval"] == {
       k: v for k, v in ev[4].items() if k.startswith("eval/")}

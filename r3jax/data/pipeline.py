@@ -1,11 +1,18 @@
-"""Deterministic, resumable batching.
+"""Deterministic, resumable batching on Grain.
 
-`Order` walks a seeded permutation of example indices epoch after epoch. Its whole state
-is (epoch, batch index), saved with each checkpoint, so a restarted run continues with
-exactly the batches an uninterrupted run would have seen. Each process takes only its
-contiguous slice of every global batch.
+`Order` is a Grain `MapDataset` of example indices: shuffled by the seed, a new
+permutation each epoch, batched into global batches (an epoch's remainder dropped) and
+repeated. Its iterator's state (Grain's own, the next batch's index) is saved with each
+checkpoint, so a restarted run continues with exactly the batches an uninterrupted run
+would have seen.
+
+Each process takes its contiguous slice of every global batch (`process_slice`), rather
+than Grain's per-process sharding of the examples (`ShardByJaxProcess`): with the global
+batch fixed whatever the process count, a checkpoint restores exactly onto another number
+of processes, which sharded examples would not allow.
 """
 
+import grain
 import jax
 import numpy as np
 
@@ -20,21 +27,31 @@ class Order:
       raise ValueError(f"{n_examples} examples cannot fill one batch of {batch_size}")
     self.n, self.batch_size, self.seed = n_examples, batch_size, seed
     self.per_epoch = n_examples // batch_size
-    self.epoch, self.index = (state["epoch"], state["index"]) if state else (0, 0)
-    self._perm_epoch, self._perm = None, None
+    # Shuffle before batching and repeat after: each epoch is its own permutation, and no
+    # batch straddles two epochs.
+    ds = (grain.MapDataset.range(n_examples).shuffle(seed=seed)
+          .batch(batch_size, drop_remainder=True).repeat(None))
+    # Read in this thread: an index batch costs microseconds, and no prefetch thread runs
+    # ahead of the state a checkpoint saves or outlives a SIGTERM.
+    self._it = iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)))
+    if state and "epoch" in state:  # Written before Grain: (epoch, batch in epoch).
+      state = {"next_index": state["epoch"] * self.per_epoch + state["index"]}
+    if state:
+      self._it.set_state(state)
 
   def state(self) -> dict:
-    return {"epoch": int(self.epoch), "index": int(self.index)}
+    return dict(self._it.get_state())
+
+  @property
+  def epoch(self) -> int:
+    return self.state()["next_index"] // self.per_epoch
+
+  @property
+  def index(self) -> int:
+    return self.state()["next_index"] % self.per_epoch
 
   def next(self) -> np.ndarray:
-    if self._perm_epoch != self.epoch:
-      self._perm = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
-      self._perm_epoch = self.epoch
-    out = self._perm[self.index * self.batch_size:(self.index + 1) * self.batch_size]
-    self.index += 1
-    if self.index == self.per_epoch:
-      self.epoch, self.index = self.epoch + 1, 0
-    return out
+    return np.asarray(next(self._it))
 
 
 def process_slice(indices: np.ndarray) -> np.ndarray:

@@ -196,7 +196,8 @@ def grade_bench(judge, tmpl, questions, refs, answers) -> dict:
   return out | {"ratings": _per_question(flat, questions)}
 
 
-def report_single(out: str, bench: str, judge_name: str, questions, answers: dict, grades: dict) -> str:
+def report_single(out: str, bench: str, judge_name: str, questions, answers: dict, grades: dict,
+                  extra=()) -> str:
   """report.md (each model's mean rating by category and turn) and answers.jsonl."""
   turns = BENCHES[bench]
   lines = [f"{bench}: single-answer grading (1-10) by {judge_name}; mean [95% CI] over the "
@@ -207,7 +208,7 @@ def report_single(out: str, bench: str, judge_name: str, questions, answers: dic
     for c in sorted({q.category for q in questions}) + ["all"]:
       lines.append(f"| {c} | " + " | ".join(_rating_cell(g[(c, k)]) for k in range(1, turns + 1)) + " |")
     lines.append("")
-  text = "\n".join(lines)
+  text = "\n".join(lines + list(extra)) + "\n"
   _write(out, text, questions, [{**{n: answers[n][i] for n in grades},
                                  **{f"{n}_ratings": grades[n]["ratings"][i] for n in grades}}
                                 for i in range(len(questions))])
@@ -230,7 +231,7 @@ def _rating_cell(r: dict) -> str:
   return body + (f" ({r['unreadable']} of {r['graded']} unreadable)" if r["unreadable"] else "")
 
 
-def report(out: str, bench: str, judge_name: str, questions, answers, results) -> str:
+def report(out: str, bench: str, judge_name: str, questions, answers, results, extra=()) -> str:
   """report.md (a table by category and turn) and answers.jsonl; returns the table."""
   turns = BENCHES[bench]
   cats = sorted({q.category for q in questions}) + ["all"]
@@ -245,7 +246,7 @@ def report(out: str, bench: str, judge_name: str, questions, answers, results) -
     lines.append(f"\nTurn {k}: {r['wins']} wins, {r['ties']} ties, {r['losses']} losses; position "
                  f"bias {r['position_bias']:.1%} (verdicts that flip with the order); "
                  f"{r['unreadable']} unreadable verdicts (scored as ties).")
-  text = "\n".join(lines) + "\n"
+  text = "\n".join(lines + list(extra)) + "\n"
   _write(out, text, questions, [{"policy": p, "baseline": b, "verdicts": v}
                                 for p, b, v in zip(*answers, results["verdicts"])])
   return text

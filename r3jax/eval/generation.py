@@ -158,7 +158,8 @@ def write_plots(out, stats, types):
                     "Self-BLEU by query type (95% CI)")
 
 
-def report(out, rows, stats, win, types, skipped, opts: Options) -> str:
+def report(out, rows, stats, win, types, skipped, opts: Options, extra=()) -> str:
+  """report.md: the tables of every model, the win rates, then `extra` lines."""
   names = list(stats)
   f = lambda v, fmt="{:.3f}": fmt.format(float(np.mean(v))) if len(v) and not np.isnan(v).all() else "n/a"
   lines = [f"# Generation report: {', '.join(names)}", "",
@@ -196,6 +197,7 @@ def report(out, rows, stats, win, types, skipped, opts: Options) -> str:
                    f"of {2 * w['judgements']} (scored as ties).")
   if skipped:
     lines += ["", f"{len(skipped)} malformed prompt rows skipped, e.g. `{skipped[0]}`."]
+  lines += list(extra)
   lines += ["", "![length](length_hist.png) ![relevance](relevance_by_position.png) "
             "![self-bleu](self_bleu_by_type.png)", ""]
   text = "\n".join(lines)

@@ -98,9 +98,12 @@ class PairwiseJudge:
   def chat_ids(self, user_texts, system: str) -> list[np.ndarray]:
     return sampling.chat_ids(self.tok, [chat.prompt_messages(u, system) for u in user_texts])
 
-  def letter_logprobs(self, ids) -> np.ndarray:
-    """[N, 3] log-probabilities of the next token being A, B or C after each prompt."""
-    letters = [self.tok.encode(x, add_special_tokens=False)[0] for x in "ABC"]
+  def option_logprobs(self, ids, words=("A", "B", "C")) -> np.ndarray:
+    """[N, len(words)] log-probabilities of the next token after each prompt being each
+    word's first token (the words' first tokens must differ)."""
+    letters = [self.tok.encode(x, add_special_tokens=False)[0] for x in words]
+    if len(set(letters)) < len(letters):
+      raise ValueError(f"the judge's tokenizer starts {words} with the same token")
     out = []
     for i in range(0, len(ids), self.batch):
       chunk = list(ids[i:i + self.batch])
@@ -119,7 +122,7 @@ class PairwiseJudge:
   def verdicts_of(self, ids) -> list[int | None]:
     """The verdict of each judge prompt (token ids, as `chat_ids` makes them)."""
     if self.mode == "prob":
-      return [(1, -1, 0)[int(k)] for k in np.argmax(self.letter_logprobs(ids), axis=-1)]
+      return [(1, -1, 0)[int(k)] for k in np.argmax(self.option_logprobs(ids), axis=-1)]
     return [parse(t) for t in self.judgements(ids)]
 
   def judgements(self, ids) -> list[str]:
@@ -154,4 +157,5 @@ def both_orders(ab, ba) -> dict:
   return {"win_rate": mean, "ci95": (lo, hi), "wins": int(np.sum(outcome == 1.0)),
           "ties": int(np.sum(outcome == 0.5)), "losses": int(np.sum(outcome == 0.0)),
           "judgements": len(outcome), "unit": "prompts (both orders agreeing)",
+          "outcomes": outcome.tolist(),  # Per prompt: 1 a wins, 0.5 tie, 0 b wins.
           "position_bias": flips / read if read else float("nan"), "unreadable": unreadable}

@@ -27,12 +27,9 @@ def pair_accuracy(scorer, rows) -> tuple[float, int]:
   """(wins + ties/2, number of pairs) over every ordered pair of each ranking. An LLM judge
   (llm_judge.PairwiseJudge) judges each pair in both orders: a win needs both."""
   if isinstance(scorer, llm_judge.PairwiseJudge):
-    pairs = [(chat.as_text(r["prompt"]), r["responses"][a], r["responses"][b]) for r in rows
-             for a in range(len(r["responses"])) for b in range(a + 1, len(r["responses"]))]
-    q, better, worse = (list(x) for x in zip(*pairs))
-    out = llm_judge.both_orders(scorer.verdicts(q, better, worse), scorer.verdicts(q, worse, better))
+    out = judge_pairs(scorer, rows)
     print(f"LLM judge: position bias {out['position_bias']:.1%}, {out['unreadable']} unreadable "
-          f"verdicts of {2 * len(q)}", file=sys.stderr)
+          f"verdicts of {2 * out['judgements']}", file=sys.stderr)
     return out["wins"] + 0.5 * out["ties"], out["judgements"]
   per_response = [r for r in rows for _ in r["responses"]]
   responses = [y for r in rows for y in r["responses"]]
@@ -46,6 +43,15 @@ def pair_accuracy(scorer, rows) -> tuple[float, int]:
         wins += 1.0 if s[a] > s[b] else 0.5 if s[a] == s[b] else 0.0
         n += 1
   return wins, n
+
+
+def judge_pairs(judge, rows) -> dict:
+  """llm_judge.both_orders of the better response of every ordered pair of each ranking
+  against the worse: its wins are the pairs where the judge agrees with the labels."""
+  pairs = [(chat.as_text(r["prompt"]), r["responses"][a], r["responses"][b]) for r in rows
+           for a in range(len(r["responses"])) for b in range(a + 1, len(r["responses"]))]
+  q, better, worse = (list(x) for x in zip(*pairs))
+  return llm_judge.both_orders(judge.verdicts(q, better, worse), judge.verdicts(q, worse, better))
 
 
 def load_set(name: str, limit: int, skip_bad: bool):

@@ -101,8 +101,22 @@ def copies_query(query: str, response: str) -> bool:
   return rouge_l(response, query) >= 0.5
 
 
+_LIST_MARKER = re.compile(r"(\d{1,3}|[a-zA-Z]|[ivxIVX]{1,4})[.)]|[-*+•]")
+
+
 def sentences(text: str) -> list[str]:
-  return [s for s in re.split(r"(?<=[.!?])\s+|\n+", text.strip()) if s.strip()]
+  """Sentences and lines; a bare list marker ("1.", "b)", "-") opens the sentence after it
+  rather than standing as a sentence of its own."""
+  out, marker = [], ""
+  for s in re.split(r"(?<=[.!?])\s+|\n+", text.strip()):
+    if not s.strip():
+      continue
+    if _LIST_MARKER.fullmatch(s.strip()):
+      marker += s.strip() + " "
+      continue
+    out.append(marker + s)
+    marker = ""
+  return out + ([marker.strip()] if marker else [])
 
 
 def mean_ci(values) -> tuple[float, float, float]:

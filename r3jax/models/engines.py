@@ -177,8 +177,7 @@ def _prefill_group(params, prompt_GT, mask_GT, *, model_cfg) -> _Staged:
   return _Staged(cache, logits_GV, pos_G, mask_GT.astype(jnp.int32))
 
 
-@functools.partial(jax.jit, donate_argnames=("slots",))
-def _admit(slots: _Slots, staged: _Staged, slot_R, row_R, seq_R) -> _Slots:
+def _put(slots: _Slots, staged: _Staged, slot_R, row_R, seq_R) -> _Slots:
   """Slot slot_R[r] takes sequence seq_R[r], prefilled as staged row row_R[r]; entries
   with slot_R = S are padding and dropped. Cache slots past the prompt keep the previous
   occupant's keys: the causal mask hides every slot the new one has not written."""
@@ -191,15 +190,42 @@ def _admit(slots: _Slots, staged: _Staged, slot_R, row_R, seq_R) -> _Slots:
                 put(slots.step_S, 0), put(slots.pos_S, staged.pos_G[row_R]), put(slots.live_S, True))
 
 
+_admit = jax.jit(_put, donate_argnames=("slots",))  # The host's refill.
+
+
+TAKE_WIDTH = 2  # Sequences a step's idle slots can take on the device; more wait a step.
+
+
+def _take(s: _Slots, staged: _Staged, nxt, group_end, first_prompt, n: int):
+  """(slots, next sequence): up to TAKE_WIDTH idle slots, lowest first, take the staged
+  group's next sequences. The copy has a fixed width and runs every step (entries with
+  nothing to take are dropped): a `lax.cond` around it would copy the whole cache through
+  its branches each step on CPU."""
+  s_count = s.live_S.shape[0]
+  w = min(TAKE_WIDTH, s_count)
+  count = jnp.minimum(jnp.minimum(jnp.sum(~s.live_S), group_end - nxt), w)
+  k_W = jnp.arange(w)
+  slot_W = jnp.argsort(s.live_S, stable=True)[:w]  # Idle slots first.
+  seq_W = nxt + k_W
+  row_W = jnp.clip(seq_W // n - first_prompt, 0, staged.pos_G.shape[0] - 1)
+  return _put(s, staged, jnp.where(k_W < count, slot_W, s_count), row_W, seq_W), nxt + count
+
+
 @functools.partial(jax.jit, static_argnames=("model_cfg", "cfg"), donate_argnames=("slots", "out"))
-def _decode(params, slots: _Slots, out: list, seq_keys_N, limits_N, want, *, model_cfg, cfg):
-  """Decodes every slot until `want` (> 0) are idle, all are, or cfg.sync_steps steps ran.
-  A stopped slot keeps running (static shapes) but writes only to the dummy row N."""
+def _decode(params, slots: _Slots, out: list, staged: _Staged, seq_keys_N, limits_N, nxt, group_end,
+            first_prompt, *, model_cfg, cfg):
+  """(slots, out, next sequence): decodes every slot, a slot that idles taking the staged
+  group's next sequence on the device (`_take`), until a slot idles with the group spent
+  while sequences remain (the host prefills the next group), every slot is idle, or
+  cfg.sync_steps steps ran. A stopped slot keeps running (static shapes) but writes only
+  to the dummy row N."""
   model, t = qwen.Qwen(model_cfg), slots.kv_mask_SL.shape[1] - cfg.max_new_tokens
   stop_ids, dummy = jnp.asarray(cfg.stop_ids or (-1,), jnp.int32), out[0].shape[0] - 1
+  total = out[0].shape[0] - 1
 
   def body(state):
-    i, s, out = state
+    i, s, out, nxt = state
+    s, nxt = _take(s, staged, nxt, group_end, first_prompt, cfg.n)
     tok_S, logp_S, model_logp_S = choose(s.logits_SV, token_keys(seq_keys_N[s.seq_S], s.step_S), cfg)
     row_S, col_S = jnp.where(s.live_S, s.seq_S, dummy), jnp.minimum(s.step_S, cfg.max_new_tokens - 1)
     hit_S = jnp.isin(tok_S, stop_ids)
@@ -211,21 +237,24 @@ def _decode(params, slots: _Slots, out: list, seq_keys_N, limits_N, want, *, mod
     logits_S1V, _, cache = model.apply({"params": params}, tok_S[:, None], s.pos_S[:, None],
                                        s.kv_mask_SL, s.cache, t + s.step_S)
     s = _Slots(cache, s.kv_mask_SL, logits_S1V[:, 0], s.seq_S, s.step_S + 1, s.pos_S + 1, live_S)
-    return i + 1, s, out
+    return i + 1, s, out, nxt
 
   def cond(state):
-    i, s, _ = state
-    idle = jnp.sum(~s.live_S)
-    return (i < cfg.sync_steps) & jnp.any(s.live_S) & ((want == 0) | (idle < want))
+    i, s, _, nxt = state
+    spent = (nxt >= group_end) & (group_end < total) & jnp.any(~s.live_S)
+    return (i < cfg.sync_steps) & (jnp.any(s.live_S) | (nxt < group_end)) & ~spent
 
-  _, slots, out = jax.lax.while_loop(cond, body, (jnp.int32(0), slots, out))
-  return slots, out
+  _, slots, out, nxt = jax.lax.while_loop(cond, body, (jnp.int32(0), slots, out, nxt))
+  return slots, out, nxt
 
 
 @ENGINES.register("continuous")
 def continuous(params, prompt_BT, prompt_mask_BT, key, *, model_cfg, cfg: SampleConfig, max_new_N=None):
-  """`slots` sequences decode at once; the host refills idle slots between `_decode` calls,
-  prefilling `ceil(slots / n)` prompts at a time. When every sequence has a slot there is
+  """`slots` sequences decode at once. Prompts are prefilled `ceil(slots / n)` at a time
+  (a group); inside `_decode` an idle slot takes the group's next sequence on the device,
+  and the host takes over only when the group is spent: it prefills the next group and
+  fills the idle slots. That is one host round trip per group, not one per finished
+  sequence (the real 0.5B's ragged rollout went from 86% to 98% of its step bound). When every sequence has a slot there is
   nothing to refill, and `static`'s one loop (no host round trips, segmented cache reads)
   runs the same schedule faster: the main job's rollouts took 0.054 s against 0.043 s."""
   (num_prompts, t), n, m = prompt_BT.shape, cfg.n, cfg.max_new_tokens
@@ -249,8 +278,11 @@ def continuous(params, prompt_BT, prompt_mask_BT, key, *, model_cfg, cfg: Sample
     slots, admitted = feed.refill(slots, np.flatnonzero(~live))
     if not (admitted or live.any()):  # Nothing pending either: refill admits while it can.
       break
-    want = min(total - feed.next_seq, 1)  # Refill as soon as a slot idles while work remains.
-    slots, out = _decode(params, slots, out, seq_keys_N, limits_N, want, model_cfg=model_cfg, cfg=cfg)
+    group_end = min(total, (feed.first + group) * n)
+    slots, out, nxt = _decode(params, slots, out, feed.staged, seq_keys_N, limits_N,
+                              jnp.int32(feed.next_seq), jnp.int32(group_end), jnp.int32(feed.first),
+                              model_cfg=model_cfg, cfg=cfg)
+    feed.next_seq = int(nxt)
     live = sharding.fetch(slots.live_S)
   tokens, logps, model_logps, mask, stopped = (x[:total] for x in out)
   return Samples(tokens, mask, logps, model_logps, stopped)

@@ -53,6 +53,7 @@ def prepare(ctx: supervised.Context):
     packs, truncated = pipeline.pack(ctx.policy.tokenizer, [r["messages"] for r in ctx.train_rows],
                                      config.seq_len)
     ctx.train_rows = [{"where": f"pack:{i}", "pack": p} for i, p in enumerate(packs)]
+    ctx.extra["rows_note"] = " (train: packed rows)"  # The log counts rows, not conversations.
     ctx.run.writer.print(f"data.packing: {n} conversations in {len(packs)} rows of {config.seq_len + 1} "
                          f"tokens ({n / len(packs):.2f} per row; {truncated} cut to fit)")
     if len(packs) < config.batch_size:
