@@ -6,6 +6,7 @@ tests/test_hostile_checkpoints.py; Ctrl-C and a torn metrics line on resume:
 tests/test_harness.py.)"""
 
 import errno
+import importlib.util
 import os
 import runpy
 import tempfile
@@ -238,22 +239,16 @@ def test_an_unwritable_workdir_is_one_line(tmp_path, monkeypatch):
 
 def test_a_uri_workdir_without_its_filesystem_is_one_line():
   pytest.importorskip("etils")
-  try:
-    import gcsfs  # pylint: disable=unused-import
+  if importlib.util.find_spec("gcsfs"):
     pytest.skip("gcsfs is installed")
-  except ImportError:
-    pass
   msg = one_line_error(lambda: paths.check_writable("gs://bucket/run", "--workdir"))
   assert msg.startswith("--workdir=gs://bucket/run: ") and "gcsfs" in msg
 
 
 @pytest.mark.parametrize("field", ["data.train", "init_from", "tokenizer"])
 def test_a_uri_path_without_its_filesystem_names_the_field(field):
-  try:
-    import gcsfs  # pylint: disable=unused-import
+  if importlib.util.find_spec("gcsfs"):
     pytest.skip("gcsfs is installed")
-  except ImportError:
-    pass
   c = preset("sft_qwen")
   override(c, field, "gs://bucket/x")
   msg = one_line_error(lambda: validate.validate(c))

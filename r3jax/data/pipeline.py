@@ -25,7 +25,6 @@ class Order:
   def __init__(self, n_examples: int, batch_size: int, seed: int, state: dict | None = None):
     if n_examples < batch_size:
       raise ValueError(f"{n_examples} examples cannot fill one batch of {batch_size}")
-    self.n, self.batch_size, self.seed = n_examples, batch_size, seed
     self.per_epoch = n_examples // batch_size
     # Shuffle before batching and repeat after: each epoch is its own permutation, and no
     # batch straddles two epochs.

@@ -101,8 +101,8 @@ class PairwiseJudge:
   def option_logprobs(self, ids, words=("A", "B", "C")) -> np.ndarray:
     """[N, len(words)] log-probabilities of the next token after each prompt being each
     word's first token (the words' first tokens must differ)."""
-    letters = [self.tok.encode(x, add_special_tokens=False)[0] for x in words]
-    if len(set(letters)) < len(letters):
+    first_ids = [self.tok.encode(x, add_special_tokens=False)[0] for x in words]
+    if len(set(first_ids)) < len(first_ids):
       raise ValueError(f"the judge's tokenizer starts {words} with the same token")
     out = []
     for i in range(0, len(ids), self.batch):
@@ -112,7 +112,7 @@ class PairwiseJudge:
       width = padding.bucket(max(map(len, chunk)), 64)  # and few widths: few compiles.
       tok_BT, mask_BT = padding.left_pad(chunk, self.tok.pad_token_id, width)
       logp_BV = _next_logprobs(self.params, jnp.asarray(tok_BT), jnp.asarray(mask_BT), self.cfg)
-      out.append(np.asarray(logp_BV[:n][:, letters]))
+      out.append(np.asarray(logp_BV[:n][:, first_ids]))
     return np.concatenate(out)
 
   def verdicts(self, questions, first, second) -> list[int | None]:
