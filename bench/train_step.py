@@ -16,6 +16,14 @@ folded into the bench model's vocabulary: the step's cost does not depend on the
 
   python -m bench.train_step --data=../shared/data/alpaca_en_demo.json \
       --tokenizer=/path/to/Qwen2.5-0.5B-Instruct --seq=1024 --batch=4 --steps=6
+
+--task=dpo does the same for a comparison file and DPO's step (sigmoid loss, the reference
+log-probs precomputed): each response a row of --seq tokens, whole (prompt_len=0) and with
+the prompt split (prompt_len=seq/2, DPO's default), against packed rows of 2·seq tokens
+(pipeline.pack_comparisons), and prints comparisons per second besides real tokens.
+
+  python -m bench.train_step --task=dpo --data=../shared/data/dpo_en_demo.json \
+      --tokenizer=/path/to/Qwen2.5-0.5B-Instruct --seq=1024 --batch=4 --steps=6
 """
 
 import functools
@@ -32,39 +40,84 @@ _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute
 _REMAT = flags.DEFINE_bool("remat", False, "Per-layer rematerialisation.")
 _DATA = flags.DEFINE_string("data", "", "Conversations: time padded against packed rows of them.")
 _TOKENIZER = flags.DEFINE_string("tokenizer", "", "HF tokenizer directory for --data.")
+_TASK = flags.DEFINE_enum("task", "sft", ["sft", "dpo"], "--data's rows: conversations (SFT) "
+                          "or comparisons (DPO).")
 
 
 def data_batches(cfg, seq: int, batch: int, steps: int):
-  """{padded, packed}: `steps` batches of --data's conversations each, in file order."""
+  """{layout: `steps` batches of --data's rows each, in file order} for --task."""
   import numpy as np
   from r3jax.data import pipeline, readers, tokenizer as tokenizer_lib
   tok = tokenizer_lib.load(_TOKENIZER.value)
-  convs = [r["messages"] for r in readers.load_conversations(_DATA.value, skip_bad=True).rows]
   fold = lambda b: {**b, "tokens": (b["tokens"] % cfg.vocab_size).astype(np.int32)}
-  padded = [fold(pipeline.sft_batch(tok, convs[i * batch:(i + 1) * batch], seq)[0]) for i in range(steps)]
-  packs, _ = pipeline.pack(tok, convs, seq)
-  packed = [fold(pipeline.packed_batch(packs[i * batch:(i + 1) * batch], seq, tok.pad_token_id))
-            for i in range(steps)]
-  if len(packs) < steps * batch or len(convs) < steps * batch:
-    raise SystemExit(f"--data has too few conversations for {steps} steps of {batch}")
-  return {"padded": padded, "packed": packed}
+  take = lambda rows, i: rows[i * batch:(i + 1) * batch]
+  if _TASK.value == "dpo":
+    rows = readers.load_comparisons(_DATA.value, skip_bad=True).rows
+    packs = pipeline.PackedRows(rows, pipeline.pack_comparisons(tok, rows, seq)[0])
+    out = {f"padded{' (prompt split)' * bool(p)}": [fold(pipeline.ranked_batch(tok, take(rows, i), seq, p)[0])
+                                                     for i in range(steps)] for p in (0, seq // 2)}
+    out["packed"] = [fold(pipeline.packed_comparisons(tok, [r["pack"] for r in take(packs, i)], seq,
+                                                      packs.slots)) for i in range(steps)]
+    for b in (b for batches in out.values() for b in batches):  # As loss.precompute_ref leaves it.
+      b["ref_logp"] = np.full(b["valid"].shape + (2,) if "valid" in b else (len(b["tokens"]), 2),
+                              -300.0, np.float32)
+  else:
+    rows = [r["messages"] for r in readers.load_conversations(_DATA.value, skip_bad=True).rows]
+    packs = pipeline.PackedRows(rows, pipeline.pack(tok, rows, seq)[0])
+    out = {"padded": [fold(pipeline.sft_batch(tok, take(rows, i), seq)[0]) for i in range(steps)],
+           "packed": [fold(pipeline.packed_batch(tok, [r["pack"] for r in take(packs, i)], seq))
+                      for i in range(steps)]}
+  if len(packs) < steps * batch or len(rows) < steps * batch:
+    raise SystemExit(f"--data has too few rows for {steps} steps of {batch}")
+  return out
 
 
 def real_tokens_per_s(step_fn, state, batches, mesh):
-  """(real tokens/s over the batches after a compile, padding fraction, state)."""
+  """(real tokens/s, rows (conversations or comparisons)/s over the batches after a
+  compile, padding fraction, state)."""
   import time as time_lib
   import jax
   from r3jax.core import sharding
   put = lambda b: sharding.put_batch({k: v[None] for k, v in b.items()}, mesh, 1)
+  count = lambda b: (int(b["valid"].sum()) if "valid" in b else int((b["segment_ids"].max(-1)).sum())
+                     if "segment_ids" in b else len(b["tokens"]))
   state, m = step_fn(state, put(batches[0]))
   jax.block_until_ready(m)
-  real = total = 0
+  real = total = rows = 0
   t0 = time_lib.perf_counter()
   for b in batches:
     state, m = step_fn(state, put(b))
-    real, total = real + int(b["attn_mask"].sum()), total + b["attn_mask"].size
+    real, total, rows = real + int(b["attn_mask"].sum()), total + b["attn_mask"].size, rows + count(b)
   jax.block_until_ready(m)
-  return real / (time_lib.perf_counter() - t0), 1 - real / total, state
+  dt = time_lib.perf_counter() - t0
+  return real / dt, rows / dt, 1 - real / total, state
+
+
+def compare_layouts(cfg, tx, policy, mesh, rules):
+  """--data: the same rows padded and packed (and, for DPO, prompt-split), one after the
+  other from the same initial state; prints real tokens/s and rows/s of each."""
+  import ml_collections
+  from r3jax.trainers import harness, sft, state as state_lib, step as step_lib
+  b, t = _BATCH.value, _SEQ.value
+  task_loss = functools.partial(sft.loss_fn, model_cfg=cfg)
+  if _TASK.value == "dpo":
+    from r3jax.trainers import dpo
+    task_loss = functools.partial(dpo.dpo_loss, model_cfg=cfg, loss_config=ml_collections.ConfigDict(
+        dict(type="sigmoid", beta=0.1, label_smoothing=0.0)))
+  out = {}
+  with harness.mesh_rules(mesh, rules):
+    for mode, batches in data_batches(cfg, t, b, _STEPS.value).items():
+      state, shardings = state_lib.init_state(policy, tx, mesh, rules, seed=0)  # Donated by each.
+      loss = functools.partial(task_loss, prompt_len=t // 2) if "split" in mode else task_loss
+      out[mode] = real_tokens_per_s(step_lib.make_train_step(loss, tx, shardings, mesh), state,
+                                    batches, mesh)[:3]
+  rows = "comparisons" if _TASK.value == "dpo" else "conversations"
+  for mode, (rate, rows_rate, pad) in out.items():
+    print(f"{mode}: {rate:,.0f} real tokens/s, {rows_rate:.2f} {rows}/s, padding {pad:.1%} of the batch")
+  for mode in (m for m in out if m != "packed"):
+    print(f"packed / {mode}: real tokens/s {out['packed'][0] / out[mode][0]:.2f}x, {rows}/s "
+          f"{out['packed'][1] / out[mode][1]:.2f}x (batch {b} x seq {t}, {_STEPS.value} steps each, "
+          f"{_DTYPE.value})")
 
 
 def main(argv):
@@ -86,6 +139,8 @@ def main(argv):
   mesh = sharding.make_mesh((("data", -1), ("fsdp", 1), ("tensor", 1)))
   rules = sharding.DEFAULT_RULES
   policy = state_lib.Policy(cfg, tokenizer=None, hf_dir=None)
+  if _DATA.value:
+    return compare_layouts(cfg, tx, policy, mesh, rules)
   state, shardings = state_lib.init_state(policy, tx, mesh, rules, seed=0)
   step_fn = step_lib.make_train_step(functools.partial(sft.loss_fn, model_cfg=cfg), tx, shardings, mesh)
   b, t = _BATCH.value, _SEQ.value
@@ -93,18 +148,6 @@ def main(argv):
   batch = {"tokens": rng.randint(0, cfg.vocab_size, (1, b, t + 1)).astype(np.int32),
            "loss_mask": np.ones((1, b, t + 1), np.int32), "attn_mask": np.ones((1, b, t + 1), np.int32)}
   batch = sharding.put_batch(batch, mesh, 1)
-  if _DATA.value:
-    with harness.mesh_rules(mesh, rules):
-      out = {}
-      for mode, batches in data_batches(cfg, t, b, _STEPS.value).items():
-        step = step_lib.make_train_step(functools.partial(sft.loss_fn, model_cfg=cfg), tx, shardings, mesh)
-        out[mode] = real_tokens_per_s(step, state, batches, mesh)[:2]
-        state, shardings = state_lib.init_state(policy, tx, mesh, rules, seed=0)  # Donated.
-    for mode, (rate, pad) in out.items():
-      print(f"{mode}: {rate:,.0f} real tokens/s, padding {pad:.1%} of the batch")
-    print(f"packed / padded real tokens/s: {out['packed'][0] / out['padded'][0]:.2f}x "
-          f"(batch {b} x seq {t}, {_STEPS.value} steps each, {_DTYPE.value})")
-    return
 
   holder = {"state": state}
 

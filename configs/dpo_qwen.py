@@ -79,6 +79,7 @@ def as_kto(c):
   other field as it was."""
   c.trainer = "kto"
   c.loss = schema.kto().loss
+  del c.data["packing"], c.data["stream"]  # Not KTO's (schema.kto).
   return c
 
 

@@ -56,6 +56,22 @@ def write_jsonl(path, rows) -> str:
   return str(path)
 
 
+def tiny_recipe(recipe: str, preset: str = "tiny", *, seq_len: int = 64, steps: int = 3):
+  """configs/<recipe>:<preset> from random weights, without its warm-start stages: `steps`
+  steps of 4 rows, logged each step, evaluated at the last on one batch, saved
+  synchronously."""
+  import runpy
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  c = runpy.run_path(os.path.join(root, "configs", recipe))["get_config"](preset)
+  c.unlock()
+  for stage in c.stages:
+    del c[stage]
+  c.stages, c.init_from, c.model.allow_random_init = (), "random", True
+  c.steps, c.batch_size, c.seq_len, c.log_every, c.eval_every, c.eval_batches = steps, 4, seq_len, 1, steps, 1
+  c.checkpoint.update(every=steps, async_save=False)
+  return c
+
+
 def metric_rows(workdir, key) -> dict:
   """step -> the last metrics.jsonl row holding `key` (a resumed run re-logs steps);
   {} before the file exists."""

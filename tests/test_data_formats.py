@@ -169,3 +169,55 @@ def test_multi_part_content_reads_its_text_parts(tmp_path):
   assert loaded.rows[0]["messages"][0]["content"] == "Hi there"
   assert loaded.skipped == [f"{path}:2: field 'messages' item 0: a content part of type 'image_url'; "
                             "only text parts are read"]
+
+
+@pytest.mark.parametrize("name", ["rows.parquet", "hh.jsonl.gz"])
+def test_a_stored_file_reads_the_rows_of_the_file_read_whole(twins, tmp_path, name):
+  """data.stream: readers.RowStore keeps the rows on disk and byte offsets in memory; it
+  reads the same rows, skips the same bad ones, and its views (held-out split, slices,
+  negative indices) are those of the list."""
+  from r3jax.data import sources
+  if name == "hh.jsonl.gz":
+    src = tmp_path / name
+    src.write_bytes(gzip.compress(open(shared_file("hh_harmless_base_sample.jsonl"), "rb").read()))
+    load = lambda **kw: readers.load_conversations(str(src), skip_bad=True, **kw)
+  else:
+    load = lambda **kw: readers.load_comparisons(str(twins[1] / name), **kw)
+  whole, stored = load(), load(store=str(tmp_path / "train.rows.jsonl"))
+  assert isinstance(stored.rows, readers.RowStore) and stored.rows.offsets.dtype == "int64"
+  assert len(stored.rows) == len(whole.rows) > 100 and stored.skipped == whole.skipped
+  assert list(stored.rows) == whole.rows and stored.rows[-3:] == whole.rows[-3:]
+  assert stored.rows[-1] == whole.rows[-1]
+  with pytest.raises(IndexError):
+    stored.rows[len(whole.rows)]  # pylint: disable=pointless-statement
+  for a, b in zip(sources._hold_out(whole.rows, 0.1, 3), sources._hold_out(stored.rows, 0.1, 3)):
+    assert isinstance(b, readers.RowStore) and list(b) == a
+
+
+def test_a_streamed_run_trains_as_the_run_in_memory(tmp_path, capsys):
+  """data.stream: an SFT run on packed HH rows, and a DPO run on packed comparisons, log
+  the same losses and batches, step for step, as reading the file into memory; the rows
+  lie in the workdir, and streaming is a config error for KTO and beside data.use_tfds."""
+  from r3jax.core.errors import ConfigError
+  from r3jax.trainers import stages, validate
+  from helpers import metric_rows, tiny_recipe
+  hh = shared_file("hh_harmless_base_sample.jsonl")
+  for recipe in ("sft_qwen.py", "dpo_qwen.py"):
+    logged = {}
+    for stream in (False, True):
+      c = tiny_recipe(recipe, seq_len=96)
+      c.data.update(train=hh, skip_bad=True, packing=True, stream=stream)
+      if "prompt_len" in c:
+        c.prompt_len = 0
+      workdir = tmp_path / f"{recipe}-{stream}"
+      stages.run(c, str(workdir))
+      keep = ("train/loss", "eval/loss", "data/batch_checksum", "train/rewards/margin")
+      logged[stream] = {s: {k: r[k] for k in keep if k in r} for s, r in metric_rows(workdir, "train/loss").items()}
+      assert (workdir / "data" / "process_0" / "train.rows.jsonl").exists() == stream
+    assert len(logged[True]) == 3 and logged[True] == logged[False], recipe
+  assert "skipped 1 bad rows" in capsys.readouterr().err
+  for recipe, preset, field in (("dpo_qwen.py", "tiny-kto", "stream"), ("sft_qwen.py", "tiny", "use_tfds")):
+    c = tiny_recipe(recipe, preset)
+    c.data.update(stream=True, **({field: True} if field == "use_tfds" else {}))
+    with pytest.raises(ConfigError, match="config.data.stream"):
+      validate.validate(c)

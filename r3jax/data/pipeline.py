@@ -16,7 +16,8 @@ import grain
 import jax
 import numpy as np
 
-from r3jax.data import chat
+from r3jax.core.errors import DataError
+from r3jax.data import chat, readers
 
 
 class Order:
@@ -80,44 +81,133 @@ def sft_batch(tokenizer, conversations, seq_len: int):
   return {"tokens": tokens, "loss_mask": loss_mask, "attn_mask": attn_mask}, truncated
 
 
-def pack(tokenizer, conversations, seq_len: int, window: int = 64):
-  """Conversations tokenized and packed into rows of at most seq_len + 1 tokens (the
-  next-token layout of sft_batch): each goes into the first of the last `window` open rows
-  with room, in data order, so the packing is deterministic and linear in the data.
-  Returns (packs, n_truncated); a pack is a list of (ids, loss_mask), one per conversation,
-  and a longer conversation is cut to seq_len + 1 tokens (its own row)."""
-  packs, room, truncated = [], [], []
-  for conv in conversations:
-    ids, mask = chat.tokenize(tokenizer, conv)
-    if len(ids) > seq_len + 1:
-      truncated.append(1)
-      ids, mask = ids[:seq_len + 1], mask[:seq_len + 1]
-    lo = max(0, len(packs) - window)
-    fits = next((i for i in range(lo, len(packs)) if room[i] >= len(ids)), None)
+def first_fit(lengths, capacity: int, window: int = 64) -> list[list[int]]:
+  """Items of `lengths` (each at most `capacity`) in rows of `capacity`: each goes into the
+  first of the last `window` open rows with room, in data order, so the packing is
+  deterministic and linear in the data. Returns each row's item indices."""
+  rows, room = [], []
+  for i, n in enumerate(lengths):
+    lo = max(0, len(rows) - window)
+    fits = next((r for r in range(lo, len(rows)) if room[r] >= n), None)
     if fits is None:
-      packs.append([])
-      room.append(seq_len + 1)
-      fits = len(packs) - 1
-    packs[fits].append((ids, mask))
-    room[fits] -= len(ids)
-  return packs, len(truncated)
+      rows.append([])
+      room.append(capacity)
+      fits = len(rows) - 1
+    rows[fits].append(i)
+    room[fits] -= n
+  return rows
 
 
-def packed_batch(packs, seq_len: int, pad_id: int):
-  """Packs (from `pack`) as a right-padded batch like sft_batch's, plus segment_ids: 1, 2,
-  ... for each conversation of a row, 0 on padding. The model confines attention to a
-  segment and restarts positions at each (qwen.Qwen's segment_ids_BT); the loss mask is
-  each conversation's own, so a segment's first token (never trained) is no target."""
+class PackedRows(readers.LazyRows):
+  """Packs (index lists from `pack` or `pack_comparisons`) as rows {where, pack, slots}: a
+  pack's rows are read from `rows` (a list, or a readers.RowStore) when it is indexed, and
+  tokenized again when batched, so no pack holds token ids. `slots`: the most rows a pack
+  holds, a static shape for the batches."""
+
+  def __init__(self, rows, packs: list[list[int]]):
+    self.rows, self.packs, self.slots = rows, packs, max(map(len, packs))
+
+  def __len__(self) -> int:
+    return len(self.packs)
+
+  def row(self, i: int) -> dict:
+    return {"where": f"pack:{i}", "pack": [self.rows[j] for j in self.packs[i]], "slots": self.slots}
+
+
+def conversation_tokens(tokenizer, conversation, seq_len: int):
+  """(ids, loss_mask) of a conversation cut to seq_len + 1 tokens, sft_batch's row."""
+  ids, mask = chat.tokenize(tokenizer, conversation)
+  return ids[:seq_len + 1], mask[:seq_len + 1]
+
+
+def pack(tokenizer, conversations, seq_len: int, window: int = 64):
+  """Conversations packed (first_fit) into rows of at most seq_len + 1 tokens (the
+  next-token layout of sft_batch), a longer one cut to seq_len + 1 tokens (its own row).
+  Reads each conversation once, so `conversations` may be read lazily. Returns (packs,
+  n_truncated); a pack is the indices of its conversations."""
+  lengths = [len(chat.tokenize(tokenizer, conv)[0]) for conv in conversations]
+  truncated = sum(n > seq_len + 1 for n in lengths)
+  return first_fit([min(n, seq_len + 1) for n in lengths], seq_len + 1, window), truncated
+
+
+def packed_batch(tokenizer, packs, seq_len: int):
+  """Packs (each a list of conversations) as a right-padded batch like sft_batch's, plus
+  segment_ids: 1, 2, ... for each conversation of a row, 0 on padding. The model confines
+  attention to a segment and restarts positions at each (qwen.Qwen's segment_ids_BT); the
+  loss mask is each conversation's own, so a segment's first token (never trained) is no
+  target."""
   shape = (len(packs), seq_len + 1)
-  out = {"tokens": np.full(shape, pad_id, np.int32), "loss_mask": np.zeros(shape, np.int32),
+  out = {"tokens": np.full(shape, tokenizer.pad_token_id, np.int32), "loss_mask": np.zeros(shape, np.int32),
          "attn_mask": np.zeros(shape, np.int32), "segment_ids": np.zeros(shape, np.int32)}
   for i, p in enumerate(packs):
     at = 0
-    for j, (ids, mask) in enumerate(p):
+    for j, conv in enumerate(p):
+      ids, mask = conversation_tokens(tokenizer, conv, seq_len)
       out["tokens"][i, at:at + len(ids)] = ids
       out["loss_mask"][i, at:at + len(ids)] = mask
       out["segment_ids"][i, at:at + len(ids)] = j + 1
       at += len(ids)
+    out["attn_mask"][i, :at] = 1
+  return out
+
+
+def comparison_tokens(tokenizer, comparison, seq_len: int):
+  """A comparison's packed layout (see pack_comparisons): (the prompt but its last token,
+  one (ids, loss_mask) branch per response), and whether any response was cut."""
+  rows = chat.tokenize_responses(tokenizer, comparison["prompt"], comparison["responses"])
+  n_prompt = int(np.argmax(rows[0][1]))  # The first response token: the prompt is shared.
+  prompt = rows[0][0][:min(n_prompt, seq_len)]
+  branches = [(np.concatenate([prompt[-1:], ids[n_prompt:seq_len]]),
+               np.concatenate([[0], mask[n_prompt:seq_len]]).astype(np.int32)) for ids, mask in rows]
+  return prompt[:-1], branches, sum(len(ids) > seq_len for ids, _ in rows)
+
+
+def pack_comparisons(tokenizer, comparisons, seq_len: int, window: int = 64):
+  """Comparisons of K responses packed (first_fit) into rows of K·seq_len tokens, as many
+  as an unpacked comparison's K rows hold. A comparison is one segment holding its prompt
+  once and each response as a branch (qwen.Qwen's branch_ids_BT): the prompt but its last
+  token, then per response the prompt's last token (which predicts the response's first)
+  and the response. A response sees the prompt and itself only, and its positions continue
+  from the prompt, so it scores as its own row of ranked_batch(prompt_len=0) does,
+  truncation included: a prompt + response over seq_len tokens keeps its first seq_len.
+  Reads each comparison once. Returns (packs, n_truncated responses); a pack is the
+  indices of its comparisons."""
+  lengths, truncated, k = [], 0, None
+  for c in comparisons:
+    k = k or len(c["responses"])
+    if len(c["responses"]) != k:
+      raise DataError(f"{c.get('where', 'a comparison')}: {len(c['responses'])} responses where the "
+                      f"first comparison has {k}; data.packing needs the same number in every one")
+    prompt, branches, cut = comparison_tokens(tokenizer, c, seq_len)
+    lengths.append(len(prompt) + sum(len(ids) for ids, _ in branches))
+    truncated += cut
+  return first_fit(lengths, k * seq_len, window), truncated
+
+
+def packed_comparisons(tokenizer, packs, seq_len: int, slots: int):
+  """Packs (each a list of comparisons) as rows of K·seq_len tokens: tokens, attn_mask and
+  loss_mask (on each response, as ranked_batch's), segment_ids (1, 2, ... per comparison, 0
+  on padding), branch_ids (0 on a prompt, k on its k-th response), and per comparison slot
+  of a row, `slots` of them (a static shape: the most any pack holds): ends [R, slots, K],
+  the column of each response's last token (where a reward model scores it), and valid
+  [R, slots], 1 where a comparison fills the slot."""
+  k = len(packs[0][0]["responses"])
+  shape, slot_shape = (len(packs), k * seq_len), (len(packs), slots)
+  out = {name: np.zeros(shape, np.int32) for name in ("attn_mask", "loss_mask", "segment_ids", "branch_ids")}
+  out.update(tokens=np.full(shape, tokenizer.pad_token_id, np.int32),
+             ends=np.zeros((*slot_shape, k), np.int32), valid=np.zeros(slot_shape, np.int32))
+  for i, pack_ in enumerate(packs):
+    at = 0
+    for j, comparison in enumerate(pack_):
+      prompt, branches, _ = comparison_tokens(tokenizer, comparison, seq_len)
+      for b, (ids, mask) in enumerate([(prompt, np.zeros(len(prompt), np.int32))] + branches):
+        cols = slice(at, at + len(ids))
+        out["tokens"][i, cols], out["loss_mask"][i, cols] = ids, mask
+        out["segment_ids"][i, cols], out["branch_ids"][i, cols] = j + 1, b
+        at += len(ids)
+        if b:
+          out["ends"][i, j, b - 1] = at - 1
+      out["valid"][i, j] = 1
     out["attn_mask"][i, :at] = 1
   return out
 

@@ -18,13 +18,17 @@ ShareGPT-style {conversations, chosen, rejected}. Unpaired feedback for KTO
 and comparisons, which KTO takes apart.
 """
 
+import array
+import collections.abc
 import dataclasses
 import gzip
 import json
+import os
 import re
 import zlib
 
 from etils import epath
+import numpy as np
 
 from r3jax.core import paths
 from r3jax.core.errors import DataError
@@ -35,6 +39,20 @@ from r3jax.data import chat
 class Loaded:
   rows: list[dict]  # Each with "where" (file:line) and the parsed content.
   skipped: list[str]  # Messages for skipped rows (empty unless skip_bad).
+
+
+class LazyRows(collections.abc.Sequence):
+  """Rows made when indexed (`row(i)`), by an int or a slice (a list)."""
+
+  def row(self, i: int) -> dict:
+    raise NotImplementedError
+
+  def __getitem__(self, i):
+    if isinstance(i, slice):
+      return [self.row(j) for j in range(*i.indices(len(self)))]
+    if not -len(self) <= i < len(self):
+      raise IndexError(i)
+    return self.row(int(i) % len(self))
 
 
 _GZIP, _PARQUET = b"\x1f\x8b", b"PAR1"
@@ -316,11 +334,10 @@ def refuse_control(row: dict, where: str) -> None:
                     "turn or an end of text (data.control_text=plain reads it as plain text)")
 
 
-def load_rows(path: str, parse, skip_bad: bool, what: str, control_text: str = "refuse",
-              tfds_dir: str = "") -> Loaded:
-  """Rows `parse(obj, where)` of a file (or a TFDS dataset, iter_records); bad rows raise,
-  or are counted with skip_bad. control_text "refuse" or "plain": see refuse_control."""
-  rows, skipped = [], []
+def iter_rows(path: str, parse, skip_bad: bool, control_text: str, tfds_dir: str, skipped: list):
+  """Rows {where, **parse(obj, where)} of a file (or a TFDS dataset, iter_records), one at a
+  time; a bad row raises, or with skip_bad its message goes to `skipped`. control_text
+  "refuse" or "plain": see refuse_control."""
   for where, obj in iter_records(path, tfds_dir):
     try:
       if isinstance(obj, DataError):
@@ -328,20 +345,66 @@ def load_rows(path: str, parse, skip_bad: bool, what: str, control_text: str = "
       row = parse(obj, where)
       if control_text != "plain":
         refuse_control(row, where)
-      rows.append({"where": where, **row})
+      yield {"where": where, **row}
     except DataError as e:
       if not skip_bad:
         raise
       skipped.append(str(e))
-  if not rows:
+
+
+def load_rows(path: str, parse, skip_bad: bool, what: str, control_text: str = "refuse",
+              tfds_dir: str = "", store: str = "") -> Loaded:
+  """The rows of iter_rows as a list, or with `store` (a file path; data.stream) as a
+  RowStore written there."""
+  skipped = []
+  rows = iter_rows(path, parse, skip_bad, control_text, tfds_dir, skipped)
+  rows = RowStore.write(store, rows) if store else list(rows)
+  if not len(rows):
     raise DataError(f"{path}: no usable {what}" + (f" ({len(skipped)} skipped)" if skipped else ""))
   return Loaded(rows, skipped)
 
 
+class RowStore(LazyRows):
+  """Rows on disk, one JSON line each, parsed when indexed (data.stream): host memory holds
+  their byte offsets only, 8 bytes a row, however large the file. `take` is a view of
+  some of them, in the order given."""
+
+  def __init__(self, path: str, offsets: np.ndarray):
+    self.path, self.offsets, self._file = path, offsets, None
+
+  @classmethod
+  def write(cls, path: str, rows) -> "RowStore":
+    """Writes `rows` (any iterable, read once) to `path`; returns them as a RowStore."""
+    offsets = array.array("q")  # 8 bytes a row while writing too, unlike a list of ints.
+    with open(path + ".tmp", "wb") as f:
+      for row in rows:
+        offsets.append(f.tell())
+        f.write(json.dumps(row, ensure_ascii=False).encode() + b"\n")
+    os.replace(path + ".tmp", path)
+    return cls(path, np.frombuffer(offsets, np.int64))
+
+  def __len__(self) -> int:
+    return len(self.offsets)
+
+  def row(self, i: int) -> dict:
+    if self._file is None:
+      self._file = open(self.path, "rb")  # pylint: disable=consider-using-with
+    self._file.seek(int(self.offsets[i]))
+    return json.loads(self._file.readline())
+
+  def take(self, indices) -> "RowStore":
+    return RowStore(self.path, self.offsets[np.asarray(indices, np.int64)])
+
+
+def select(rows, indices):
+  """rows[i] for i in indices: a view of a RowStore, else a list."""
+  return rows.take(indices) if isinstance(rows, RowStore) else [rows[i] for i in indices]
+
+
 def load_conversations(path: str, fmt: str = "auto", skip_bad: bool = False,
-                       control_text: str = "refuse", tfds_dir: str = "") -> Loaded:
+                       control_text: str = "refuse", tfds_dir: str = "", store: str = "") -> Loaded:
   return load_rows(path, lambda obj, where: {"messages": to_conversation(obj, fmt, where)},
-                   skip_bad, "rows", control_text, tfds_dir)
+                   skip_bad, "rows", control_text, tfds_dir, store)
 
 
 def to_comparison(obj, where: str) -> dict:
@@ -390,9 +453,9 @@ def to_comparison(obj, where: str) -> dict:
 
 
 def load_comparisons(path: str, skip_bad: bool = False, control_text: str = "refuse",
-                     tfds_dir: str = "") -> Loaded:
+                     tfds_dir: str = "", store: str = "") -> Loaded:
   """Comparison rows (see `to_comparison`); each keeps its "where" (file:line)."""
-  return load_rows(path, to_comparison, skip_bad, "comparisons", control_text, tfds_dir)
+  return load_rows(path, to_comparison, skip_bad, "comparisons", control_text, tfds_dir, store)
 
 
 def _completion(obj, where) -> str:

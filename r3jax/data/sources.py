@@ -44,15 +44,28 @@ TASKS.register(
         lambda d: arithmetic.conversations(d.synthetic_examples, seed=0))
 
 
+def store_path(data_config, workdir: str, split: str) -> str:
+  """With data.stream, where the `split` rows are stored (readers.RowStore): one file per
+  process under <workdir>/data (a temporary directory for a URI workdir), remade at each
+  start; without it, "" (the rows are read into memory)."""
+  if not data_config.get("stream"):
+    return ""
+  folder = (os.path.join(workdir, "data", f"process_{jax.process_index()}")
+            if workdir and "://" not in workdir else tempfile.mkdtemp(prefix="r3jax_rows_"))
+  os.makedirs(folder, exist_ok=True)
+  return os.path.join(folder, f"{split}.rows.jsonl")
+
+
 def conversations(data_config, workdir: str, seed: int):
   """(train_rows, eval_rows, skipped) from data.train / data.eval, or the embedded default.
 
   The embedded default generates the synthetic Q/A set (also written to workdir/data for
   inspection). Without data.eval, a data.eval_fraction of the train rows is held out.
+  With data.stream the files' rows stay on disk (store_path).
   """
   skipped = []
 
-  def load(path):
+  def load(path, split):
     if data_config.use_tfds and not path.startswith("tfds:"):
       from r3jax.data import tfds_local  # Local: TFDS is slow to import.
       name = os.path.splitext(os.path.basename(path))[0]
@@ -60,10 +73,11 @@ def conversations(data_config, workdir: str, seed: int):
                                            data_config.format, data_config.skip_bad,
                                            data_config.control_text)
     return readers.load_conversations(path, data_config.format, data_config.skip_bad,
-                                      data_config.control_text, data_config.tfds_dir)
+                                      data_config.control_text, data_config.tfds_dir,
+                                      store_path(data_config, workdir, split))
 
   if data_config.train:
-    loaded = load(data_config.train)
+    loaded = load(data_config.train, "train")
     rows, skipped = loaded.rows, loaded.skipped
   else:
     examples = TASKS.get(data_config.synthetic_task, "data.synthetic_task").fn(data_config)
@@ -72,25 +86,29 @@ def conversations(data_config, workdir: str, seed: int):
       readers.write_jsonl(os.path.join(workdir, "data", "synthetic.jsonl"),
                           [{k: v for k, v in r.items() if k != "where"} for r in rows])
   if data_config.eval:
-    loaded = load(data_config.eval)
+    loaded = load(data_config.eval, "eval")
     return rows, loaded.rows, skipped + loaded.skipped
   return _hold_out(rows, data_config.eval_fraction, seed) + (skipped,)
 
 
-def comparisons(data_config, seed: int, read=readers.load_comparisons):
+def comparisons(data_config, seed: int, read=readers.load_comparisons, workdir: str = ""):
   """(train, eval, skipped) comparison rows: files (`read`; KTO's readers.load_feedback also
-  takes unpaired rows), or the synthetic comparisons."""
+  takes unpaired rows), or the synthetic comparisons. With data.stream the files' rows stay
+  on disk (store_path)."""
   skipped = []
+
+  def load(path, split):
+    store = {"store": p} if (p := store_path(data_config, workdir, split)) else {}
+    return read(path, data_config.skip_bad, data_config.control_text, data_config.tfds_dir, **store)
+
   if data_config.train:
-    loaded = read(data_config.train, data_config.skip_bad, data_config.control_text,
-                  data_config.tfds_dir)
+    loaded = load(data_config.train, "train")
     rows, skipped = loaded.rows, loaded.skipped
   else:
     rows = [dict(where=f"synthetic:{i}", **c) for i, c in
             enumerate(synthetic.comparisons(data_config.synthetic_examples, seed=data_config.synthetic_seed))]
   if data_config.eval:
-    loaded = read(data_config.eval, data_config.skip_bad, data_config.control_text,
-                  data_config.tfds_dir)
+    loaded = load(data_config.eval, "eval")
     return rows, loaded.rows, skipped + loaded.skipped
   return _hold_out(rows, data_config.eval_fraction, seed) + (skipped,)
 
@@ -98,7 +116,7 @@ def comparisons(data_config, seed: int, read=readers.load_comparisons):
 def _hold_out(rows, fraction: float, seed: int):
   order = np.random.default_rng(seed).permutation(len(rows))
   n_eval = max(1, int(len(rows) * fraction))
-  return [rows[i] for i in order[n_eval:]], [rows[i] for i in order[:n_eval]]
+  return readers.select(rows, order[n_eval:]), readers.select(rows, order[:n_eval])
 
 
 def with_instruction(rows, instruction: str):

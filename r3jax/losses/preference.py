@@ -30,20 +30,25 @@ def _f32(x):
   return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
-def bradley_terry(r_chosen_B, r_rejected_B, margin=0.0):
+def bradley_terry(r_chosen_B, r_rejected_B, margin=0.0, weight_B=None):
   """-mean log σ(r_w - r_l - m). Returns (loss, metrics).
 
   `margin` is a scalar or one per comparison (e.g. from rating gaps); 0 is plain BT.
+  `weight_B` weighs each comparison in the loss and the metrics (None: all 1), e.g. 0 for
+  the empty comparison slots of packed rows.
   """
   r_w, r_l = _f32(r_chosen_B), _f32(r_rejected_B)
+  w_B = jnp.ones_like(r_w) if weight_B is None else _f32(weight_B)
+  mean = lambda x_B, w=w_B: jnp.sum(x_B * w) / jnp.sum(w)
   diff_B = r_w - r_l
-  loss = -jnp.mean(jax.nn.log_sigmoid(diff_B - margin))
-  both = jnp.concatenate([r_w, r_l])
+  loss = -mean(jax.nn.log_sigmoid(diff_B - margin))
+  both, w_both = jnp.concatenate([r_w, r_l]), jnp.concatenate([w_B, w_B])
+  both_mean = mean(both, w_both)
   metrics = {
-      "rm/accuracy": jnp.mean((diff_B > 0).astype(jnp.float32)),
-      "rm/margin": jnp.mean(diff_B),
-      "rm/reward_mean": jnp.mean(both),
-      "rm/reward_std": jnp.std(both),
+      "rm/accuracy": mean((diff_B > 0).astype(jnp.float32)),
+      "rm/margin": mean(diff_B),
+      "rm/reward_mean": both_mean,
+      "rm/reward_std": jnp.sqrt(mean(jnp.square(both - both_mean), w_both)),
   }
   return loss, metrics
 
@@ -56,17 +61,20 @@ def ranking_pairs(K: int) -> np.ndarray:
   return np.array(list(itertools.combinations(range(K), 2)), np.int32).reshape(-1, 2)
 
 
-def bradley_terry_ranked(r_BK, margin=0.0):
+def bradley_terry_ranked(r_BK, margin=0.0, weight_B=None):
   """Bradley–Terry averaged over every pair of a K-wise ranking (index 0 best).
 
   Each response appears in K-1 pairs, so the reward mean/std metrics equal those of the
-  plain [B, K] rewards; accuracy is over all pairs. `margin`: scalar or [B, C(K,2)].
+  plain [B, K] rewards; accuracy is over all pairs. `margin`: scalar or [B, C(K,2)];
+  `weight_B`: as for bradley_terry, each comparison's pairs weighed alike.
   """
   pairs_P2 = ranking_pairs(r_BK.shape[-1])
   r_BK = _f32(r_BK)
-  margin_BP = jnp.broadcast_to(jnp.asarray(margin, r_BK.dtype), (r_BK.shape[0], len(pairs_P2)))
+  shape_BP = (r_BK.shape[0], len(pairs_P2))
+  margin_BP = jnp.broadcast_to(jnp.asarray(margin, r_BK.dtype), shape_BP)
+  weight_BP = None if weight_B is None else jnp.broadcast_to(_f32(weight_B)[:, None], shape_BP).reshape(-1)
   return bradley_terry(r_BK[:, pairs_P2[:, 0]].reshape(-1), r_BK[:, pairs_P2[:, 1]].reshape(-1),
-                       margin_BP.reshape(-1))
+                       margin_BP.reshape(-1), weight_BP)
 
 
 @dataclasses.dataclass(frozen=True)

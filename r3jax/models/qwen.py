@@ -318,7 +318,8 @@ class Qwen(nn.Module):
 
   @nn.compact
   def __call__(self, tokens_BT, positions_BT=None, kv_mask_BS=None, cache=None,
-               cache_index=0, deterministic=True, last_only=False, segment_ids_BT=None):
+               cache_index=0, deterministic=True, last_only=False, segment_ids_BT=None,
+               branch_ids_BT=None):
     """Runs the decoder.
 
     Args:
@@ -332,15 +333,18 @@ class Qwen(nn.Module):
       last_only: compute logits for the last position only (prefill before sampling).
       segment_ids_BT: packed rows (full pass only): each token attends only within its
         segment, and positions (when omitted) restart at each segment's first token.
+      branch_ids_BT: with segment_ids_BT, a segment that is one prompt and its K responses
+        (pipeline.pack_comparisons): 0 on the shared prompt, k on the k-th response. A
+        token attends to the prompt and to its own response only, and positions (when
+        omitted) count the keys it sees, so each response continues from its prompt.
     """
     cfg = self.cfg
     if kv_mask_BS is None:
       kv_mask_BS = jnp.ones(tokens_BT.shape, jnp.int32)
     if segment_ids_BT is not None and cache is not None:
       raise ValueError("segment_ids_BT is for a full pass over packed rows, not a cached decode")
-    if positions_BT is None:
-      positions_BT = (positions_from_mask(kv_mask_BS) if segment_ids_BT is None else
-                      segment_positions(segment_ids_BT))
+    if branch_ids_BT is not None and segment_ids_BT is None:
+      raise ValueError("branch_ids_BT needs segment_ids_BT: branches share a segment's prompt")
     embed_VD = _param(self, "embed", nn.initializers.normal(cfg.initializer_range),
                       (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), cfg)
     x_BTD = jnp.take(embed_VD, tokens_BT, axis=0).astype(cfg.dtype)
@@ -353,6 +357,14 @@ class Qwen(nn.Module):
     allowed_BTS = causal_BTS & kv_mask_BS[:, None, :].astype(bool)
     if segment_ids_BT is not None:
       allowed_BTS &= segment_ids_BT[:, :, None] == segment_ids_BT[:, None, :]
+    if branch_ids_BT is not None:
+      same_BTS = branch_ids_BT[:, :, None] == branch_ids_BT[:, None, :]
+      allowed_BTS &= same_BTS | (branch_ids_BT[:, None, :] == 0)
+    if positions_BT is None:
+      positions_BT = (positions_from_mask(kv_mask_BS) if segment_ids_BT is None else
+                      segment_positions(segment_ids_BT) if branch_ids_BT is None else
+                      # A response's position continues from its prompt: the keys it sees, less one.
+                      jnp.maximum(jnp.sum(allowed_BTS, axis=-1) - 1, 0))
 
     block = nn.remat(Block, static_argnums=(6,)) if cfg.remat else Block
     new_cache = [] if cache is not None else None
@@ -408,9 +420,10 @@ def init_scalar_head(cfg: QwenConfig) -> dict[str, Array]:
   return {"w": jnp.zeros((cfg.hidden_size,), jnp.float32), "b": jnp.zeros((), jnp.float32)}
 
 
-def scalar_outputs(params, cfg: QwenConfig, tokens_BT: Array, mask_BT: Array) -> Array:
-  """A scalar per position, [B, T], in fp32."""
-  _, hidden_BTD, _ = Qwen(cfg).apply({"params": params["backbone"]}, tokens_BT, kv_mask_BS=mask_BT)
+def scalar_outputs(params, cfg: QwenConfig, tokens_BT: Array, mask_BT: Array, **packed) -> Array:
+  """A scalar per position, [B, T], in fp32. packed: Qwen's segment_ids_BT and branch_ids_BT."""
+  _, hidden_BTD, _ = Qwen(cfg).apply({"params": params["backbone"]}, tokens_BT, kv_mask_BS=mask_BT,
+                                     **packed)
   return hidden_BTD.astype(jnp.float32) @ params["head"]["w"] + params["head"]["b"]
 
 

@@ -10,6 +10,7 @@ all. KTO (trainers/kto.py) shares the log-probs and the reference.
 """
 
 import functools
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -25,11 +26,14 @@ def sequence_logprobs(params, cfg, batch, prompt_len: int = 0):
   """Summed log-probs of each response, [B, K], and their token counts.
 
   prompt_len 0: every row runs in full. prompt_len P > 0: the batch is in the
-  prompt-split layout of `pipeline.ranked_batch`. The prompt then runs once per comparison,
+  prompt-split layout of `pipeline.ranked_batch`. Packed rows (data.packing) give
+  [R, C, K] (packed_logprobs). The prompt then runs once per comparison,
   into a KV cache that all K responses attend to, and the LM head runs on response
   positions only. The result is the same; the FLOPs drop by (K-1)·P/(K·T) in the decoder
   and by P/T in the head: a sixth and a third for pairs whose prompts take a third of T.
   """
+  if "branch_ids" in batch:
+    return packed_logprobs(params, cfg, batch)
   b, k, t = batch["tokens"].shape
   flat = {n: v.reshape(b * k, t) for n, v in batch.items() if v.ndim == 3}
   model = qwen.Qwen(cfg)
@@ -56,22 +60,47 @@ def sequence_logprobs(params, cfg, batch, prompt_len: int = 0):
   return jnp.sum(lp_NR * w_NR, -1).reshape(b, k), jnp.sum(w_NR, -1).reshape(b, k)
 
 
+def packed_logprobs(params, cfg, batch):
+  """sequence_logprobs of packed comparisons (pipeline.packed_comparisons): [R, C, K] each,
+  C the comparison slots of a row (0 in an empty one)."""
+  r, c, k = batch["ends"].shape
+  _, hidden_RTD, _ = qwen.Qwen(cfg).apply(
+      {"params": params}, batch["tokens"][:, :-1], kv_mask_BS=batch["attn_mask"][:, :-1],
+      segment_ids_BT=batch["segment_ids"][:, :-1], branch_ids_BT=batch["branch_ids"][:, :-1])
+  w_RT = batch["loss_mask"][:, 1:].astype(jnp.float32)
+  lp_RT = lm.head_logprobs(hidden_RTD, qwen.head_kernel(params, cfg), batch["tokens"][:, 1:]) * w_RT
+  # Each trained target's response, c·K + k; every other token goes to one spare slot.
+  slot_RT = jnp.where(w_RT > 0, (batch["segment_ids"][:, 1:] - 1) * k + batch["branch_ids"][:, 1:] - 1,
+                      c * k)
+  total = jax.vmap(lambda v_T, s_T: jax.ops.segment_sum(v_T, s_T, num_segments=c * k + 1)[:-1])
+  return total(lp_RT, slot_RT).reshape(r, c, k), total(w_RT, slot_RT).reshape(r, c, k)
+
+
 def dpo_loss(params, batch, rng, *, model_cfg, loss_config, prompt_len=0):
+  """(sum of the comparisons' losses, their number, metric sums) for one microbatch. Each
+  comparison's loss and metrics are computed alone, so packed rows' empty slots (valid 0)
+  weigh nothing."""
   del rng
   lp, n_tok = sequence_logprobs(params, model_cfg, batch, prompt_len)
+  lp, n_tok = lp.reshape(-1, 2), n_tok.reshape(-1, 2)
+  valid_N = batch["valid"].reshape(-1) > 0 if "valid" in batch else jnp.ones(len(lp), bool)
+  n_tok = jnp.where(valid_N[:, None], n_tok, 1.0)  # An empty slot's length-normalised loss stays finite.
   entry = losses.LOSSES[loss_config.type]
-  ref_BK = batch["ref_logp"] if entry.needs_reference else None
-  ref_w, ref_l = (None, None) if ref_BK is None else (ref_BK[:, 0], ref_BK[:, 1])
-  losses_B, m = losses.dpo_loss(
-      lp[:, 0], lp[:, 1], ref_w, ref_l, loss_type=loss_config.type, beta=loss_config.beta,
-      label_smoothing=loss_config.label_smoothing, chosen_len_B=n_tok[:, 0], rejected_len_B=n_tok[:, 1],
-      **{name: loss_config[name] for name in entry.params})
-  b = lp.shape[0]
-  return jnp.sum(losses_B), (jnp.float32(b), {n: v * b for n, v in m.items()})
+  ref = batch["ref_logp"].reshape(-1, 2) if entry.needs_reference else None
+
+  def one(lp_2, ref_2, n_2):  # A batch of one comparison.
+    return losses.dpo_loss(
+        lp_2[:1], lp_2[1:], None if ref_2 is None else ref_2[:1], None if ref_2 is None else ref_2[1:],
+        loss_type=loss_config.type, beta=loss_config.beta, label_smoothing=loss_config.label_smoothing,
+        chosen_len_B=n_2[:1], rejected_len_B=n_2[1:], **{name: loss_config[name] for name in entry.params})
+
+  losses_N1, m = jax.vmap(one)(lp, ref, n_tok)
+  total = lambda x: jnp.sum(jnp.where(valid_N, x.reshape(valid_N.shape), 0.0))
+  return total(losses_N1), (jnp.sum(valid_N.astype(jnp.float32)), {n: total(v) for n, v in m.items()})
 
 
 def check_pairs(train_rows, eval_rows) -> None:
-  if any(len(r["responses"]) != 2 for r in train_rows + eval_rows):
+  if any(len(r["responses"]) != 2 for r in itertools.chain(train_rows, eval_rows)):
     raise DataError("DPO needs pairs: some comparison has more than 2 responses")
 
 
@@ -102,7 +131,7 @@ def reference(ctx: supervised.Context, precompute: bool):
     return lambda batch, split, idx: {**batch, "ref_logp": np.asarray(ref_fn(ref_params, batch))}
   cache = {}  # (split, row) -> [K] reference log-probs; the weights are dropped after.
   ctx.run.writer.print(f"precomputing reference log-probs for {len(ctx.train_rows) + ctx.n_eval} "
-                       "comparisons")
+                       "rows of comparisons")
   with harness.mesh_rules(ctx.run.mesh, ctx.run.rules):
     for split, rows in (("train", ctx.train_rows), ("eval", ctx.eval_rows[:ctx.n_eval])):
       for i in range(0, len(rows), config.batch_size):

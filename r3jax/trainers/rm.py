@@ -16,12 +16,21 @@ from r3jax.trainers import preference
 
 def rm_loss(params, batch, rng, *, model_cfg, margin):
   del rng
-  b, k, t = batch["tokens"].shape
-  r = qwen.sequence_scores(params, model_cfg, batch["tokens"].reshape(b * k, t),
-                           batch["attn_mask"].reshape(b * k, t)).reshape(b, k)
-  loss, m = losses.bradley_terry_ranked(r, margin)
-  # Sums over the microbatch; the train step divides by the total weight.
-  return loss * b, (jnp.float32(b), {n: v * b for n, v in m.items()})
+  if "branch_ids" in batch:  # Packed comparisons: each response scored at its last token.
+    r, c, k = batch["ends"].shape
+    s_RT = qwen.scalar_outputs(params, model_cfg, batch["tokens"], batch["attn_mask"],
+                               segment_ids_BT=batch["segment_ids"], branch_ids_BT=batch["branch_ids"])
+    scores = jnp.take_along_axis(s_RT, batch["ends"].reshape(r, c * k), axis=1).reshape(r * c, k)
+    weight = batch["valid"].reshape(-1).astype(jnp.float32)  # Empty slots weigh nothing.
+  else:
+    b, k, t = batch["tokens"].shape
+    scores = qwen.sequence_scores(params, model_cfg, batch["tokens"].reshape(b * k, t),
+                                  batch["attn_mask"].reshape(b * k, t)).reshape(b, k)
+    weight = jnp.ones(b, jnp.float32)
+  loss, m = losses.bradley_terry_ranked(scores, margin, weight)
+  # Sums over the microbatch's comparisons; the train step divides by the total weight.
+  n = jnp.sum(weight)
+  return loss * n, (n, {name: v * n for name, v in m.items()})
 
 
 def save_model_dir(run, params, cfg, tok, start: bool) -> None:

@@ -83,7 +83,11 @@ def sft() -> ConfigDict:
       synthetic_restate=0.0,  # Share of synthetic answers that open by repeating the question.
       # Several conversations per row of seq_len tokens, attention kept within each
       # (pipeline.pack); batch_size then counts packed rows, and the loss is per token as before.
-      packing=False))
+      packing=False,
+      # The rows of data.train / data.eval written once, one JSON line each, to
+      # <workdir>/data/process_<i>/ and read back when a batch needs them (readers.RowStore):
+      # host memory holds 8 bytes a row however large the file. False: read into memory.
+      stream=False))
   c.optim = optim(warmup_steps=1430)
   c.eval_prompts = 4  # Held-out prompts answered greedily at each eval.
   c.sample_tokens = 48
@@ -99,7 +103,13 @@ def preference(trainer: str, name: str) -> ConfigDict:
                            control_text="refuse",  # Or "plain": readers.refuse_control.
                            tfds_dir="",  # For "tfds:<name>..." data (readers._tfds_rows).
                            synthetic_examples=6000, synthetic_seed=0,
-                           keep_ties=False))  # Comparisons whose responses are all equal.
+                           keep_ties=False,  # Comparisons whose responses are all equal.
+                           # Several comparisons per row of K·seq_len tokens, each prompt once
+                           # and its K responses beside it, attention kept within each response
+                           # (pipeline.pack_comparisons); batch_size then counts packed rows,
+                           # and the loss is per comparison as before. DPO: with prompt_len=0.
+                           packing=False,
+                           stream=False))  # As SFT's data.stream.
   c.optim = optim(lr=3e-6, weight_decay=0.0)
   c.eval_every, c.eval_batches = 200, 8
   if trainer == "rm":
@@ -124,6 +134,8 @@ def kto(name: str = "kto") -> ConfigDict:
   never precomputed: the mismatched pairs of its KL estimate change with every batch."""
   c = preference("dpo", name)
   c.trainer = "kto"
+  del c.data["packing"]  # A KTO row is one completion: nothing to share a prompt with.
+  del c.data["stream"]  # KTO takes its comparisons apart into new rows, held in memory.
   c.loss = ConfigDict(dict(beta=0.1, desirable_weight=1.0, undesirable_weight=1.0))
   return c
 

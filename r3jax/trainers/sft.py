@@ -4,12 +4,12 @@ held-out loss against the unigram baseline, perplexity and greedy answers to a f
 held-out prompts."""
 
 import functools
+import itertools
 
 import jax
 import numpy as np
 
 from r3jax.core import sharding
-from r3jax.core.errors import ConfigError
 from r3jax.data import chat, pipeline, sources
 from r3jax.losses import lm
 from r3jax.models import qwen, engines, sampling
@@ -30,11 +30,13 @@ def loss_fn(params, batch, rng, *, model_cfg, deterministic=False):
 
 
 def unigram_loss(tokenizer, rows, limit: int = 2000) -> float:
-  """Cross-entropy (nats) of the best context-free model of the trained tokens: the
-  baseline an eval loss must beat."""
+  """Cross-entropy (nats) of the best context-free model of the trained tokens of the first
+  `limit` conversations (in packed rows' order with data.packing): the baseline an eval
+  loss must beat."""
+  convs = (c["messages"] for r in rows for c in (r["pack"] if "pack" in r else [r]))
   counts: dict[int, int] = {}
-  for r in rows[:limit]:
-    ids, mask = chat.tokenize(tokenizer, r["messages"])
+  for conv in itertools.islice(convs, limit):
+    ids, mask = chat.tokenize(tokenizer, conv)
     for i in ids[mask.astype(bool)]:
       counts[int(i)] = counts.get(int(i), 0) + 1
   p = np.array(list(counts.values()), np.float64)
@@ -44,21 +46,8 @@ def unigram_loss(tokenizer, rows, limit: int = 2000) -> float:
 
 def prepare(ctx: supervised.Context):
   """The batches as they are; the unigram baseline of the training rows goes to ctx.extra,
-  for the first line, every evaluation and the run's result. With data.packing the training
-  rows become packs of conversations (pipeline.pack), before the data order is made."""
-  config = ctx.run.config
+  for the first line, every evaluation and the run's result."""
   ctx.extra["unigram"] = unigram_loss(ctx.policy.tokenizer, ctx.train_rows)
-  if config.data.packing:
-    n = len(ctx.train_rows)
-    packs, truncated = pipeline.pack(ctx.policy.tokenizer, [r["messages"] for r in ctx.train_rows],
-                                     config.seq_len)
-    ctx.train_rows = [{"where": f"pack:{i}", "pack": p} for i, p in enumerate(packs)]
-    ctx.extra["rows_note"] = " (train: packed rows)"  # The log counts rows, not conversations.
-    ctx.run.writer.print(f"data.packing: {n} conversations in {len(packs)} rows of {config.seq_len + 1} "
-                         f"tokens ({n / len(packs):.2f} per row; {truncated} cut to fit)")
-    if len(packs) < config.batch_size:
-      raise ConfigError(f"config.batch_size={config.batch_size} is larger than the {len(packs)} "
-                        "packed training rows (data.packing=True); lower it")
   return lambda batch, split, idx: batch
 
 
@@ -89,7 +78,7 @@ def load(config, workdir: str):
 def batch(config, tok, rows):
   """Conversations as sft_batch rows; packs (data.packing, training only) as packed rows."""
   if rows and "pack" in rows[0]:
-    return pipeline.packed_batch([r["pack"] for r in rows], config.seq_len, tok.pad_token_id), 0
+    return pipeline.packed_batch(tok, [[c["messages"] for c in r["pack"]] for r in rows], config.seq_len), 0
   return pipeline.sft_batch(tok, [r["messages"] for r in rows], config.seq_len)
 
 
@@ -107,4 +96,6 @@ TASK = supervised.Task(
     summary=lambda ctx: f"; unigram baseline loss {ctx.extra['unigram']:.3f}",
     throughput=True,
     truncated=lambda config: "conversations",
+    pack=lambda config, tok, rows: (*pipeline.pack(tok, (r["messages"] for r in rows), config.seq_len),
+                                    config.seq_len + 1),
     export=supervised.export_hf)

@@ -54,6 +54,9 @@ class Task:
   # resumed runs are compared by, and shows tokens/s on the bar.
   throughput: bool = False
   plots: dict | None = None  # Plot groups; None: every registered group with data.
+  # data.packing: (config, tokenizer, rows) -> (packs, truncated count, tokens per row);
+  # `batch` then takes rows that hold a pack (pack_rows).
+  pack: Callable | None = None
 
 
 @dataclasses.dataclass
@@ -84,6 +87,9 @@ def setup(config, workdir: str, task: Task):
   train_rows, eval_rows, skipped, notes = task.load(config, workdir)
   batch_of = functools.partial(task.batch, config, policy.tokenizer)
   check_fits(config, task, batch_of, train_rows)
+  if config.data.get("packing"):  # Before the steps are counted: an epoch is of packed rows.
+    train_rows, note = pack_rows(config, task, policy.tokenizer, train_rows)
+    notes = [*notes, note]
   steps = config.steps or config.epochs * (len(train_rows) // config.batch_size)
   run = harness.open_run(config, workdir, steps)
   tx = optim.make(config.optim, steps)
@@ -115,6 +121,21 @@ def check_fits(config, task: Task, batch_of, rows) -> None:
   if not np.any(batch_of(probe)[0]["loss_mask"]):
     raise ConfigError(f"config.seq_len={config.seq_len}: not one trained token of the first "
                       f"{len(probe)} {task.rows} fits; their prompts alone fill it")
+
+
+def pack_rows(config, task: Task, tok, rows) -> tuple[pipeline.PackedRows, str]:
+  """data.packing: the training rows as packs (task.pack; pipeline.PackedRows) and the line
+  that says so. Evaluation stays unpacked, one item a row, so its figures compare across
+  runs."""
+  packs, truncated, width = task.pack(config, tok, rows)
+  if len(packs) < config.batch_size:
+    raise ConfigError(f"config.batch_size={config.batch_size} is larger than the {len(packs)} "
+                      "packed training rows (data.packing=True); lower it")
+  packed = pipeline.PackedRows(rows, packs)
+  note = (f"data.packing: {len(rows)} {task.rows} in {len(packs)} rows of {width} tokens "
+          f"({len(rows) / len(packs):.2f} per row, at most {packed.slots}; {truncated} "
+          f"{task.truncated(config)} cut to fit)")
+  return packed, note
 
 
 def evaluate(ctx: Context, task: Task, eval_loss, params, prepare, step: int) -> dict:
@@ -190,7 +211,8 @@ def train(config, workdir: str, *, task: Task) -> dict:
   accum = step_lib.accumulation(config, run.mesh)
   run.writer.print(f"{task.name}: {qwen.param_count(state['params']):,} params; mesh "
                    f"{dict(run.mesh.shape)}; {len(ctx.train_rows)} train / {len(ctx.eval_rows)} "
-                   f"eval {task.rows}{ctx.extra.get('rows_note', '')}; {run.steps} steps of "
+                   f"eval {task.rows}{' (train: packed rows)' if 'pack' in ctx.train_rows[0] else ''}; "
+                   f"{run.steps} steps of "
                    f"{config.batch_size} ({accum} microbatches){task.summary(ctx)}")
   evaluate_at = lambda params, step: evaluate(ctx, task, eval_loss, params, prepare, step)
   state, truncated, last_eval = loop(ctx, task, state, order, step_fn, prepare, evaluate_at, accum)

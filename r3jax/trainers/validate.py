@@ -211,6 +211,9 @@ def check_supervised(config, stages=None) -> None:
     positive(field, config[field])
   if "synthetic_task" in config.data:
     sources.TASKS.get(config.data.synthetic_task, "data.synthetic_task")
+  if config.data.get("stream") and config.data.get("use_tfds"):
+    raise ConfigError("config.data.stream=True with data.use_tfds=True: the TFDS data source already "
+                      "reads records from disk; set one of them")
 
 
 def check_preference(config, stages=None) -> None:
@@ -229,6 +232,9 @@ def check_preference(config, stages=None) -> None:
     if not 0 <= config.prompt_len < config.seq_len:
       raise ConfigError(f"config.prompt_len={config.prompt_len}: expected 0 (whole rows) or less "
                         f"than seq_len={config.seq_len}")
+    if config.data.packing and config.prompt_len:
+      raise ConfigError(f"config.data.packing=True with config.prompt_len={config.prompt_len}: a packed "
+                        "row already runs each prompt once for its responses; set prompt_len=0")
 
 
 def check_kto(config) -> None:
