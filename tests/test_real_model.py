@@ -119,3 +119,30 @@ def test_r3_stop_rules_and_ce_fallback_on_real_answers(models):
   assert not no_ref["closed_ended"].any()
   with_ref = reward(prompts, answers, ["A haiku.", "It replays commits onto another base."], ["closed"] * 2)
   assert with_ref["closed_ended"].all() and not np.allclose(with_ref["reward"], open_ended)
+
+
+def test_packed_comparisons_score_as_transformers_scores_their_rows(models):
+  """RM/DPO packing on the real checkpoint (GQA, QKV bias, RoPE θ 1e6): each response's
+  summed log-prob from packed rows (the prompt once, each response a branch whose positions
+  continue from it) equals transformers' on that response's own row, cut rows included."""
+  import torch
+  from r3jax.data import pipeline, readers
+  from r3jax.trainers import dpo
+  from helpers import shared_file
+  ref, cfg, params, tok = models
+  seq_len = 256  # dpo_en_demo's responses run longer: some rows are cut, as unpacked.
+  rows = readers.load_comparisons(shared_file("dpo_en_demo.json")).rows[:6]
+  index, truncated = pipeline.pack_comparisons(tok, rows, seq_len)
+  packs = [[rows[i] for i in p] for p in index]
+  packed = pipeline.packed_comparisons(tok, packs, seq_len, max(map(len, packs)))
+  lp, n = jax.jit(lambda p, b: dpo.sequence_logprobs(p, cfg, b))(params, packed)
+  lp, n = np.asarray(lp)[packed["valid"] == 1], np.asarray(n)[packed["valid"] == 1]
+  unpacked, truncated_unpacked = pipeline.ranked_batch(tok, [c for p in packs for c in p], seq_len)
+  assert truncated == truncated_unpacked > 0
+  ids, mask = unpacked["tokens"].reshape(-1, seq_len), unpacked["attn_mask"].reshape(-1, seq_len)
+  logits = torch_logits(ref, ids.astype(np.int64), mask.astype(np.int64))
+  logp = torch.log_softmax(torch.tensor(logits[:, :-1]), -1).gather(-1, torch.tensor(ids[:, 1:, None].astype(np.int64)))
+  w = unpacked["loss_mask"].reshape(-1, seq_len)[:, 1:]
+  want = (logp[..., 0].numpy() * w).sum(-1).reshape(-1, 2)
+  np.testing.assert_array_equal(n, w.sum(-1).reshape(-1, 2))
+  np.testing.assert_allclose(lp, want, rtol=2e-4, atol=2e-3)
