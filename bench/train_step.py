@@ -57,7 +57,7 @@ def data_batches(cfg, seq: int, batch: int, steps: int):
     out = {f"padded{' (prompt split)' * bool(p)}": [fold(pipeline.ranked_batch(tok, take(rows, i), seq, p)[0])
                                                      for i in range(steps)] for p in (0, seq // 2)}
     out["packed"] = [fold(pipeline.packed_comparisons(tok, [r["pack"] for r in take(packs, i)], seq,
-                                                      packs.slots)) for i in range(steps)]
+                                                      packs.slots)[0]) for i in range(steps)]
     for b in (b for batches in out.values() for b in batches):  # As loss.precompute_ref leaves it.
       b["ref_logp"] = np.full(b["valid"].shape + (2,) if "valid" in b else (len(b["tokens"]), 2),
                               -300.0, np.float32)
@@ -65,7 +65,7 @@ def data_batches(cfg, seq: int, batch: int, steps: int):
     rows = [r["messages"] for r in readers.load_conversations(_DATA.value, skip_bad=True).rows]
     packs = pipeline.PackedRows(rows, pipeline.pack(tok, rows, seq)[0])
     out = {"padded": [fold(pipeline.sft_batch(tok, take(rows, i), seq)[0]) for i in range(steps)],
-           "packed": [fold(pipeline.packed_batch(tok, [r["pack"] for r in take(packs, i)], seq))
+           "packed": [fold(pipeline.packed_batch(tok, [r["pack"] for r in take(packs, i)], seq)[0])
                       for i in range(steps)]}
   if len(packs) < steps * batch or len(rows) < steps * batch:
     raise SystemExit(f"--data has too few rows for {steps} steps of {batch}")

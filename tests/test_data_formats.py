@@ -3,6 +3,7 @@ damaged file is one line naming it."""
 
 import gzip
 import json
+import pickle
 
 import pytest
 
@@ -192,6 +193,13 @@ def test_a_stored_file_reads_the_rows_of_the_file_read_whole(twins, tmp_path, na
     stored.rows[len(whole.rows)]  # pylint: disable=pointless-statement
   for a, b in zip(sources._hold_out(whole.rows, 0.1, 3), sources._hold_out(stored.rows, 0.1, 3)):
     assert isinstance(b, readers.RowStore) and list(b) == a
+  copy = pickle.loads(pickle.dumps(stored.rows))  # After a read: the handle is not pickled.
+  assert copy[5] == whole.rows[5]
+  view = stored.rows.take([4, 2])
+  readers.RowStore.write(str(tmp_path / "train.rows.jsonl"), iter([{"where": "other launch"}]))
+  assert list(view) == [whole.rows[4], whole.rows[2]]  # The path was written again.
+  assert one_line(lambda: readers.RowStore.write(str(tmp_path / "x"), iter([{"where": "f:3", "v": b"\0"}]))
+                  ).startswith("f:3: a value JSON cannot hold")
 
 
 def test_a_streamed_run_trains_as_the_run_in_memory(tmp_path, capsys):

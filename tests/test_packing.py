@@ -41,7 +41,7 @@ def test_packs_hold_every_conversation_once_in_order_within_seq_len():
   assert packs.slots == max(map(len, index)) and [r["where"] for r in packs[-2:]] == [
       f"pack:{len(index) - 2}", f"pack:{len(index) - 1}"]
   packs = [r["pack"] for r in packs]
-  batch = pipeline.packed_batch(tok, packs, 96)
+  batch = pipeline.packed_batch(tok, packs, 96)[0]
   for i, p in enumerate(packs):
     assert list(np.unique(batch["segment_ids"][i][batch["attn_mask"][i] == 1])) == list(range(1, len(p) + 1))
 
@@ -57,7 +57,7 @@ def test_attention_never_crosses_a_segment():
   each segment's logits equal that conversation run alone."""
   tok, cfg, params, convs, packs = setup()
   i = max(range(len(packs)), key=lambda k: len(packs[k]))
-  batch = pipeline.packed_batch(tok, packs[i:i + 1], 96)
+  batch = pipeline.packed_batch(tok, packs[i:i + 1], 96)[0]
   run = lambda t: qwen.Qwen(cfg).apply({"params": params}, t, kv_mask_BS=batch["attn_mask"],
                                        segment_ids_BT=batch["segment_ids"])[0]
   logits = run(batch["tokens"])
@@ -75,7 +75,7 @@ def test_attention_never_crosses_a_segment():
 
 def test_a_packed_batch_has_the_loss_and_gradients_of_the_same_conversations_unpacked():
   tok, cfg, params, convs, packs = setup()
-  packed = pipeline.packed_batch(tok, packs, 96)
+  packed = pipeline.packed_batch(tok, packs, 96)[0]
   unpacked, _ = pipeline.sft_batch(tok, [c for p in [convs] for c in p], 96)
   loss = functools.partial(sft.loss_fn, rng=jax.random.key(0), model_cfg=cfg, deterministic=True)
 
@@ -110,7 +110,8 @@ def comparison_setup(seq_len):
   rows = synthetic.comparisons(10, seed=3)
   index, truncated = pipeline.pack_comparisons(tok, rows, seq_len)
   packs = [[rows[i] for i in p] for p in index]
-  packed = pipeline.packed_comparisons(tok, packs, seq_len, max(map(len, packs)))
+  packed, truncated_packed = pipeline.packed_comparisons(tok, packs, seq_len, max(map(len, packs)))
+  assert truncated_packed == truncated
   unpacked, truncated_unpacked = pipeline.ranked_batch(tok, rows, seq_len)
   assert truncated == truncated_unpacked
   # The unpacked comparison of each packed one, in packed order: its K rows are the prompt
@@ -164,8 +165,9 @@ def test_a_response_never_sees_another_response_or_comparison():
 
 
 def test_packed_dpo_and_rm_losses_and_gradients_equal_unpacked():
-  """Per comparison over the batch, as unpacked: the DPO loss (with reference log-probs),
-  its metrics and gradients, and the reward model's Bradley–Terry loss and gradients."""
+  """Per comparison over the batch, as unpacked: the DPO loss (with reference log-probs)
+  and ORPO's and CPO's (whose NLL pools the chosen tokens over the batch), their metrics
+  and gradients, and the reward model's Bradley–Terry loss and gradients."""
   import ml_collections
   from r3jax.trainers import dpo, rm
   tok, cfg, params, rows, packs, packed, unpacked, order, _ = comparison_setup(64)
@@ -173,13 +175,17 @@ def test_packed_dpo_and_rm_losses_and_gradients_equal_unpacked():
   valid = packed["valid"].astype(bool)
   ref_RCK = np.zeros((*valid.shape, 2), np.float32)
   ref_RCK[valid] = ref_BK[order]
-  loss_config = ml_collections.ConfigDict(dict(type="sigmoid", beta=0.1, label_smoothing=0.0))
-  dpo_fn = lambda p, b: dpo.dpo_loss(p, b, None, model_cfg=cfg, loss_config=loss_config)
+  configs = [ml_collections.ConfigDict(dict(type=t, beta=0.1, label_smoothing=0.0, **extra))
+             for t, extra in (("sigmoid", {}), ("orpo", {}), ("cpo", {"cpo_alpha": 1.0}))]
+  dpo_fns = [functools.partial(dpo.dpo_loss, rng=None, model_cfg=cfg, loss_config=c) for c in configs]
   rm_params = {"backbone": params, "head": {"w": jax.random.normal(jax.random.key(2), (cfg.hidden_size,)),
                                             "b": jnp.float32(0.0)}}
   rm_fn = lambda p, b: rm.rm_loss(p, b, None, model_cfg=cfg, margin=0.0)
-  for fn, p, a, b in ((dpo_fn, params, {**packed, "ref_logp": ref_RCK}, {**unpacked, "ref_logp": ref_BK}),
-                      (rm_fn, rm_params, packed, unpacked)):
+  # ORPO's and CPO's chosen NLL is TRL's mean over every chosen token of the batch.
+  lp, n = dpo.sequence_logprobs(params, cfg, unpacked)
+  nll = float(-jnp.sum(lp[:, 0]) / jnp.sum(n[:, 0]))
+  cases = [(fn, params, {**packed, "ref_logp": ref_RCK}, {**unpacked, "ref_logp": ref_BK}) for fn in dpo_fns]
+  for fn, p, a, b in cases + [(rm_fn, rm_params, packed, unpacked)]:
     def mean(p, batch, fn=fn):
       total, (count, m) = fn(p, {name: jnp.asarray(v) for name, v in batch.items()})
       return total / count, (count, {name: v / count for name, v in m.items()})
@@ -189,6 +195,8 @@ def test_packed_dpo_and_rm_losses_and_gradients_equal_unpacked():
     np.testing.assert_allclose(la, lb, rtol=1e-5)
     for name in mb:
       np.testing.assert_allclose(ma[name], mb[name], rtol=1e-4, atol=1e-5, err_msg=name)
+    if "nll_loss" in mb:
+      np.testing.assert_allclose(mb["nll_loss"], nll, rtol=1e-5)
     for x, y in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):  # (The head's bias gets 0: BT ignores it.)
       np.testing.assert_allclose(x, y, rtol=1e-3, atol=1e-5 * float(jnp.max(jnp.abs(y))) + 1e-7)
 

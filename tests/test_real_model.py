@@ -134,7 +134,7 @@ def test_packed_comparisons_score_as_transformers_scores_their_rows(models):
   rows = readers.load_comparisons(shared_file("dpo_en_demo.json")).rows[:6]
   index, truncated = pipeline.pack_comparisons(tok, rows, seq_len)
   packs = [[rows[i] for i in p] for p in index]
-  packed = pipeline.packed_comparisons(tok, packs, seq_len, max(map(len, packs)))
+  packed, _ = pipeline.packed_comparisons(tok, packs, seq_len, max(map(len, packs)))
   lp, n = jax.jit(lambda p, b: dpo.sequence_logprobs(p, cfg, b))(params, packed)
   lp, n = np.asarray(lp)[packed["valid"] == 1], np.asarray(n)[packed["valid"] == 1]
   unpacked, truncated_unpacked = pipeline.ranked_batch(tok, [c for p in packs for c in p], seq_len)

@@ -115,9 +115,10 @@ class PackedRows(readers.LazyRows):
 
 
 def conversation_tokens(tokenizer, conversation, seq_len: int):
-  """(ids, loss_mask) of a conversation cut to seq_len + 1 tokens, sft_batch's row."""
+  """(ids, loss_mask) of a conversation cut to seq_len + 1 tokens, sft_batch's row, and
+  whether it was cut."""
   ids, mask = chat.tokenize(tokenizer, conversation)
-  return ids[:seq_len + 1], mask[:seq_len + 1]
+  return ids[:seq_len + 1], mask[:seq_len + 1], len(ids) > seq_len + 1
 
 
 def pack(tokenizer, conversations, seq_len: int, window: int = 64):
@@ -125,9 +126,12 @@ def pack(tokenizer, conversations, seq_len: int, window: int = 64):
   next-token layout of sft_batch), a longer one cut to seq_len + 1 tokens (its own row).
   Reads each conversation once, so `conversations` may be read lazily. Returns (packs,
   n_truncated); a pack is the indices of its conversations."""
-  lengths = [len(chat.tokenize(tokenizer, conv)[0]) for conv in conversations]
-  truncated = sum(n > seq_len + 1 for n in lengths)
-  return first_fit([min(n, seq_len + 1) for n in lengths], seq_len + 1, window), truncated
+  lengths, truncated = [], 0
+  for conv in conversations:
+    ids, _, cut = conversation_tokens(tokenizer, conv, seq_len)
+    lengths.append(len(ids))
+    truncated += cut
+  return first_fit(lengths, seq_len + 1, window), truncated
 
 
 def packed_batch(tokenizer, packs, seq_len: int):
@@ -135,20 +139,22 @@ def packed_batch(tokenizer, packs, seq_len: int):
   segment_ids: 1, 2, ... for each conversation of a row, 0 on padding. The model confines
   attention to a segment and restarts positions at each (qwen.Qwen's segment_ids_BT); the
   loss mask is each conversation's own, so a segment's first token (never trained) is no
-  target."""
+  target. Returns (batch, n_truncated), as sft_batch."""
   shape = (len(packs), seq_len + 1)
+  truncated = 0
   out = {"tokens": np.full(shape, tokenizer.pad_token_id, np.int32), "loss_mask": np.zeros(shape, np.int32),
          "attn_mask": np.zeros(shape, np.int32), "segment_ids": np.zeros(shape, np.int32)}
   for i, p in enumerate(packs):
     at = 0
     for j, conv in enumerate(p):
-      ids, mask = conversation_tokens(tokenizer, conv, seq_len)
+      ids, mask, cut = conversation_tokens(tokenizer, conv, seq_len)
+      truncated += cut
       out["tokens"][i, at:at + len(ids)] = ids
       out["loss_mask"][i, at:at + len(ids)] = mask
       out["segment_ids"][i, at:at + len(ids)] = j + 1
       at += len(ids)
     out["attn_mask"][i, :at] = 1
-  return out
+  return out, truncated
 
 
 def comparison_tokens(tokenizer, comparison, seq_len: int):
@@ -190,16 +196,19 @@ def packed_comparisons(tokenizer, packs, seq_len: int, slots: int):
   on padding), branch_ids (0 on a prompt, k on its k-th response), and per comparison slot
   of a row, `slots` of them (a static shape: the most any pack holds): ends [R, slots, K],
   the column of each response's last token (where a reward model scores it), and valid
-  [R, slots], 1 where a comparison fills the slot."""
+  [R, slots], 1 where a comparison fills the slot. Returns (batch, n_truncated responses),
+  as ranked_batch."""
   k = len(packs[0][0]["responses"])
   shape, slot_shape = (len(packs), k * seq_len), (len(packs), slots)
   out = {name: np.zeros(shape, np.int32) for name in ("attn_mask", "loss_mask", "segment_ids", "branch_ids")}
   out.update(tokens=np.full(shape, tokenizer.pad_token_id, np.int32),
              ends=np.zeros((*slot_shape, k), np.int32), valid=np.zeros(slot_shape, np.int32))
+  truncated = 0
   for i, pack_ in enumerate(packs):
     at = 0
     for j, comparison in enumerate(pack_):
-      prompt, branches, _ = comparison_tokens(tokenizer, comparison, seq_len)
+      prompt, branches, cut = comparison_tokens(tokenizer, comparison, seq_len)
+      truncated += cut
       for b, (ids, mask) in enumerate([(prompt, np.zeros(len(prompt), np.int32))] + branches):
         cols = slice(at, at + len(ids))
         out["tokens"][i, cols], out["loss_mask"][i, cols] = ids, mask
@@ -209,7 +218,7 @@ def packed_comparisons(tokenizer, packs, seq_len: int, slots: int):
           out["ends"][i, j, b - 1] = at - 1
       out["valid"][i, j] = 1
     out["attn_mask"][i, :at] = 1
-  return out
+  return out, truncated
 
 
 def ranked_batch(tokenizer, comparisons, seq_len: int, prompt_len: int = 0):

@@ -367,10 +367,16 @@ def load_rows(path: str, parse, skip_bad: bool, what: str, control_text: str = "
 class RowStore(LazyRows):
   """Rows on disk, one JSON line each, parsed when indexed (data.stream): host memory holds
   their byte offsets only, 8 bytes a row, however large the file. `take` is a view of
-  some of them, in the order given."""
+  some of them, in the order given.
 
-  def __init__(self, path: str, offsets: np.ndarray):
-    self.path, self.offsets, self._file = path, offsets, None
+  The file is opened at once and the handle shared by every view, so a view keeps reading
+  the rows it was made from even if the path is written again (another launch into the
+  same workdir, before the workdir lock refuses it). A copy made by pickling, or used
+  after a fork, opens its own handle."""
+
+  def __init__(self, path: str, offsets: np.ndarray, handle=None):
+    self.path, self.offsets = path, offsets
+    self._handle = handle or {"file": open(path, "rb"), "pid": os.getpid()}  # pylint: disable=consider-using-with
 
   @classmethod
   def write(cls, path: str, rows) -> "RowStore":
@@ -379,21 +385,32 @@ class RowStore(LazyRows):
     with open(path + ".tmp", "wb") as f:
       for row in rows:
         offsets.append(f.tell())
-        f.write(json.dumps(row, ensure_ascii=False).encode() + b"\n")
+        try:
+          f.write(json.dumps(row, ensure_ascii=False).encode() + b"\n")
+        except (TypeError, ValueError) as e:
+          raise DataError(f"{row.get('where', 'a row')}: a value JSON cannot hold ({e}); data.stream "
+                          "stores rows as JSON lines (data.stream=False reads them into memory)") from None
     os.replace(path + ".tmp", path)
     return cls(path, np.frombuffer(offsets, np.int64))
 
   def __len__(self) -> int:
     return len(self.offsets)
 
+  def __getstate__(self):
+    return {"path": self.path, "offsets": self.offsets}
+
+  def __setstate__(self, state):
+    self.__init__(state["path"], state["offsets"])
+
   def row(self, i: int) -> dict:
-    if self._file is None:
-      self._file = open(self.path, "rb")  # pylint: disable=consider-using-with
-    self._file.seek(int(self.offsets[i]))
-    return json.loads(self._file.readline())
+    if self._handle["pid"] != os.getpid():  # After a fork: not the parent's file position.
+      self._handle.update(file=open(self.path, "rb"), pid=os.getpid())  # pylint: disable=consider-using-with
+    f = self._handle["file"]
+    f.seek(int(self.offsets[i]))
+    return json.loads(f.readline())
 
   def take(self, indices) -> "RowStore":
-    return RowStore(self.path, self.offsets[np.asarray(indices, np.int64)])
+    return RowStore(self.path, self.offsets[np.asarray(indices, np.int64)], self._handle)
 
 
 def select(rows, indices):

@@ -7,6 +7,7 @@
 """
 
 import dataclasses
+import hashlib
 import json
 import os
 import tempfile
@@ -46,12 +47,14 @@ TASKS.register(
 
 def store_path(data_config, workdir: str, split: str) -> str:
   """With data.stream, where the `split` rows are stored (readers.RowStore): one file per
-  process under <workdir>/data (a temporary directory for a URI workdir), remade at each
-  start; without it, "" (the rows are read into memory)."""
+  process under <workdir>/data (under the temporary directory for a URI workdir), remade
+  at each start; without it, "" (the rows are read into memory)."""
   if not data_config.get("stream"):
     return ""
-  folder = (os.path.join(workdir, "data", f"process_{jax.process_index()}")
-            if workdir and "://" not in workdir else tempfile.mkdtemp(prefix="r3jax_rows_"))
+  # A URI workdir's rows go to one local folder per workdir, reused at the next start.
+  local = (workdir if workdir and "://" not in workdir else os.path.join(
+      tempfile.gettempdir(), "r3jax_rows_" + hashlib.sha256(workdir.encode()).hexdigest()[:16]))
+  folder = os.path.join(local, "data", f"process_{jax.process_index()}")
   os.makedirs(folder, exist_ok=True)
   return os.path.join(folder, f"{split}.rows.jsonl")
 

@@ -82,16 +82,20 @@ class PreferenceLoss:
   """An offline pairwise policy loss and what a trainer must supply to it.
 
   fn(h_w_B, h_l_B, *, beta, **kw) -> (per-example losses [B], the implicit rewards of the
-  chosen and of the rejected responses [B] each[, the loss's own metrics {name: scalar}]),
-  where h = log π - log π_ref summed over the response (log π alone without a reference).
-  kw holds label_smoothing when `smoothing`, chosen_len_B / rejected_len_B when
-  `needs_lengths` (so also the average log-prob h / len, and the chosen NLL that ORPO and
-  CPO add), and each config.loss field named in `params`.
+  chosen and of the rejected responses [B] each[, the loss's own metrics {name: [B]}, per
+  example, which dpo_loss averages]), where h = log π - log π_ref summed over the response
+  (log π alone without a reference). kw holds label_smoothing when `smoothing`,
+  chosen_len_B / rejected_len_B when `needs_lengths` (so also the average log-prob h / len,
+  and the chosen NLL that ORPO and CPO add), weight_B when `pools`, and each config.loss
+  field named in `params`.
   """
   fn: Callable
   needs_reference: bool = True  # False: no reference model is built and none runs.
   needs_lengths: bool = False  # fn reads the responses' token counts.
   smoothing: bool = False  # fn takes label smoothing ε (conservative DPO).
+  # fn pools a quantity over the batch's tokens (the chosen NLL, _chosen_nll), so it takes
+  # the examples' weights (weight_B: 0 for a packed row's empty slot).
+  pools: bool = False
   # config.loss fields fn takes besides beta and ε, with their defaults (schema.preference
   # copies them into every DPO config).
   params: dict = dataclasses.field(default_factory=dict)
@@ -144,14 +148,16 @@ def simpo(h_w_B, h_l_B, *, beta, label_smoothing, chosen_len_B, rejected_len_B, 
   return _smoothed_logistic(r_w - r_l - simpo_gamma, label_smoothing), r_w, r_l
 
 
-def _chosen_nll(h_w_B, chosen_len_B):
+def _chosen_nll(h_w_B, chosen_len_B, weight_B):
   """Per-example shares of the chosen responses' NLL as TRL computes it (torch's
-  CrossEntropyLoss on the concatenated chosen rows): -Σ log π(y_w) / Σ |y_w| over the batch,
-  a mean over every chosen token rather than over examples. Each example's share is
-  scaled by B, so that the mean over examples is that NLL; a microbatch of an accumulated
-  step then pools its own tokens, as each of TRL's accumulation steps does."""
-  n_tok = jnp.maximum(jnp.sum(_f32(chosen_len_B)), 1.0)
-  return -h_w_B * (h_w_B.shape[0] / n_tok)
+  CrossEntropyLoss on the concatenated chosen rows): -Σ log π(y_w) / Σ |y_w| over the
+  batch's examples of weight 1, a mean over every chosen token rather than over examples.
+  Each share is scaled by Σ weight_B, so that the weighted mean over examples is that NLL;
+  a microbatch of an accumulated step then pools its own tokens, as each of TRL's
+  accumulation steps does."""
+  w_B = _f32(weight_B)
+  n_tok = jnp.maximum(jnp.sum(w_B * _f32(chosen_len_B)), 1.0)
+  return -h_w_B * (jnp.sum(w_B) / n_tok)
 
 
 def _log1mexp(x):
@@ -171,8 +177,8 @@ def _log1mexp(x):
 _MAX_AVG_LOGP = -1e-6
 
 
-@LOSSES.register("orpo", needs_reference=False, needs_lengths=True)
-def orpo(h_w_B, h_l_B, *, beta, chosen_len_B, rejected_len_B):
+@LOSSES.register("orpo", needs_reference=False, needs_lengths=True, pools=True)
+def orpo(h_w_B, h_l_B, *, beta, chosen_len_B, rejected_len_B, weight_B):
   """ORPO (Hong et al. 2024, §4.2, eqs. 6-7): NLL(y_w) - λ log σ(log odds(y_w) - log odds(y_l)),
   odds(y) = P(y) / (1 - P(y)) with P(y) = exp(mean token log π(y)), the length-averaged
   likelihood of §4.1; no reference. λ is `beta`, TRL's ORPOConfig name, and the implicit
@@ -188,15 +194,14 @@ def orpo(h_w_B, h_l_B, *, beta, chosen_len_B, rejected_len_B):
   avg_l = jnp.minimum(h_l_B / jnp.maximum(_f32(rejected_len_B), 1.0), _MAX_AVG_LOGP)
   log_odds_B = (avg_w - avg_l) - (_log1mexp(avg_w) - _log1mexp(avg_l))
   ratio_B = jax.nn.log_sigmoid(log_odds_B)
-  nll_B = _chosen_nll(h_w_B, chosen_len_B)
-  metrics = {"nll_loss": jnp.mean(nll_B), "log_odds_ratio": jnp.mean(ratio_B),
-             "log_odds_chosen": jnp.mean(log_odds_B)}
+  nll_B = _chosen_nll(h_w_B, chosen_len_B, weight_B)
+  metrics = {"nll_loss": nll_B, "log_odds_ratio": ratio_B, "log_odds_chosen": log_odds_B}
   return nll_B - beta * ratio_B, beta * avg_w, beta * avg_l, metrics
 
 
-@LOSSES.register("cpo", needs_reference=False, needs_lengths=True, smoothing=True,
+@LOSSES.register("cpo", needs_reference=False, needs_lengths=True, smoothing=True, pools=True,
                  params={"cpo_alpha": 1.0})
-def cpo(h_w_B, h_l_B, *, beta, label_smoothing, chosen_len_B, rejected_len_B, cpo_alpha):
+def cpo(h_w_B, h_l_B, *, beta, label_smoothing, chosen_len_B, rejected_len_B, weight_B, cpo_alpha):
   """CPO (Xu et al. 2024, §3): DPO's logistic loss with the reference dropped,
   -log σ(β(log π(y_w) - log π(y_l))) on summed log-probs (the paper's L_prefer, TRL's
   CPOTrainer with loss_type="sigmoid"; ε smooths it as there), plus cpo_alpha (TRL's name,
@@ -204,9 +209,9 @@ def cpo(h_w_B, h_l_B, *, beta, label_smoothing, chosen_len_B, rejected_len_B, cp
   the batch (_chosen_nll). nll_loss is reported whatever cpo_alpha (TRL reports 0 at 0).
   """
   del rejected_len_B  # needs_lengths passes both; the NLL counts the chosen tokens only.
-  nll_B = _chosen_nll(h_w_B, chosen_len_B)
+  nll_B = _chosen_nll(h_w_B, chosen_len_B, weight_B)
   losses_B = _smoothed_logistic(beta * (h_w_B - h_l_B), label_smoothing) + cpo_alpha * nll_B
-  return losses_B, beta * h_w_B, beta * h_l_B, {"nll_loss": jnp.mean(nll_B)}
+  return losses_B, beta * h_w_B, beta * h_l_B, {"nll_loss": nll_B}
 
 
 def loss_kwargs(loss_type: str, references: bool, label_smoothing, lengths, params) -> dict:
@@ -235,9 +240,10 @@ def loss_kwargs(loss_type: str, references: bool, label_smoothing, lengths, para
 
 def dpo_loss(policy_chosen_logp_B, policy_rejected_logp_B, ref_chosen_logp_B, ref_rejected_logp_B,
              *, loss_type: str, beta, label_smoothing=0.0, chosen_len_B=None, rejected_len_B=None,
-             **params):
+             weight_B=None, **params):
   """Offline preference loss LOSSES[loss_type]. Returns (per-example losses [B], metrics of
-  batch means).
+  batch means). weight_B (None: all 1) weighs the examples in the metrics and in what a
+  loss pools over the batch (`pools`): 0 for the empty comparison slots of packed rows.
 
   Per-example rather than the mean so the caller can drop padded rows or weight examples
   and still get an exact mean across microbatches; take `jnp.mean` for the plain batch.
@@ -253,19 +259,22 @@ def dpo_loss(policy_chosen_logp_B, policy_rejected_logp_B, ref_chosen_logp_B, re
   rw = jnp.zeros_like(pw) if ref_chosen_logp_B is None else _f32(ref_chosen_logp_B)
   rl = jnp.zeros_like(pl) if ref_rejected_logp_B is None else _f32(ref_rejected_logp_B)
   h_w, h_l = pw - rw, pl - rl
+  w_B = jnp.ones_like(pw) if weight_B is None else _f32(weight_B)
+  if LOSSES[loss_type].pools:
+    kw["weight_B"] = w_B
   losses_B, reward_w, reward_l, *own = LOSSES[loss_type].fn(h_w, h_l, beta=beta, **kw)
-  metrics = {
-      "rewards/chosen": jnp.mean(reward_w),
-      "rewards/rejected": jnp.mean(reward_l),
-      "rewards/accuracy": jnp.mean((reward_w > reward_l).astype(jnp.float32)),
-      "rewards/margin": jnp.mean(reward_w - reward_l),
-      "logratio/chosen": jnp.mean(h_w),
-      "logratio/rejected": jnp.mean(h_l),
-      "logps/chosen": jnp.mean(pw),
-      "logps/rejected": jnp.mean(pl),
+  per_example = {
+      "rewards/chosen": reward_w,
+      "rewards/rejected": reward_l,
+      "rewards/accuracy": (reward_w > reward_l).astype(jnp.float32),
+      "rewards/margin": reward_w - reward_l,
+      "logratio/chosen": h_w,
+      "logratio/rejected": h_l,
+      "logps/chosen": pw,
+      "logps/rejected": pl,
       **(own[0] if own else {}),  # The loss's own: ORPO's odds, CPO's NLL.
   }
-  return losses_B, metrics
+  return losses_B, {k: jnp.sum(w_B * v) / jnp.sum(w_B) for k, v in per_example.items()}
 
 
 def kto_loss(policy_logp_B, ref_logp_B, policy_kl_logp_B, ref_kl_logp_B, desirable_B, *, beta,

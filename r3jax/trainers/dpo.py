@@ -77,26 +77,23 @@ def packed_logprobs(params, cfg, batch):
 
 
 def dpo_loss(params, batch, rng, *, model_cfg, loss_config, prompt_len=0):
-  """(sum of the comparisons' losses, their number, metric sums) for one microbatch. Each
-  comparison's loss and metrics are computed alone, so packed rows' empty slots (valid 0)
-  weigh nothing."""
+  """(sum of the comparisons' losses, their number, metric sums) for one microbatch; a
+  packed row's empty slots (valid 0) weigh nothing."""
   del rng
   lp, n_tok = sequence_logprobs(params, model_cfg, batch, prompt_len)
+  if lp.shape[-1] != 2:
+    raise ValueError(f"DPO takes pairs, not {lp.shape[-1]} responses per comparison")
   lp, n_tok = lp.reshape(-1, 2), n_tok.reshape(-1, 2)
-  valid_N = batch["valid"].reshape(-1) > 0 if "valid" in batch else jnp.ones(len(lp), bool)
-  n_tok = jnp.where(valid_N[:, None], n_tok, 1.0)  # An empty slot's length-normalised loss stays finite.
+  w_N = (batch["valid"].reshape(-1) if "valid" in batch else jnp.ones(len(lp))).astype(jnp.float32)
   entry = losses.LOSSES[loss_config.type]
   ref = batch["ref_logp"].reshape(-1, 2) if entry.needs_reference else None
-
-  def one(lp_2, ref_2, n_2):  # A batch of one comparison.
-    return losses.dpo_loss(
-        lp_2[:1], lp_2[1:], None if ref_2 is None else ref_2[:1], None if ref_2 is None else ref_2[1:],
-        loss_type=loss_config.type, beta=loss_config.beta, label_smoothing=loss_config.label_smoothing,
-        chosen_len_B=n_2[:1], rejected_len_B=n_2[1:], **{name: loss_config[name] for name in entry.params})
-
-  losses_N1, m = jax.vmap(one)(lp, ref, n_tok)
-  total = lambda x: jnp.sum(jnp.where(valid_N, x.reshape(valid_N.shape), 0.0))
-  return total(losses_N1), (jnp.sum(valid_N.astype(jnp.float32)), {n: total(v) for n, v in m.items()})
+  losses_N, m = losses.dpo_loss(
+      lp[:, 0], lp[:, 1], None if ref is None else ref[:, 0], None if ref is None else ref[:, 1],
+      loss_type=loss_config.type, beta=loss_config.beta, label_smoothing=loss_config.label_smoothing,
+      chosen_len_B=n_tok[:, 0], rejected_len_B=n_tok[:, 1], weight_B=w_N,
+      **{name: loss_config[name] for name in entry.params})
+  n = jnp.sum(w_N)  # The train step divides the sums by the total over microbatches.
+  return jnp.sum(jnp.where(w_N > 0, losses_N, 0.0)), (n, {name: v * n for name, v in m.items()})
 
 
 def check_pairs(train_rows, eval_rows) -> None:

@@ -35,10 +35,9 @@ def loader(check: Callable) -> Callable:
 
 
 def batch(config, tok, rows, prompt_len: int):
-  """(batch, truncated count) of comparison rows, or of packed rows (data.packing), whose
-  responses were counted as they were packed."""
+  """(batch, truncated count) of comparison rows, or of packed rows (data.packing)."""
   if "pack" in rows[0]:
-    return pipeline.packed_comparisons(tok, [r["pack"] for r in rows], config.seq_len, rows[0]["slots"]), 0
+    return pipeline.packed_comparisons(tok, [r["pack"] for r in rows], config.seq_len, rows[0]["slots"])
   return pipeline.ranked_batch(tok, rows, config.seq_len, prompt_len)
 
 

@@ -78,7 +78,7 @@ def load(config, workdir: str):
 def batch(config, tok, rows):
   """Conversations as sft_batch rows; packs (data.packing, training only) as packed rows."""
   if rows and "pack" in rows[0]:
-    return pipeline.packed_batch(tok, [[c["messages"] for c in r["pack"]] for r in rows], config.seq_len), 0
+    return pipeline.packed_batch(tok, [[c["messages"] for c in r["pack"]] for r in rows], config.seq_len)
   return pipeline.sft_batch(tok, [r["messages"] for r in rows], config.seq_len)
 
 
