@@ -53,7 +53,7 @@ def get_config(arg=None):
     c.loss.update(type="cpo", beta=0.1, cpo_alpha=1.0)
     return c
   if preset == "tiny-kto":
-    c = as_kto(common.dpo_tiny("kto_tiny"))
+    c = schema.as_kto(common.dpo_tiny("kto_tiny"))
     c.batch_size = 64  # The 64 responses of DPO's 32 pairs.
     return c
   if preset == "real-0.5b":
@@ -74,15 +74,6 @@ def get_config(arg=None):
   return c
 
 
-def as_kto(c):
-  """A DPO config as KTO on the same data: KTO's trainer and loss section (schema.kto), every
-  other field as it was."""
-  c.trainer = "kto"
-  c.loss = schema.kto().loss
-  del c.data["packing"], c.data["stream"]  # Not KTO's (schema.kto).
-  return c
-
-
 def real_05b(name="dpo_real-0.5b"):
   c = schema.preference("dpo", name)
   c.model.update(preset="qwen2.5-0.5b", hf_dir="", dtype="bfloat16")
@@ -98,7 +89,7 @@ def real_05b(name="dpo_real-0.5b"):
 
 
 def real_05b_kto():
-  c = as_kto(real_05b("kto_real-0.5b"))
+  c = schema.as_kto(real_05b("kto_real-0.5b"))
   c.data.train = "../shared/data/kto_en_demo.json"
   # 8 rows a step (each row's KL completion is another row's), the 8 responses of real-0.5b's
   # 4 pairs, in 2 microbatches of 4: at 8 at once the step's activations (7.3 GiB planned)

@@ -530,9 +530,9 @@ def to_feedback(obj, where: str) -> dict:
 
 
 def load_feedback(path: str, skip_bad: bool = False, control_text: str = "refuse",
-                  tfds_dir: str = "") -> Loaded:
+                  tfds_dir: str = "", store: str = "") -> Loaded:
   """Unpaired feedback rows and comparisons (see `to_feedback`); each keeps its "where"."""
-  return load_rows(path, to_feedback, skip_bad, "feedback rows", control_text, tfds_dir)
+  return load_rows(path, to_feedback, skip_bad, "feedback rows", control_text, tfds_dir, store)
 
 
 # The fields to_prompt reads a prompt and its reference from; any other field of a row

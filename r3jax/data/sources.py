@@ -60,13 +60,9 @@ def store_path(data_config, workdir: str, split: str) -> str:
 
 
 def conversations(data_config, workdir: str, seed: int):
-  """(train_rows, eval_rows, skipped) from data.train / data.eval, or the embedded default.
-
-  The embedded default generates the synthetic Q/A set (also written to workdir/data for
-  inspection). Without data.eval, a data.eval_fraction of the train rows is held out.
-  With data.stream the files' rows stay on disk (store_path).
-  """
-  skipped = []
+  """(train_rows, eval_rows, skipped) from data.train / data.eval, or the embedded default
+  (`_splits`). The embedded default generates the synthetic Q/A set (also written to
+  workdir/data for inspection)."""
 
   def load(path, split):
     if data_config.use_tfds and not path.startswith("tfds:"):
@@ -79,37 +75,39 @@ def conversations(data_config, workdir: str, seed: int):
                                       data_config.control_text, data_config.tfds_dir,
                                       store_path(data_config, workdir, split))
 
-  if data_config.train:
-    loaded = load(data_config.train, "train")
-    rows, skipped = loaded.rows, loaded.skipped
-  else:
+  def embedded():
     examples = TASKS.get(data_config.synthetic_task, "data.synthetic_task").fn(data_config)
     rows = [dict(where=f"synthetic:{i}", **ex) for i, ex in enumerate(examples)]
     if jax.process_index() == 0:
       readers.write_jsonl(os.path.join(workdir, "data", "synthetic.jsonl"),
                           [{k: v for k, v in r.items() if k != "where"} for r in rows])
-  if data_config.eval:
-    loaded = load(data_config.eval, "eval")
-    return rows, loaded.rows, skipped + loaded.skipped
-  return _hold_out(rows, data_config.eval_fraction, seed) + (skipped,)
+    return rows
+
+  return _splits(data_config, load, embedded, seed)
 
 
 def comparisons(data_config, seed: int, read=readers.load_comparisons, workdir: str = ""):
-  """(train, eval, skipped) comparison rows: files (`read`; KTO's readers.load_feedback also
-  takes unpaired rows), or the synthetic comparisons. With data.stream the files' rows stay
-  on disk (store_path)."""
+  """(train, eval, skipped) comparison rows (`_splits`): files (`read`; KTO's
+  readers.load_feedback also takes unpaired rows), or the synthetic comparisons."""
+  return _splits(
+      data_config,
+      lambda path, split: read(path, data_config.skip_bad, data_config.control_text,
+                               data_config.tfds_dir, store_path(data_config, workdir, split)),
+      lambda: [dict(where=f"synthetic:{i}", **c) for i, c in enumerate(
+          synthetic.comparisons(data_config.synthetic_examples, seed=data_config.synthetic_seed))],
+      seed)
+
+
+def _splits(data_config, load, embedded, seed: int):
+  """(train_rows, eval_rows, skipped): data.train read by load(path, "train") (a
+  readers.Loaded), else embedded(); data.eval likewise, else a data.eval_fraction of the
+  train rows held out. With data.stream the files' rows stay on disk (store_path)."""
   skipped = []
-
-  def load(path, split):
-    store = {"store": p} if (p := store_path(data_config, workdir, split)) else {}
-    return read(path, data_config.skip_bad, data_config.control_text, data_config.tfds_dir, **store)
-
   if data_config.train:
     loaded = load(data_config.train, "train")
     rows, skipped = loaded.rows, loaded.skipped
   else:
-    rows = [dict(where=f"synthetic:{i}", **c) for i, c in
-            enumerate(synthetic.comparisons(data_config.synthetic_examples, seed=data_config.synthetic_seed))]
+    rows = embedded()
   if data_config.eval:
     loaded = load(data_config.eval, "eval")
     return rows, loaded.rows, skipped + loaded.skipped

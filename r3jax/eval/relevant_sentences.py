@@ -53,6 +53,7 @@ def parse(text: str, n: int) -> list[bool | None]:
 def label(judge, questions: list[str], answers: list[str]) -> list[list[bool | None]]:
   """Each answer's per-sentence labels by `judge` (an llm_judge.PairwiseJudge)."""
   sents = [tm.sentences(a) for a in answers]
+  out = [[] for _ in answers]
   if judge.mode == "prob":
     owners, prompts = [], []
     for i, (q, s) in enumerate(zip(questions, sents)):
@@ -60,7 +61,6 @@ def label(judge, questions: list[str], answers: list[str]) -> list[list[bool | N
         owners.append(i)
         prompts.append(PROMPT.format(question=q, numbered=numbered(s)) + ASK["prob"].format(k=k + 1))
     logp = judge.option_logprobs(judge.chat_ids(prompts, SYSTEM), LABELS) if prompts else np.zeros((0, 2))
-    out = [[] for _ in answers]
     for i, lp in zip(owners, logp):
       out[i].append(bool(lp[0] >= lp[1]))
     return out
@@ -68,7 +68,6 @@ def label(judge, questions: list[str], answers: list[str]) -> list[list[bool | N
   texts = judge.judgements(judge.chat_ids(
       [PROMPT.format(question=questions[i], numbered=numbered(sents[i])) + ASK["generate"]
        for i in todo], SYSTEM)) if todo else []
-  out = [[] for _ in answers]
   for i, text in zip(todo, texts):
     out[i] = parse(text, len(sents[i]))
   return out

@@ -255,8 +255,9 @@ def continuous(params, prompt_BT, prompt_mask_BT, key, *, model_cfg, cfg: Sample
   and the host takes over only when the group is spent: it prefills the next group and
   fills the idle slots. That is one host round trip per group, not one per finished
   sequence (the real 0.5B's ragged rollout went from 86% to 98% of its step bound). When
-  every sequence has a slot there is nothing to refill, and `static`'s one loop (no host round trips, segmented cache reads)
-  runs the same schedule faster: the main job's rollouts took 0.054 s against 0.043 s."""
+  every sequence has a slot there is nothing to refill, and `static`'s one loop (no host
+  round trips, segmented cache reads) runs the same schedule faster: the main job's
+  rollouts took 0.054 s against 0.043 s."""
   (num_prompts, t), n, m = prompt_BT.shape, cfg.n, cfg.max_new_tokens
   total = num_prompts * n
   if not cfg.slots or cfg.slots >= total:

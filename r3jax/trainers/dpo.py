@@ -26,11 +26,11 @@ def sequence_logprobs(params, cfg, batch, prompt_len: int = 0):
   """Summed log-probs of each response, [B, K], and their token counts.
 
   prompt_len 0: every row runs in full. prompt_len P > 0: the batch is in the
-  prompt-split layout of `pipeline.ranked_batch`. Packed rows (data.packing) give
-  [R, C, K] (packed_logprobs). The prompt then runs once per comparison,
+  prompt-split layout of `pipeline.ranked_batch`. The prompt then runs once per comparison,
   into a KV cache that all K responses attend to, and the LM head runs on response
   positions only. The result is the same; the FLOPs drop by (K-1)·P/(K·T) in the decoder
   and by P/T in the head: a sixth and a third for pairs whose prompts take a third of T.
+  Packed rows (data.packing, pipeline.packed_comparisons) give [R, C, K] (packed_logprobs).
   """
   if "branch_ids" in batch:
     return packed_logprobs(params, cfg, batch)

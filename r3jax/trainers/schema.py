@@ -132,7 +132,12 @@ def kto(name: str = "kto") -> ConfigDict:
   (trainers/kto.py): DPO's fields with KTO's loss, β and the weights of the desirable and
   the undesirable rows (λ_D, λ_U; TRL's names and defaults). Its reference log-probs are
   never precomputed: the mismatched pairs of its KL estimate change with every batch."""
-  c = preference("dpo", name)
+  return as_kto(preference("dpo", name))
+
+
+def as_kto(c: ConfigDict) -> ConfigDict:
+  """A DPO config as KTO on the same data: KTO's trainer and loss section, every other
+  field as it was, less the data fields KTO does not read."""
   c.trainer = "kto"
   del c.data["packing"]  # A KTO row is one completion: nothing to share a prompt with.
   del c.data["stream"]  # KTO takes its comparisons apart into new rows, held in memory.

@@ -209,11 +209,11 @@ def train(config, workdir: str, *, task: Task) -> dict:
                                      run.mesh, skip_nonfinite=harness.skipping(run))
   eval_loss = jax.jit(task.make_loss(config, policy.cfg, True))
   accum = step_lib.accumulation(config, run.mesh)
+  packed = " (train: packed rows)" if isinstance(ctx.train_rows, pipeline.PackedRows) else ""
   run.writer.print(f"{task.name}: {qwen.param_count(state['params']):,} params; mesh "
                    f"{dict(run.mesh.shape)}; {len(ctx.train_rows)} train / {len(ctx.eval_rows)} "
-                   f"eval {task.rows}{' (train: packed rows)' if 'pack' in ctx.train_rows[0] else ''}; "
-                   f"{run.steps} steps of "
-                   f"{config.batch_size} ({accum} microbatches){task.summary(ctx)}")
+                   f"eval {task.rows}{packed}; {run.steps} steps of {config.batch_size} ({accum} "
+                   f"microbatches){task.summary(ctx)}")
   evaluate_at = lambda params, step: evaluate(ctx, task, eval_loss, params, prepare, step)
   state, truncated, last_eval = loop(ctx, task, state, order, step_fn, prepare, evaluate_at, accum)
   task.export(run, state["params"], policy.cfg, policy.tokenizer, start=False)
